@@ -1,0 +1,227 @@
+"""MSA-Conv modules: ``MSAConv2d`` (a drop-in for ``nn.Conv2d``) and ``MSAttention2d`` (a token mixer).
+
+Both project q, k, v with one 1x1 convolution and call :func:`msaconv.ops.msa_conv2d` in the
+channels-first ``'bhdhw'`` layout, which is a free view of the projection's NCHW output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import msa_conv2d, msa_conv2d_weights
+from ..ops._checks import check_border, check_probability, pair
+
+
+def _check_heads(cls: str, channels: int, num_heads: object, arg: str = "in_channels") -> int:
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"{cls}: num_heads must be a positive int, got {num_heads!r}; use e.g. num_heads=1")
+    if channels % num_heads:
+        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+        raise ValueError(
+            f"{cls}: {arg}={channels} is not divisible by num_heads={num_heads}; choose num_heads from "
+            f"{divisors[:12]}{' ...' if len(divisors) > 12 else ''}"
+        )
+    return num_heads
+
+
+def _check_channels(cls: str, arg: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{cls}: {arg} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_input(cls: str, x: torch.Tensor, channels: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{cls}: expected input [B, C, H, W], got {got}; add a batch axis with x[None] for one image")
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{cls}: expected {channels} input channels, got x of shape {tuple(x.shape)}; "
+            f"build the layer with in_channels={x.shape[1]} or project x to {channels} channels first"
+        )
+
+
+class _QKVAttention(nn.Module):
+    """1x1 qkv projection + MSA-Conv core, shared by both modules. NCHW in, NCHW (attention output) out."""
+
+    def __init__(self, cls: str, dim: int, num_heads: int, kernel_size, dilation, stride, border: str,
+                 attn_drop: float, qkv_bias: bool, scale: float | None, backend: str | None,
+                 device=None, dtype=None):
+        super().__init__()
+        self._cls = cls
+        self.dim = _check_channels(cls, "dim", dim)
+        self.num_heads = _check_heads(cls, dim, num_heads, "dim" if cls == "MSAttention2d" else "in_channels")
+        self.head_dim = dim // self.num_heads
+        self.kernel_size = pair(cls, "kernel_size", kernel_size)
+        self.dilation = pair(cls, "dilation", dilation)
+        self.attn_stride = pair(cls, "attn_stride", stride)
+        self.border = check_border(cls, border)
+        self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
+        self.scale = scale
+        self.backend = backend
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias, device=device, dtype=dtype)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as free views ``[B, heads, head_dim, H, W]`` of the projection."""
+        B, _, H, W = x.shape
+        qkv = self.qkv(x).view(B, 3, self.num_heads, self.head_dim, H, W)  # [B, 3, h, D, H, W]
+        return qkv[:, 0], qkv[:, 1], qkv[:, 2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        q, k, v = self.qkv_heads(x)
+        out = msa_conv2d(q, k, v, self.kernel_size, self.dilation, self.attn_stride, self.border, self.scale,
+                         backend=self.backend, layout="bhdhw",
+                         dropout_p=self.attn_drop if self.training else 0.0)  # [B, h, D, Ho, Wo]
+        return out.reshape(B, self.dim, out.shape[-2], out.shape[-1])
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Window weights ``[B, heads, H_out, W_out, K]`` for analysis."""
+        q, k, _ = self.qkv_heads(x)
+        return msa_conv2d_weights(q, k, self.kernel_size, self.dilation, self.attn_stride, self.border,
+                                  self.scale, layout="bhdhw")
+
+
+class MSAConv2d(nn.Module):
+    """Multi-head self-attention inside a convolution, a drop-in for ``nn.Conv2d``.
+
+    ``y = conv_kxk(x + msa(qkv_1x1(x)))``: window attention over the ``kernel_size`` (dilated)
+    neighbourhood of every pixel, a residual, then a k x k convolution that does the stride and the change
+    of channels, as in the authors' layer (StriveZs/MSA-Conv, ``MSA_Conv_2d``). With ``num_heads=1``,
+    ``attn_drop=0.1`` and a ReLU after it, this is their layer exactly.
+
+    Args follow ``nn.Conv2d``; differences: ``padding=None`` (default) pads the trailing convolution by
+    ``dilation*(k-1)//2`` ("same" for odd kernels, as the authors' default) where ``nn.Conv2d`` defaults
+    to 0; ``bias`` defaults to False as in the authors' layer. Extra options: ``num_heads`` (attention
+    heads; ``groups=num_heads=in_channels`` is the depthwise MSA-Conv), ``attn_drop``, ``border`` (see
+    :func:`msaconv.ops.msa_conv2d`), ``qkv_bias``, ``scale``, ``attn_stride`` (run the attention
+    strided too, a cheaper variant of ours), ``conv_dilation`` (dilation of the trailing convolution;
+    None uses ``dilation``, for ``nn.Conv2d``'s output shapes; the authors' layer uses 1) and
+    ``backend``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=None, dilation=1,
+                 groups: int = 1, bias: bool = False, padding_mode: str = "zeros", num_heads: int = 1,
+                 attn_drop: float = 0.0, border: str = "zeros", qkv_bias: bool = True, scale: float | None = None,
+                 attn_stride=1, conv_dilation=None, backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        cls = "MSAConv2d"
+        self.in_channels = _check_channels(cls, "in_channels", in_channels)
+        self.out_channels = _check_channels(cls, "out_channels", out_channels)
+        self.attn = _QKVAttention(cls, in_channels, num_heads, kernel_size, dilation, attn_stride, border,
+                                  attn_drop, qkv_bias, scale, backend, device, dtype)
+        kh, kw = self.attn.kernel_size
+        dh, dw = self.attn.dilation
+        cd = pair(cls, "conv_dilation", conv_dilation) if conv_dilation is not None else (dh, dw)
+        if padding is None:
+            padding = (cd[0] * (kh - 1) // 2, cd[1] * (kw - 1) // 2)
+        cstride = pair(cls, "stride", stride)
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{cls}: groups={groups!r} must be a positive int dividing in_channels={in_channels} and "
+                f"out_channels={out_channels}; use groups=1 or groups=in_channels for depthwise"
+            )
+        self.conv = nn.Conv2d(in_channels, out_channels, (kh, kw), cstride, padding, cd, groups, bias,
+                              padding_mode, device=device, dtype=dtype)
+
+    # nn.Conv2d-like read-only attributes
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.attn.kernel_size
+
+    @property
+    def stride(self):
+        return self.conv.stride
+
+    @property
+    def padding(self):
+        return self.conv.padding
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return self.attn.dilation
+
+    @property
+    def groups(self) -> int:
+        return self.conv.groups
+
+    @property
+    def num_heads(self) -> int:
+        return self.attn.num_heads
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight
+
+    @property
+    def bias(self):
+        return self.conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input("MSAConv2d", x, self.in_channels)
+        a = self.attn(x)
+        if a.shape[-2:] != x.shape[-2:]:  # attn_stride > 1: the residual is sampled at the queries
+            sh, sw = self.attn.attn_stride
+            x = x[:, :, ::sh, ::sw]
+        return self.conv(x + a)
+
+    def extra_repr(self) -> str:
+        a = self.attn
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={a.kernel_size}, stride={self.conv.stride}, "
+             f"padding={self.conv.padding}, dilation={a.dilation}, num_heads={a.num_heads}, border={a.border!r}")
+        if self.conv.dilation != a.dilation:
+            s += f", conv_dilation={self.conv.dilation}"
+        if self.conv.groups != 1:
+            s += f", groups={self.conv.groups}"
+        if a.attn_stride != (1, 1):
+            s += f", attn_stride={a.attn_stride}"
+        if a.attn_drop:
+            s += f", attn_drop={a.attn_drop}"
+        if self.conv.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class MSAttention2d(nn.Module):
+    """MSA-Conv as the token mixer of a transformer block: 1x1 qkv, window attention, 1x1 projection.
+
+    NCHW in, NCHW out (the same size unless ``stride > 1``). ``num_heads=dim`` gives every channel its own
+    attention weights (the depthwise form).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, kernel_size=7, dilation=1, stride=1, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, border: str = "zeros", scale: float | None = None,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        cls = "MSAttention2d"
+        self.attn = _QKVAttention(cls, dim, num_heads, kernel_size, dilation, stride, border, attn_drop, qkv_bias,
+                                  scale, backend, device, dtype)
+        self.proj = nn.Conv2d(dim, dim, 1, device=device, dtype=dtype)
+        self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
+
+    @property
+    def dim(self) -> int:
+        return self.attn.dim
+
+    @property
+    def num_heads(self) -> int:
+        return self.attn.num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input("MSAttention2d", x, self.dim)
+        return self.proj_drop(self.proj(self.attn(x)))
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Window weights ``[B, heads, H_out, W_out, K]`` of this mixer for input ``x``."""
+        _check_input("MSAttention2d", x, self.dim)
+        return self.attn.attention_weights(x)
+
+    def extra_repr(self) -> str:
+        a = self.attn
+        s = f"dim={a.dim}, num_heads={a.num_heads}, kernel_size={a.kernel_size}, dilation={a.dilation}, border={a.border!r}"
+        if a.attn_stride != (1, 1):
+            s += f", stride={a.attn_stride}"
+        if a.attn_drop:
+            s += f", attn_drop={a.attn_drop}"
+        return s

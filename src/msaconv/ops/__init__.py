@@ -1,0 +1,42 @@
+"""Functional ops: stateless tensor -> tensor, no parameters."""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import BORDERS, LAYOUTS
+from .msa_conv import available_backends, choose_backend, msa_conv2d, msa_conv2d_weights
+from .shapes import output_size, window_offsets
+
+__all__ = [
+    "BORDERS",
+    "LAYOUTS",
+    "available_backends",
+    "choose_backend",
+    "merge_heads",
+    "msa_conv2d",
+    "msa_conv2d_weights",
+    "output_size",
+    "split_heads",
+    "window_offsets",
+]
+
+
+def split_heads(x: torch.Tensor, num_heads: int, layout: str = "bhwd") -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, heads, H, W, C/heads]`` ('bhwd') or a free view ``[B, heads, C/heads, H, W]``."""
+    if x.dim() != 4 or x.shape[1] % num_heads:
+        raise ValueError(
+            f"split_heads: x must be [B, C, H, W] with C divisible by num_heads={num_heads}, got shape "
+            f"{tuple(x.shape)}; choose num_heads dividing C"
+        )
+    B, C, H, W = x.shape
+    t = x.reshape(B, num_heads, C // num_heads, H, W)
+    return t if layout == "bhdhw" else t.permute(0, 1, 3, 4, 2)
+
+
+def merge_heads(t: torch.Tensor, layout: str = "bhwd") -> torch.Tensor:
+    """The inverse of :func:`split_heads`: back to ``[B, C, H, W]``."""
+    if layout == "bhwd":
+        t = t.permute(0, 1, 4, 2, 3)
+    B, h, D, H, W = t.shape
+    return t.reshape(B, h * D, H, W)
