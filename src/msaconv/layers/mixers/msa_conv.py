@@ -1,0 +1,16 @@
+"""``msa_conv``: MSA-Conv window attention as a token mixer (TiC, arXiv 2310.04134).
+
+Computation: 1x1 qkv, softmax over each pixel's k x k (dilated) window of q.k, weighted sum of v,
+1x1 projection. Cost: 4*N*K*C FLOPs for the core plus 8*N*C^2 for the projections, linear in N = H*W.
+New resolution: nothing to change (no positional term); see :class:`msaconv.layers.MSAttention2d`.
+"""
+
+from __future__ import annotations
+
+from ..msa_conv import MSAttention2d
+from ..registry import register_token_mixer
+
+
+@register_token_mixer("msa_conv")
+def msa_conv(dim: int, num_heads: int = 1, **options) -> MSAttention2d:
+    return MSAttention2d(dim, num_heads=num_heads, **options)

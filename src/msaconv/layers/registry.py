@@ -1,0 +1,49 @@
+"""Token-mixer registry: name -> factory, all under one contract.
+
+A token mixer maps ``x [B, C, H, W] -> [B, C, H, W]``. Build one with
+``get_token_mixer(name, dim, num_heads=..., **options)``; list them with ``list_token_mixers()``.
+Each mixer lives in its own file under :mod:`msaconv.layers.mixers` and registers itself with
+:func:`register_token_mixer`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..ops._checks import unknown_name
+
+MixerFactory = Callable[..., nn.Module]
+
+TOKEN_MIXERS: dict[str, MixerFactory] = {}
+
+
+def register_token_mixer(name: str) -> Callable[[MixerFactory], MixerFactory]:
+    """Decorator: register ``factory(dim, num_heads=..., **options) -> nn.Module`` under ``name``."""
+
+    def deco(factory: MixerFactory) -> MixerFactory:
+        if name in TOKEN_MIXERS and TOKEN_MIXERS[name] is not factory:
+            raise ValueError(f"register_token_mixer: a token mixer named {name!r} is already registered")
+        TOKEN_MIXERS[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_all() -> None:
+    from . import mixers  # noqa: F401  (importing the package registers every mixer)
+
+
+def list_token_mixers() -> list[str]:
+    """Names of every registered token mixer, sorted."""
+    _load_all()
+    return sorted(TOKEN_MIXERS)
+
+
+def get_token_mixer(name: str, dim: int, num_heads: int = 1, **options) -> nn.Module:
+    """Build the token mixer ``name`` for ``dim`` channels; unknown names get a did-you-mean."""
+    _load_all()
+    if name not in TOKEN_MIXERS:
+        raise unknown_name("get_token_mixer", "token mixer", name, sorted(TOKEN_MIXERS))
+    return TOKEN_MIXERS[name](dim, num_heads=num_heads, **options)
