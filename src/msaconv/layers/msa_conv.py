@@ -11,6 +11,8 @@ from torch import nn
 
 from ..ops import msa_conv2d, msa_conv2d_weights
 from ..ops._checks import check_border, check_probability, pair
+from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_inter_pool, resolve_shift,
+                         shift_heads, shift_input)
 
 
 def _check_heads(cls: str, channels: int, num_heads: object, arg: str = "in_channels") -> int:
@@ -43,11 +45,15 @@ def _check_input(cls: str, x: torch.Tensor, channels: int) -> None:
 
 
 class _QKVAttention(nn.Module):
-    """1x1 qkv projection + MSA-Conv core, shared by both modules. NCHW in, NCHW (attention output) out."""
+    """1x1 qkv projection + MSA-Conv core, shared by both modules. NCHW in, NCHW (attention output) out.
+
+    ``shift`` (MDCSM) and ``inter_pool`` (IPM) are resolved :class:`CyclicShift` / :class:`InterPool`
+    settings or None; see :mod:`msaconv.layers.shift_pool`.
+    """
 
     def __init__(self, cls: str, dim: int, num_heads: int, kernel_size, dilation, stride, border: str,
                  attn_drop: float, qkv_bias: bool, scale: float | None, backend: str | None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, shift: CyclicShift | None = None, inter_pool: InterPool | None = None):
         super().__init__()
         self._cls = cls
         self.dim = _check_channels(cls, "dim", dim)
@@ -60,6 +66,8 @@ class _QKVAttention(nn.Module):
         self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
         self.scale = scale
         self.backend = backend
+        self.shift = shift
+        self.inter_pool = inter_pool
         self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias, device=device, dtype=dtype)
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,19 +76,46 @@ class _QKVAttention(nn.Module):
         qkv = self.qkv(x).view(B, 3, self.num_heads, self.head_dim, H, W)  # [B, 3, h, D, H, W]
         return qkv[:, 0], qkv[:, 1], qkv[:, 2]
 
+    def prepare(self, x: torch.Tensor, need_v: bool = True):
+        """q, k, v ``[B, heads, head_dim, H, W]`` and the extra keys/values (or None) the core will see.
+
+        Order: MDCSM 'input' rolls x; the qkv projection; IPM 'local' pools k, v; IPM 'grid' pools the
+        (unrolled) k, v into extra tokens; MDCSM 'kv' rolls the head groups of k, v.
+        """
+        sh, ip = self.shift, self.inter_pool
+        if sh is not None and sh.mode == "input":
+            x = shift_input(x, sh)
+        q, k, v = self.qkv_heads(x)  # [B, h, D, H, W] each
+        if not need_v:
+            v = None
+        extra_k = extra_v = None
+        if ip is not None:
+            if ip.mode == "local":
+                k = pool_local(k, ip)
+                v = pool_local(v, ip) if v is not None else None
+            else:
+                extra_k = pool_grid(k, ip)  # [B, h, M, D]
+                extra_v = pool_grid(v, ip) if v is not None else None
+        if sh is not None and sh.mode == "kv":
+            k = shift_heads(k, sh)
+            v = shift_heads(v, sh) if v is not None else None
+        return q, k, v, extra_k, extra_v
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        q, k, v = self.qkv_heads(x)
+        q, k, v, extra_k, extra_v = self.prepare(x)
         out = msa_conv2d(q, k, v, self.kernel_size, self.dilation, self.attn_stride, self.border, self.scale,
-                         backend=self.backend, layout="bhdhw",
+                         extra_k=extra_k, extra_v=extra_v, backend=self.backend, layout="bhdhw",
                          dropout_p=self.attn_drop if self.training else 0.0)  # [B, h, D, Ho, Wo]
         return out.reshape(B, self.dim, out.shape[-2], out.shape[-1])
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Window weights ``[B, heads, H_out, W_out, K]`` for analysis."""
-        q, k, _ = self.qkv_heads(x)
+        """Weights ``[B, heads, H_out, W_out, K + M]`` for analysis: the K window slots, then the M pooled
+        IPM tokens (M = 0 without ``inter_pool`` in 'grid' mode). Under MDCSM 'kv' the window slots of a
+        shifted head refer to the rolled map (offsets relative to the head's shifted centre)."""
+        q, k, _, extra_k, _ = self.prepare(x, need_v=False)
         return msa_conv2d_weights(q, k, self.kernel_size, self.dilation, self.attn_stride, self.border,
-                                  self.scale, layout="bhdhw")
+                                  self.scale, extra_k=extra_k, layout="bhdhw")
 
 
 class MSAConv2d(nn.Module):
@@ -188,15 +223,36 @@ class MSAttention2d(nn.Module):
 
     NCHW in, NCHW out (the same size unless ``stride > 1``). ``num_heads=dim`` gives every channel its own
     attention weights (the depthwise form).
+
+    TiC's two strategies (design/msa_conv.md §3, details ours; see :mod:`msaconv.layers.shift_pool`):
+
+    - ``shift`` (MDCSM): None (off), True or ``'kv'`` (default reading: roll K and V of head groups in
+      4 or 8 directions by a fraction of the map; q stays), ``'input'`` (alternative: roll channel groups of
+      x before the qkv projection), a dict of :class:`~msaconv.layers.shift_pool.CyclicShift` fields
+      (``mode, directions, fraction, local``) or a ``CyclicShift``.
+    - ``inter_pool`` (IPM): None (off), True or ``'grid'`` (default reading: K and V average-pooled to a
+      fixed grid and seen by every query as extra keys), ``'local'`` (alternative: stride-1 3x3 average of
+      K and V before the window gather), a dict of :class:`~msaconv.layers.shift_pool.InterPool` fields
+      (``mode, grid, kernel``) or an ``InterPool``.
+
+    Both are resolution-free: shifts are fractions of the map, pooled grids are fixed grids.
     """
 
     def __init__(self, dim: int, num_heads: int = 1, kernel_size=7, dilation=1, stride=1, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, border: str = "zeros", scale: float | None = None,
-                 backend: str | None = None, device=None, dtype=None):
+                 backend: str | None = None, shift=None, inter_pool=None, device=None, dtype=None):
         super().__init__()
         cls = "MSAttention2d"
+        sh = resolve_shift(cls, shift)
+        ip = resolve_inter_pool(cls, inter_pool)
         self.attn = _QKVAttention(cls, dim, num_heads, kernel_size, dilation, stride, border, attn_drop, qkv_bias,
-                                  scale, backend, device, dtype)
+                                  scale, backend, device, dtype, shift=sh, inter_pool=ip)
+        if sh is not None and sh.mode == "kv" and sh.local > 0 and self.attn.num_heads < 2:
+            raise ValueError(
+                f"{cls}: shift mode 'kv' splits the heads into a local group and shifted groups and needs "
+                f"num_heads >= 2, got num_heads={self.attn.num_heads}; use more heads, shift='input', or "
+                f"shift=dict(mode='kv', local=0) to shift every head"
+            )
         self.proj = nn.Conv2d(dim, dim, 1, device=device, dtype=dtype)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
 
@@ -208,12 +264,21 @@ class MSAttention2d(nn.Module):
     def num_heads(self) -> int:
         return self.attn.num_heads
 
+    @property
+    def shift(self) -> CyclicShift | None:
+        return self.attn.shift
+
+    @property
+    def inter_pool(self) -> InterPool | None:
+        return self.attn.inter_pool
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input("MSAttention2d", x, self.dim)
         return self.proj_drop(self.proj(self.attn(x)))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Window weights ``[B, heads, H_out, W_out, K]`` of this mixer for input ``x``."""
+        """Weights ``[B, heads, H_out, W_out, K + M]`` of this mixer for input ``x``: K window slots, then
+        the M pooled tokens of ``inter_pool='grid'`` (M = 0 otherwise)."""
         _check_input("MSAttention2d", x, self.dim)
         return self.attn.attention_weights(x)
 
@@ -224,4 +289,8 @@ class MSAttention2d(nn.Module):
             s += f", stride={a.attn_stride}"
         if a.attn_drop:
             s += f", attn_drop={a.attn_drop}"
+        if a.shift is not None:
+            s += f", shift={a.shift}"
+        if a.inter_pool is not None:
+            s += f", inter_pool={a.inter_pool}"
         return s

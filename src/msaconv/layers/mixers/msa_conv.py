@@ -3,6 +3,10 @@
 Computation: 1x1 qkv, softmax over each pixel's k x k (dilated) window of q.k, weighted sum of v,
 1x1 projection. Cost: 4*N*K*C FLOPs for the core plus 8*N*C^2 for the projections, linear in N = H*W.
 New resolution: nothing to change (no positional term); see :class:`msaconv.layers.MSAttention2d`.
+Options (passed through ``get_token_mixer("msa_conv", dim, num_heads=..., **options)``): ``kernel_size``,
+``dilation``, ``border``, ``qkv_bias``, ``attn_drop``, ``proj_drop``, ``backend``, and TiC's
+``shift=`` (MDCSM: ``'kv'`` default reading, ``'input'`` alternative) and ``inter_pool=`` (IPM:
+``'grid'`` default reading, ``'local'`` alternative); see :mod:`msaconv.layers.shift_pool`.
 """
 
 from __future__ import annotations
