@@ -17,18 +17,42 @@ from ..ops._checks import unknown_name
 MixerFactory = Callable[..., nn.Module]
 
 TOKEN_MIXERS: dict[str, MixerFactory] = {}
+# name -> {"paper": short citation}; optional metadata for tables (``msaconv mixers``) and docs
+TOKEN_MIXER_INFO: dict[str, dict[str, str]] = {}
 
 
-def register_token_mixer(name: str) -> Callable[[MixerFactory], MixerFactory]:
-    """Decorator: register ``factory(dim, num_heads=..., **options) -> nn.Module`` under ``name``."""
+def register_token_mixer(name: str, *, paper: str | None = None) -> Callable[[MixerFactory], MixerFactory]:
+    """Decorator: register ``factory(dim, num_heads=..., **options) -> nn.Module`` under ``name``.
+
+    ``paper`` (optional) is a short citation shown by ``msaconv mixers``; without it the last parenthesis
+    of the first line of the factory's module docstring is used.
+    """
 
     def deco(factory: MixerFactory) -> MixerFactory:
         if name in TOKEN_MIXERS and TOKEN_MIXERS[name] is not factory:
             raise ValueError(f"register_token_mixer: a token mixer named {name!r} is already registered")
         TOKEN_MIXERS[name] = factory
+        if paper is not None:
+            TOKEN_MIXER_INFO[name] = {"paper": paper}
         return factory
 
     return deco
+
+
+def token_mixer_paper(name: str) -> str:
+    """The paper a registered mixer comes from (metadata, else its module docstring), or ``''``."""
+    _load_all()
+    if name not in TOKEN_MIXERS:
+        raise unknown_name("token_mixer_paper", "token mixer", name, sorted(TOKEN_MIXERS))
+    if name in TOKEN_MIXER_INFO:
+        return TOKEN_MIXER_INFO[name]["paper"]
+    import sys
+
+    doc = (getattr(sys.modules.get(TOKEN_MIXERS[name].__module__), "__doc__", None) or "").strip().splitlines()
+    first = doc[0] if doc else ""
+    if first.rstrip(".").endswith(")") and "(" in first:
+        return first.rstrip(".")[first.rfind("(") + 1:-1]
+    return ""
 
 
 def _load_all() -> None:

@@ -1,0 +1,48 @@
+"""``cam``: channel attention module (DANet, Fu et al., CVPR'19; as in multi-scale self-guided attention, Sinha & Dolz 2020).
+
+Computation: with ``X in R^{C x N}`` the flattened map, ``E = X X^T`` (C x C channel similarities),
+``A = softmax(max_row(E) - E)`` (DANet's trick: subtracting from the row maximum makes *dissimilar*
+channels weigh more and keeps the softmax stable), ``out = gamma * (A X)`` with a learnable scalar ``gamma``
+initialised to 0. No projections: ``gamma`` is the only parameter.
+
+Deliberate difference: DANet returns ``gamma * (A X) + x``; here the block owns the residual, so the
+default is ``gamma * (A X)``; ``residual=True`` gives the paper's module.
+
+Cost in N = H*W: ``4 N C^2`` FLOPs: linear in N.
+
+New resolution: any H, W >= 1. ``num_heads`` is accepted for the common contract and ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import register_token_mixer
+from ._common import check_input, check_int
+
+
+class ChannelAttentionModule2d(nn.Module):
+    """DANet channel attention on a ``[B, C, H, W]`` map."""
+
+    def __init__(self, dim: int, residual: bool = False, device=None, dtype=None):
+        super().__init__()
+        self.dim = check_int("ChannelAttentionModule2d", "dim", dim)
+        self.residual = bool(residual)
+        self.gamma = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = check_input("ChannelAttentionModule2d", x, self.dim)
+        X = x.flatten(2)                                                       # [B, C, N]
+        E = X @ X.transpose(1, 2)                                              # [B, C, C]
+        A = (E.amax(dim=-1, keepdim=True) - E).softmax(dim=-1)
+        o = self.gamma * (A @ X).reshape(B, C, H, W)
+        return o + x if self.residual else o
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, residual={self.residual}"
+
+
+@register_token_mixer("cam", paper="DANet CAM (Fu et al., CVPR'19)")
+def cam(dim: int, num_heads: int = 1, **options) -> ChannelAttentionModule2d:
+    return ChannelAttentionModule2d(dim, **options)

@@ -1,0 +1,88 @@
+"""``glmix``: soft-clustered slots with MHSA plus a convolution branch (GLMix / GLNet, Zhu et al., NeurIPS'24).
+
+Computation (the mixing part of GLNet's block, without its norms, residuals and MLP):
+
+* initial slots: ``AdaptiveAvgPool(x)`` to ``sqrt(S) x sqrt(S)``, i.e. S slot vectors (S = 64 by default);
+* ``L = tau * normalize(slots) normalize(x)^T`` (cosine similarities, ``[S, N]``), ``tau`` learnable,
+  initialised to ``C^-1/2``;
+* soft clustering ``slots = softmax_N(L) x``; multi-head self-attention among the S slots;
+* soft dispatch ``out = softmax_S(L^T) slots`` (each pixel takes a mixture of slots);
+* plus a local branch ``Conv1x1 -> DWConv k x k (k = 5) -> Conv1x1`` on ``x``; the two are added.
+
+Cost in N = H*W: ``4 N S C`` FLOPs for clustering and dispatch, ``4 S^2 C + 8 S C^2`` for the slot MHSA,
+``2 N k^2 C + 4 N C^2`` for the conv branch: linear in N.
+
+New resolution: any H, W >= 1: slots come from adaptive pooling (a map smaller than ``sqrt(S)`` repeats
+pixels into slots). ``num_slots`` must be a square number (GLNet's adaptive-pool init).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register_token_mixer
+from ._common import check_heads, check_input, check_int, conv1x1, isqrt_exact
+
+
+class GLMix2d(nn.Module):
+    """GLNet's GLMix token mixer on a ``[B, C, H, W]`` map."""
+
+    def __init__(self, dim: int, num_heads: int = 8, num_slots: int = 64, local_kernel: int = 5,
+                 learnable_scale: bool = True, device=None, dtype=None):
+        super().__init__()
+        cls = "GLMix2d"
+        self.dim = check_int(cls, "dim", dim)
+        self.num_heads = check_heads(cls, dim, num_heads)
+        self.head_dim = dim // self.num_heads
+        self.num_slots = check_int(cls, "num_slots", num_slots)
+        side = isqrt_exact(self.num_slots)
+        if side is None:
+            r = int(self.num_slots ** 0.5)
+            raise ValueError(f"{cls}: num_slots={num_slots} is not a square number (slots come from a sqrt(S) x sqrt(S) "
+                             f"adaptive pool); use num_slots={r * r} or {(r + 1) ** 2}")
+        self.pool_size = side
+        self.local_kernel = check_int(cls, "local_kernel", local_kernel)
+        if self.local_kernel % 2 == 0:
+            raise ValueError(f"{cls}: local_kernel must be odd to keep the size, got {local_kernel}; use 5")
+        dd = {"device": device, "dtype": dtype}
+        scale = torch.tensor(dim ** -0.5, **dd)
+        if learnable_scale:
+            self.slot_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("slot_scale", scale)
+        self.slot_qkv = nn.Linear(dim, 3 * dim, **dd)
+        self.slot_proj = nn.Linear(dim, dim, **dd)
+        k = self.local_kernel
+        self.local = nn.Sequential(
+            conv1x1(dim, dim, **dd),
+            nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, **dd),
+            conv1x1(dim, dim, **dd),
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, S, N]`` slot-to-pixel cosine logits."""
+        slots = F.adaptive_avg_pool2d(x, self.pool_size).flatten(2).transpose(1, 2)   # [B, S, C]
+        t = x.flatten(2).transpose(1, 2)                                                 # [B, N, C]
+        return F.normalize(slots, dim=-1) @ (self.slot_scale * F.normalize(t, dim=-1)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = check_input("GLMix2d", x, self.dim)
+        t = x.flatten(2).transpose(1, 2)                                                 # [B, N, C]
+        L = self.logits(x)                                                               # [B, S, N]
+        slots = L.softmax(dim=-1) @ t                                                    # [B, S, C]
+        S = slots.shape[1]
+        qkv = self.slot_qkv(slots).reshape(B, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        slots = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])                   # [B, h, S, d]
+        slots = self.slot_proj(slots.transpose(1, 2).reshape(B, S, C))
+        out = L.transpose(1, 2).softmax(dim=-1) @ slots                                  # [B, N, C]
+        return out.transpose(1, 2).reshape(B, C, H, W) + self.local(x)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, num_slots={self.num_slots}, local_kernel={self.local_kernel}"
+
+
+@register_token_mixer("glmix", paper="GLMix / GLNet (Zhu et al., NeurIPS'24)")
+def glmix(dim: int, num_heads: int = 1, **options) -> GLMix2d:
+    return GLMix2d(dim, num_heads=num_heads, **options)

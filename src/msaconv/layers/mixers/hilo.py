@@ -1,0 +1,114 @@
+"""``hilo``: HiLo attention, high/low-frequency head split (LITv2, Pan et al., NeurIPS'22).
+
+Computation: the heads are split; ``l = int(alpha * heads)`` Lo-Fi heads and ``heads - l`` Hi-Fi heads
+(``window_size = 1`` makes every head Lo-Fi: plain MHSA, as LITv2).
+
+* Hi-Fi: ``q, k, v = Linear(x)`` on the Hi-Fi channels; multi-head self-attention inside each
+  non-overlapping ``s x s`` window; a Linear projection.
+* Lo-Fi: ``q = Linear(x)`` at every pixel; ``k, v = Linear(AvgPool_s(x))``; every query attends to all
+  ``N / s^2`` pooled tokens; a Linear projection.
+* The two outputs are concatenated along channels (Hi-Fi first).
+
+Cost in N = H*W: Hi-Fi ``4 N s^2 C_hi`` FLOPs, Lo-Fi ``4 N (N / s^2) C_lo``, plus the projections
+(``8 N C^2``-ish): quadratic in N but ``s^2`` times cheaper than MHSA on the Lo-Fi part.
+
+New resolution: any H, W >= 1. LITv2's ``hilo.py`` reshapes and needs H, W divisible by ``s``; here the
+map is zero-padded to multiples of ``s`` and cropped after. Padded keys are masked in the Hi-Fi windows,
+and the Lo-Fi pooling averages only the real pixels of each window (no zero pixel enters a mean), so
+results do not depend on the padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register_token_mixer
+from ._common import (check_float, check_heads, check_input, check_int, check_probability, pad_to_multiple,
+                      valid_mask)
+
+
+class HiLo2d(nn.Module):
+    """LITv2 HiLo attention on a ``[B, C, H, W]`` map, padded and cropped for any size."""
+
+    def __init__(self, dim: int, num_heads: int = 8, window_size: int = 2, alpha: float = 0.5,
+                 qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0, device=None, dtype=None):
+        super().__init__()
+        cls = "HiLo2d"
+        self.dim = check_int(cls, "dim", dim)
+        self.num_heads = check_heads(cls, dim, num_heads)
+        self.head_dim = dim // self.num_heads
+        self.window_size = check_int(cls, "window_size", window_size)
+        self.alpha = check_float(cls, "alpha", alpha, 0.0, 1.0)
+        self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
+        self.l_heads = self.num_heads if self.window_size == 1 else int(self.num_heads * self.alpha)
+        self.h_heads = self.num_heads - self.l_heads
+        self.l_dim, self.h_dim = self.l_heads * self.head_dim, self.h_heads * self.head_dim
+        self.scale = self.head_dim ** -0.5
+        dd = {"device": device, "dtype": dtype}
+        if self.l_heads:
+            self.l_q = nn.Linear(dim, self.l_dim, bias=qkv_bias, **dd)
+            self.l_kv = nn.Linear(dim, 2 * self.l_dim, bias=qkv_bias, **dd)
+            self.l_proj = nn.Linear(self.l_dim, self.l_dim, **dd)
+        if self.h_heads:
+            self.h_qkv = nn.Linear(dim, 3 * self.h_dim, bias=qkv_bias, **dd)
+            self.h_proj = nn.Linear(self.h_dim, self.h_dim, **dd)
+        self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
+
+    def _hifi(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``x [B, Hp, Wp, C]`` (padded), ``valid [Hp, Wp]`` -> ``[B, Hp, Wp, h_dim]``."""
+        B, Hp, Wp, C = x.shape
+        s, h, d = self.window_size, self.h_heads, self.head_dim
+        nh, nw = Hp // s, Wp // s
+        xw = x.reshape(B, nh, s, nw, s, C).transpose(2, 3).reshape(B, nh * nw, s * s, C)
+        qkv = self.h_qkv(xw).reshape(B, nh * nw, s * s, 3, h, d).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv.unbind(0)                                              # [B, nW, h, s*s, d]
+        mask = None
+        if not bool(valid.all()):
+            vk = valid.reshape(nh, s, nw, s).transpose(1, 2).reshape(1, nh * nw, 1, 1, s * s)
+            mask = vk.expand(1, nh * nw, 1, s * s, s * s)                    # padded keys masked
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
+        o = o.transpose(2, 3).reshape(B, nh, nw, s, s, self.h_dim).transpose(2, 3).reshape(B, Hp, Wp, self.h_dim)
+        return self.h_proj(o)
+
+    def _lofi(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``x [B, Hp, Wp, C]`` (padded, zeros outside), ``valid [Hp, Wp]`` -> ``[B, Hp, Wp, l_dim]``."""
+        B, Hp, Wp, C = x.shape
+        s, h, d = self.window_size, self.l_heads, self.head_dim
+        q = self.l_q(x).reshape(B, Hp * Wp, h, d).transpose(1, 2)           # [B, h, N, d]
+        xc = x.permute(0, 3, 1, 2)
+        if s > 1:
+            # the mean of the real pixels of each s x s window (padding is zero, so sum / count)
+            cnt = F.avg_pool2d(valid[None, None].to(x.dtype), s, s)
+            pooled = F.avg_pool2d(xc, s, s) / cnt
+        else:
+            pooled = xc
+        kv = self.l_kv(pooled.flatten(2).transpose(1, 2))                   # [B, M, 2*l_dim]
+        kv = kv.reshape(B, -1, 2, h, d).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
+        return self.l_proj(o.transpose(1, 2).reshape(B, Hp, Wp, self.l_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = check_input("HiLo2d", x, self.dim)
+        s = self.window_size
+        xp, ph, pw = pad_to_multiple(x, s, s)
+        valid = valid_mask(H, W, ph, pw, x.device)[0, 0]                    # [Hp, Wp]
+        t = xp.permute(0, 2, 3, 1)                                           # [B, Hp, Wp, C]
+        outs = []
+        if self.h_heads:
+            outs.append(self._hifi(t, valid))
+        if self.l_heads:
+            outs.append(self._lofi(t, valid))
+        y = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+        y = self.proj_drop(y)[:, :H, :W]
+        return y.permute(0, 3, 1, 2).contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, alpha={self.alpha}, "
+                f"hifi_heads={self.h_heads}, lofi_heads={self.l_heads}")
+
+
+@register_token_mixer("hilo", paper="LITv2 HiLo (Pan et al., NeurIPS'22)")
+def hilo(dim: int, num_heads: int = 1, **options) -> HiLo2d:
+    return HiLo2d(dim, num_heads=num_heads, **options)

@@ -1,0 +1,124 @@
+"""``kdgqa``: key-norm-driven grouped-query attention over any head-structured mixer (KDGQA / DGQA, "Beyond Uniform Query Distribution", 2024).
+
+Computation: grouped-query attention with ``kv_heads = g`` key/value heads for the ``h`` query heads. The
+key/value heads are the means of ``h/g`` consecutive heads of the inner mixer's keys and values (GQA's
+"uptraining" conversion; the projections are linear, so this equals mean-pooling their weights). Query
+heads are then *allocated* to the g groups in proportion to the key norms ``n_j = sum_batch ||K_j||_F``:
+``a_j = round(w_j / sum(w) * h)``, repaired to sum to h (take one from the largest while too many, give
+one to the smallest while too few), and query heads ``0..a_1-1`` use group 1, the next ``a_2`` group 2, ...
+A group may get no query head. The weights ``w`` come from ``mode``:
+
+* ``'kd'`` (KDGQA): min-max normalised norms of the current batch (recomputed every forward; so the
+  smallest-norm group gets no query unless all norms are equal, as the authors' code; equal norms give
+  an even split);
+* ``'ema'`` (DGQA): an exponential moving average of the norms tracked over training,
+  ``ema <- m ema + (1 - m) n`` every ``window_size`` training steps; evaluation reuses the tracked
+  allocation (deliberately frozen: the authors' code also updates its cache at evaluation);
+* ``'diff'`` (DGQA): ``|n - n_prev|`` against the norms cached at the last update.
+
+The allocation is a discrete choice (no gradient flows through it). ``.allocation`` holds the last one.
+Cost: the inner mixer's attention with g distinct key/value heads (computed densely per query head).
+New resolution: as the inner mixer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import register_token_mixer
+from ._common import check_choice, check_float, check_input, check_int
+from ._heads import as_head_structured, build_inner
+
+MODES = ("kd", "ema", "diff")
+
+
+def allocate(weights: torch.Tensor, heads: int) -> torch.Tensor:
+    """Round ``weights / sum * heads`` to ints that sum to ``heads`` (even split if the weights sum to 0)."""
+    g = weights.numel()
+    w = weights.detach().double()
+    if not torch.isfinite(w).all() or float(w.sum()) <= 0:
+        w = torch.ones_like(w)
+    a = torch.round(w / w.sum() * heads).long()
+    while int(a.sum()) > heads:
+        a[int(torch.argmax(a))] -= 1
+    while int(a.sum()) < heads:
+        a[int(torch.argmin(a))] += 1
+    assert a.numel() == g
+    return a
+
+
+class KDGQAWrapper(nn.Module):
+    """Key-driven grouped-query attention around a head-structured token mixer."""
+
+    def __init__(self, dim: int, num_heads: int = 8, inner="global", kv_heads: int | None = None, mode: str = "kd",
+                 window_size: int = 1, momentum: float = 0.9, device=None, dtype=None, **inner_options):
+        super().__init__()
+        cls = "KDGQAWrapper"
+        self.dim = check_int(cls, "dim", dim)
+        self.inner = build_inner(cls, inner, dim, num_heads, inner_options, device, dtype)
+        heads = as_head_structured(self.inner, cls)
+        object.__setattr__(self, "_heads", heads)
+        h = self.num_heads = heads.num_heads
+        g = max(1, h // 2) if kv_heads is None else kv_heads
+        self.kv_heads = check_int(cls, "kv_heads", g)
+        if h % self.kv_heads:
+            divisors = [d for d in range(1, h + 1) if h % d == 0]
+            raise ValueError(f"{cls}: kv_heads={self.kv_heads} must divide the inner mixer's num_heads={h}; "
+                             f"choose kv_heads from {divisors}")
+        self.mode = check_choice(cls, "mode", mode, MODES)
+        self.window_size = check_int(cls, "window_size", window_size)
+        self.momentum = check_float(cls, "momentum", momentum, 0.0, 1.0)
+        g = self.kv_heads
+        self.register_buffer("allocation", torch.full((g,), h // g, dtype=torch.long, device=device))
+        self.register_buffer("norm_state", torch.zeros(g, dtype=torch.float32, device=device))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=device))
+
+    def _pool(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean of each group of ``h/g`` consecutive heads (head axis 1)."""
+        B, h = t.shape[:2]
+        return t.reshape(B, self.kv_heads, h // self.kv_heads, *t.shape[2:]).mean(dim=2)
+
+    @torch.no_grad()
+    def _update_allocation(self, k: torch.Tensor) -> torch.Tensor:
+        n = k.float().flatten(2).norm(dim=-1).sum(dim=0)                  # [g]
+        if self.mode == "kd":
+            lo, hi = n.min(), n.max()
+            w = (n - lo) / (hi - lo) if float(hi - lo) > 0 else torch.ones_like(n)
+            return allocate(w, self.num_heads)
+        if not self.training:
+            return self.allocation.clone() if int(self.steps) > 0 else allocate(n, self.num_heads)
+        if int(self.steps) % self.window_size == 0:
+            first = int(self.steps) == 0
+            if self.mode == "ema":
+                self.norm_state.copy_(n if first else self.momentum * self.norm_state + (1 - self.momentum) * n)
+                a = allocate(self.norm_state, self.num_heads)
+            else:  # diff
+                a = allocate(n if first else (n - self.norm_state).abs(), self.num_heads)
+                self.norm_state.copy_(n)
+        else:
+            a = self.allocation.clone()
+        self.steps += 1
+        return a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("KDGQAWrapper", x, self.dim)
+        hs = self._heads
+        q, k, v = hs.qkv_heads(x)
+        k, v = self._pool(k), self._pool(v)                                # [B, g, ...]
+        a = self._update_allocation(k)
+        self.allocation.copy_(a)
+        group_of = torch.repeat_interleave(torch.arange(self.kv_heads, device=a.device), a.to(a.device))
+        k, v = k.index_select(1, group_of.to(k.device)), v.index_select(1, group_of.to(v.device))
+        return hs.merge_heads(hs.attend_heads(q, k, v, x.shape[-2:]))
+
+    def extra_repr(self) -> str:
+        s = f"num_heads={self.num_heads}, kv_heads={self.kv_heads}, mode={self.mode!r}"
+        if self.mode != "kd":
+            s += f", window_size={self.window_size}, momentum={self.momentum}"
+        return s
+
+
+@register_token_mixer("kdgqa", paper="KDGQA / DGQA (Beyond Uniform Query Distribution, 2024)")
+def kdgqa(dim: int, num_heads: int = 1, **options) -> KDGQAWrapper:
+    return KDGQAWrapper(dim, num_heads=num_heads, **options)

@@ -1,0 +1,59 @@
+"""``pam``: position attention module (DANet, Fu et al., CVPR'19; as in multi-scale self-guided attention, Sinha & Dolz 2020).
+
+Computation: ``q = Conv1x1(x)``, ``k = Conv1x1(x)`` with ``C / reduction`` channels (8 by default),
+``v = Conv1x1(x)`` with C channels; ``A = softmax_m(q_n . k_m)`` over all N pixels (no 1/sqrt(d) scale, as
+DANet); ``out = gamma * (A v)`` with a learnable scalar ``gamma`` initialised to 0, so the module starts as
+a no-op and learns how much global context to mix in.
+
+Deliberate difference: DANet's module returns ``gamma * (A v) + x``. In this library the block owns the
+residual, so the mixer returns ``gamma * (A v)`` by default; ``residual=True`` gives the paper's module.
+
+Cost in N = H*W: ``2 N^2 (C / reduction + C)`` FLOPs plus ``2 N C^2 (1 + 2 / reduction)`` for the
+projections: quadratic in N, single head.
+
+New resolution: any H, W >= 1; no positional term. ``num_heads`` is accepted for the common contract and
+ignored (single-head by design).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register_token_mixer
+from ._common import check_input, check_int, conv1x1
+
+
+class PositionAttention2d(nn.Module):
+    """DANet position (spatial) attention on a ``[B, C, H, W]`` map."""
+
+    def __init__(self, dim: int, reduction: int = 8, residual: bool = False, device=None, dtype=None):
+        super().__init__()
+        cls = "PositionAttention2d"
+        self.dim = check_int(cls, "dim", dim)
+        self.reduction = check_int(cls, "reduction", reduction)
+        self.qk_dim = max(1, dim // self.reduction)
+        self.residual = bool(residual)
+        dd = {"device": device, "dtype": dtype}
+        self.query = conv1x1(dim, self.qk_dim, **dd)
+        self.key = conv1x1(dim, self.qk_dim, **dd)
+        self.value = conv1x1(dim, dim, **dd)
+        self.gamma = nn.Parameter(torch.zeros(1, **dd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = check_input("PositionAttention2d", x, self.dim)
+        q = self.query(x).flatten(2).transpose(1, 2)[:, None]                  # [B, 1, N, c]
+        k = self.key(x).flatten(2).transpose(1, 2)[:, None]
+        v = self.value(x).flatten(2).transpose(1, 2)[:, None]                  # [B, 1, N, C]
+        o = F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0]           # [B, N, C]
+        o = self.gamma * o.transpose(1, 2).reshape(B, C, H, W)
+        return o + x if self.residual else o
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, reduction={self.reduction}, residual={self.residual}"
+
+
+@register_token_mixer("pam", paper="DANet PAM (Fu et al., CVPR'19)")
+def pam(dim: int, num_heads: int = 1, **options) -> PositionAttention2d:
+    return PositionAttention2d(dim, **options)
