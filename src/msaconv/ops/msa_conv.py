@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import backends as _backends
+from . import library as _library
 from ._checks import Problem, check_msa_conv2d, did_you_mean
 
 _FN = "msa_conv2d"
@@ -42,6 +43,14 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = _FN) -> _backends
             return be
         reasons.append(f"{name}: {reason}")
     raise ValueError(f"{fn}: no backend can run this call; " + "; ".join(reasons))
+
+
+def _use_custom_op(backend: str | None) -> bool:
+    """The custom op runs automatic choice and every backend with an explicit backward."""
+    if backend is None:
+        return True
+    be = _backends.BACKENDS.get(backend)
+    return be is not None and _library.has_explicit_backward(be)
 
 
 def msa_conv2d(
@@ -93,6 +102,11 @@ def msa_conv2d(
     if pb.batch == 0:
         shape = (0, pb.heads, Ho, Wo, pb.head_dim) if pb.layout == "bhwd" else (0, pb.heads, pb.head_dim, Ho, Wo)
         return q.new_zeros(shape) + (q.sum() + k.sum() + v.sum()) * 0  # keeps the autograd graph
+    if pb.dropout_p == 0 and _use_custom_op(backend):
+        # one torch.library node (compiles without graph breaks); the backend is chosen inside it
+        if not torch.compiler.is_compiling():
+            choose_backend(pb, backend)  # eager: raise a clear ValueError here, before the op
+        return _library.msa_conv2d_custom(q, k, v, extra_k, extra_v, pb, backend)
     be = choose_backend(pb, backend)
     native = be.layout
     out = be.forward(_to_layout(q, pb.layout, native), _to_layout(k, pb.layout, native),

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from .._checks import Problem
-from . import portable, reference
+from . import cpu, portable, reference
 
 
 class Backend(Protocol):
@@ -32,6 +32,7 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, Backend] = {
+    "cpu": cpu.BACKEND,
     "portable": portable.BACKEND,
     "reference": reference.BACKEND,
 }

@@ -70,42 +70,46 @@ class _PortableMSAConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        plan: _Plan = ctx.plan
         qs, kf, vf, extra_k, extra_v, attn, keep = ctx.saved_tensors
-        K = plan.K
-        dout = dout.contiguous()
-        # d(weights actually applied) then through dropout: dA = keep * <dout, v>
-        dA = torch.stack([torch.linalg.vecdot(dout, vf.index_select(2, plan.index[n])) for n in range(K)], dim=-1)
-        if extra_v is not None:
-            dA = torch.cat([dA, dout @ extra_v.transpose(-1, -2)], dim=-1)
-        if plan.any_invalid:
-            dA[..., :K] = dA[..., :K].masked_fill(~plan.valid_t, 0.0)
-        a = attn if keep is None else attn * keep
-        if keep is not None:
-            dA = dA * keep
-        dlogits = attn * (dA - (attn * dA).sum(dim=-1, keepdim=True))  # softmax backward
-        if plan.any_invalid and plan.border == "zeros":
-            dlogits[..., :K] = dlogits[..., :K].masked_fill(~plan.valid_t, 0.0)  # constant logit 0
-        dlogits = dlogits * plan.scale
-        a_win = a[..., :K]
-        if plan.any_invalid:
-            a_win = a_win.masked_fill(~plan.valid_t, 0.0)
-        dq = torch.zeros_like(qs)
-        dk = torch.zeros_like(kf)
-        dv = torch.zeros_like(vf)
-        for n in range(K):
-            idx = plan.index[n]
-            g = dlogits[..., n : n + 1]
-            dq.addcmul_(g, kf.index_select(2, idx))
-            dk.index_add_(2, idx, g * qs)
-            dv.index_add_(2, idx, a_win[..., n : n + 1] * dout)
-        dek = dev = None
-        if extra_k is not None:
-            de = dlogits[..., K:]  # [B,h,P,M]
-            dq = dq + de @ extra_k
-            dek = de.transpose(-1, -2) @ qs
-            dev = a[..., K:].transpose(-1, -2) @ dout
-        return dq, dk, dv, dek, dev, None, None
+        return (*_backward(ctx.plan, qs, kf, vf, extra_k, extra_v, attn, keep, dout), None, None)
+
+
+def _backward(plan: _Plan, qs, kf, vf, extra_k, extra_v, attn, keep, dout):
+    """``(dq, dk, dv, d_extra_k, d_extra_v)`` from the weights before dropout (``attn``) and its keep-mask."""
+    K = plan.K
+    dout = dout.contiguous()
+    # d(weights actually applied) then through dropout: dA = keep * <dout, v>
+    dA = torch.stack([torch.linalg.vecdot(dout, vf.index_select(2, plan.index[n])) for n in range(K)], dim=-1)
+    if extra_v is not None:
+        dA = torch.cat([dA, dout @ extra_v.transpose(-1, -2)], dim=-1)
+    if plan.any_invalid:
+        dA[..., :K] = dA[..., :K].masked_fill(~plan.valid_t, 0.0)
+    a = attn if keep is None else attn * keep
+    if keep is not None:
+        dA = dA * keep
+    dlogits = attn * (dA - (attn * dA).sum(dim=-1, keepdim=True))  # softmax backward
+    if plan.any_invalid and plan.border == "zeros":
+        dlogits[..., :K] = dlogits[..., :K].masked_fill(~plan.valid_t, 0.0)  # constant logit 0
+    dlogits = dlogits * plan.scale
+    a_win = a[..., :K]
+    if plan.any_invalid:
+        a_win = a_win.masked_fill(~plan.valid_t, 0.0)
+    dq = torch.zeros_like(qs)
+    dk = torch.zeros_like(kf)
+    dv = torch.zeros_like(vf)
+    for n in range(K):
+        idx = plan.index[n]
+        g = dlogits[..., n : n + 1]
+        dq.addcmul_(g, kf.index_select(2, idx))
+        dk.index_add_(2, idx, g * qs)
+        dv.index_add_(2, idx, a_win[..., n : n + 1] * dout)
+    dek = dev = None
+    if extra_k is not None:
+        de = dlogits[..., K:]  # [B,h,P,M]
+        dq = dq + de @ extra_k
+        dek = de.transpose(-1, -2) @ qs
+        dev = a[..., K:].transpose(-1, -2) @ dout
+    return dq, dk, dv, dek, dev
 
 
 class PortableBackend:
@@ -127,6 +131,33 @@ class PortableBackend:
         ev = None if extra_v is None else extra_v.to(ct)
         out = _PortableMSAConv.apply(qs, kf, vf, ek, ev, plan, pb.dropout_p)
         return out.reshape(B, h, plan.Ho, plan.Wo, D).to(pb.dtype)
+
+    def forward_with_stats(self, q, k, v, extra_k, extra_v, pb: Problem):
+        """``(out, stats)`` without autograd, for the custom op (no dropout there); ``stats`` is unused
+        ``[B, heads, H_out, W_out]`` zeros (the backward recomputes the weights from q and k)."""
+        with torch.no_grad():
+            out = self.forward(q, k, v, extra_k, extra_v, pb)
+        return out, q.new_zeros((pb.batch, pb.heads) + pb.out_size, dtype=_compute_dtype(pb.dtype))
+
+    def backward(self, dout, q, k, v, extra_k, extra_v, out, stats, pb: Problem):
+        """Gradients ``(dq, dk, dv, d_extra_k | None, d_extra_v | None)`` of a call without dropout."""
+        ct = _compute_dtype(pb.dtype)
+        plan = _Plan(pb, q.device)
+        B, h, H, W, D = q.shape
+        sh, sw = pb.window.stride
+        with torch.no_grad():
+            qs = q[:, :, ::sh, ::sw].to(ct).reshape(B, h, plan.Ho * plan.Wo, D)
+            kf = k.to(ct).reshape(B, h, H * W, D)
+            vf = v.to(ct).reshape(B, h, H * W, D)
+            ek = None if extra_k is None else extra_k.to(ct)
+            ev = None if extra_v is None else extra_v.to(ct)
+            attn = safe_softmax(_logits(qs, kf, plan, ek))
+            g = dout.to(ct).reshape(B, h, plan.Ho * plan.Wo, D)
+            dqs, dk, dv, dek, dev = _backward(plan, qs, kf, vf, ek, ev, attn, None, g)
+            dq = torch.zeros((B, h, H, W, D), dtype=ct, device=q.device)
+            dq[:, :, ::sh, ::sw] = dqs.reshape(B, h, plan.Ho, plan.Wo, D)
+        cast = (lambda t: None if t is None else t.to(pb.dtype))
+        return cast(dq), cast(dk.reshape(B, h, H, W, D)), cast(dv.reshape(B, h, H, W, D)), cast(dek), cast(dev)
 
     def weights(self, q, k, extra_k, pb: Problem):
         """Differentiable window weights ``[B, heads, H_out, W_out, K+M]`` without K copies of k."""

@@ -1,0 +1,112 @@
+"""Fused CPU backend: C++/OpenMP kernels for the forward and the backward (``csrc/msa_conv_cpu.cpp``).
+
+Channels-first (``'bhdhw'``, ``[B, heads, head_dim, H, W]``) and vectorised along W: one task is one
+query row of one (image, head) plane; its K x W logits stay in a small buffer, and the q.k and a.v loops
+are register-blocked. No K-fold copy of k or v is ever made; the forward keeps only the per-query
+log-sum-exp ``[B, heads, H_out, W_out]`` for the backward, which recomputes the weights. The backward
+runs one plane per task, so every key/value gradient is summed by one thread in a fixed order:
+the result is the same run to run.
+
+Covers every kernel (even, strip), dilation, stride, border and extra keys; float32 and float64 natively,
+bfloat16/float16 computed in float32 (converted on the way in and out). It declines attention dropout
+(the portable backend runs it) and non-CPU tensors. The kernels are compiled on first use
+(:mod:`._build`); without a compiler or ninja, ``can_run`` says so and ``backend=None`` moves on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import Problem
+from . import _build
+
+_BORDER_CODE = {"zeros": 0, "mask": 1, "clamp": 2, "circular": 3}  # enum Border of the C++ file
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _planes(t: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+    """``t`` in dtype ``ct`` with contiguous ``[D, H, W]`` planes (batch/head strides may be anything)."""
+    t = t.to(ct)
+    B, h, D, H, W = t.shape
+    if t.stride(4) == 1 and t.stride(3) == W and t.stride(2) == H * W:
+        return t
+    return t.contiguous()
+
+
+def _args(pb: Problem) -> tuple:
+    w = pb.window
+    return (w.kernel[0], w.kernel[1], w.dilation[0], w.dilation[1], w.stride[0], w.stride[1],
+            _BORDER_CODE[w.border], float(pb.scale))
+
+
+class _CpuFn(torch.autograd.Function):
+    """Autograd for direct calls of :meth:`CpuBackend.forward` (the custom op has its own)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, extra_k, extra_v, pb):
+        out, lse = BACKEND.forward_with_stats(q, k, v, extra_k, extra_v, pb)
+        ctx.pb = pb
+        ctx.save_for_backward(q, k, v, extra_k, extra_v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, extra_k, extra_v, out, lse = ctx.saved_tensors
+        return (*BACKEND.backward(dout, q, k, v, extra_k, extra_v, out, lse, ctx.pb), None)
+
+
+class CpuBackend:
+    name = "cpu"
+    layout = "bhdhw"
+
+    def can_run(self, pb: Problem) -> str | None:
+        if pb.device.type != "cpu":
+            return f"runs on CPU tensors only, got device {pb.device}"
+        if pb.dropout_p > 0:
+            return "attention dropout is not fused (the portable backend runs it)"
+        _, reason = _build.extension()
+        return reason
+
+    def forward_with_stats(self, q, k, v, extra_k, extra_v, pb: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(out [B,h,D,Ho,Wo] in q's dtype, lse [B,h,Ho,Wo] in the compute dtype)``; not differentiable."""
+        ext, reason = _build.extension()
+        if ext is None:
+            raise RuntimeError(f"msa_conv2d: backend 'cpu' is unavailable: {reason}")
+        ct = _compute_dtype(pb.dtype)
+        ek = None if extra_k is None else extra_k.to(ct)
+        ev = None if extra_v is None else extra_v.to(ct)
+        with torch.no_grad():
+            out, lse = ext.forward(_planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev, *_args(pb))
+        return out.to(pb.dtype), lse
+
+    def backward(self, dout, q, k, v, extra_k, extra_v, out, lse, pb: Problem):
+        """Gradients ``(dq, dk, dv, d_extra_k | None, d_extra_v | None)`` from the saved ``out`` and ``lse``."""
+        ext, reason = _build.extension()
+        if ext is None:
+            raise RuntimeError(f"msa_conv2d: backend 'cpu' is unavailable: {reason}")
+        ct = _compute_dtype(pb.dtype)
+        ek = None if extra_k is None else extra_k.to(ct)
+        ev = None if extra_v is None else extra_v.to(ct)
+        with torch.no_grad():
+            dq, dk, dv, dek, dev = ext.backward(dout.to(ct), _planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev,
+                                                out.to(ct), lse, *_args(pb))
+        cast = (lambda t: t.to(pb.dtype)) if ct != pb.dtype else (lambda t: t)
+        if extra_k is None:
+            dek = dev = None
+        else:
+            dek, dev = cast(dek), cast(dev)
+        return cast(dq), cast(dk), cast(dv), dek, dev
+
+    def forward(self, q, k, v, extra_k, extra_v, pb: Problem):
+        return _CpuFn.apply(q, k, v, extra_k, extra_v, pb)
+
+    def info(self) -> str:
+        """What the kernels were built for (vector width), or why they are unavailable."""
+        ext, reason = _build.extension()
+        return ext.build_info() if ext is not None else f"unavailable: {reason}"
+
+
+BACKEND = CpuBackend()

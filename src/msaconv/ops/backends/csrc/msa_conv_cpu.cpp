@@ -1,0 +1,859 @@
+// Fused CPU kernels of msa_conv2d (forward and backward), channels-first layout [B, heads, D, H, W].
+//
+// Design (see msaconv/ops/backends/cpu.py for the Python side):
+//   * one task = one output row of one (image, head) plane in the forward, one whole plane in the
+//     backward (so the key/value gradients of a plane are summed by one thread in a fixed order:
+//     deterministic, no atomics);
+//   * rows of k and v are copied once per task into a column-padded buffer [D][Wp] (zeros for
+//     'zeros'/'mask', wrapped columns for 'circular'), so every window slot of a query row is one
+//     contiguous run of keys: the inner loops are plain vector loads along W;
+//   * one query row keeps its (K+M) x W logits in a small buffer (L1/L2) and vectorises along W;
+//     the q.k pass keeps up to 8 window slots in registers per load of q, the a.v pass up to 8
+//     channels per load of the weights (register blocking);
+//   * what the padded buffer cannot express is fixed afterwards per column: 'mask' sets the logits of
+//     outside columns to -inf, 'clamp' recomputes its border columns (where the window slides) with
+//     scalar code from the exact index tables.
+// Vectors are GCC vector extensions (AVX-512, AVX2 or SSE, whatever -march=native gives); float has a
+// vectorised exp, double (used by the tests) calls std::exp.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#define MSA_VBYTES 64
+#elif defined(__AVX__)
+#define MSA_VBYTES 32
+#else
+#define MSA_VBYTES 16
+#endif
+
+namespace {
+
+enum Border { ZEROS = 0, MASK = 1, CLAMP = 2, CIRCULAR = 3 };
+
+template <typename T> struct Vec;
+template <> struct Vec<float> {
+  typedef float type __attribute__((vector_size(MSA_VBYTES)));
+  typedef int32_t itype __attribute__((vector_size(MSA_VBYTES)));
+  static constexpr int L = MSA_VBYTES / 4;
+};
+template <> struct Vec<double> {
+  typedef double type __attribute__((vector_size(MSA_VBYTES)));
+  typedef int64_t itype __attribute__((vector_size(MSA_VBYTES)));
+  static constexpr int L = MSA_VBYTES / 8;
+};
+
+template <typename T> inline typename Vec<T>::type vload(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T> inline void vstore(T* p, typename Vec<T>::type v) { std::memcpy(p, &v, sizeof(v)); }
+template <typename T> inline typename Vec<T>::type vbroadcast(T s) {
+  typename Vec<T>::type v = {};
+  return v + s;
+}
+// load L elements p[0], p[s], p[2s], ... (UNIT: s == 1, a plain vector load)
+template <typename T, bool UNIT> inline typename Vec<T>::type vload_s(const T* p, int64_t s) {
+  if (UNIT) return vload<T>(p);
+  typename Vec<T>::type v;
+  for (int l = 0; l < Vec<T>::L; ++l) v[l] = p[l * s];
+  return v;
+}
+template <typename T, bool UNIT> inline void vstore_s(T* p, int64_t s, typename Vec<T>::type v) {
+  if (UNIT) {
+    vstore<T>(p, v);
+    return;
+  }
+  for (int l = 0; l < Vec<T>::L; ++l) p[l * s] = v[l];
+}
+
+// exp for a float vector: x = n*ln2 + r, |r| <= ln2/2, degree-7 Taylor for exp(r), 2^n into the
+// exponent bits. exp(x) for x < -87.3 (including -inf) is exactly 0, as the reference's.
+inline Vec<float>::type vexp(Vec<float>::type x) {
+  typedef Vec<float>::type V;
+  typedef Vec<float>::itype VI;
+  const V lo = vbroadcast<float>(-87.3f), hi = vbroadcast<float>(88.3f);
+  VI under = x < lo;
+  V xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const V magic = vbroadcast<float>(12582912.0f);  // 1.5 * 2^23: round to nearest
+  V t = xc * 1.44269504088896341f + magic;
+  V n = t - magic;
+  V r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V p = vbroadcast<float>(1.0f / 5040.0f);
+  p = p * r + (1.0f / 720.0f);
+  p = p * r + (1.0f / 120.0f);
+  p = p * r + (1.0f / 24.0f);
+  p = p * r + (1.0f / 6.0f);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  VI ni = __builtin_convertvector(n, VI);
+  VI bits = (VI)p + (ni << 23);
+  V res = (V)bits;
+  return under ? vbroadcast<float>(0.0f) : res;
+}
+inline Vec<double>::type vexp(Vec<double>::type x) {
+  for (int l = 0; l < Vec<double>::L; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Window index tables of one axis (the rules of msaconv/ops/shapes.py).
+struct Axis {
+  int L = 0, Lout = 0, k = 0, d = 0, s = 0, pl = 0, pr = 0;
+  std::vector<int> idx;   // [k][Lout]: input position read by slot j of output o, -1 = outside
+  std::vector<int> off;   // [k]: the plain offset: position = o*s + off[j] away from the border
+  std::vector<int> exc;   // output positions where some slot is not the plain offset (or outside)
+};
+
+Axis make_axis(int L, int k, int d, int s, int border) {
+  Axis A;
+  A.L = L; A.k = k; A.d = d; A.s = s;
+  A.Lout = (L - 1) / s + 1;
+  A.off.resize(k);
+  if (border == CLAMP) {
+    A.pl = ((k - 1) / 2) * d;
+    A.pr = (k - 1 - (k - 1) / 2) * d;
+    for (int j = 0; j < k; ++j) A.off[j] = (j - (k - 1) / 2) * d;
+  } else {
+    A.pl = d * (k - 1) / 2;
+    A.pr = d * (k - 1) - A.pl;
+    for (int j = 0; j < k; ++j) A.off[j] = j * d - A.pl;
+  }
+  A.idx.assign((size_t)k * A.Lout, -1);
+  for (int o = 0; o < A.Lout; ++o) {
+    const int y = o * s;
+    bool exc = false;
+    for (int j = 0; j < k; ++j) {
+      int p;
+      if (border == CLAMP) {
+        const int r = y % d, g = y / d, Lg = (L - r + d - 1) / d;
+        const int start = std::min(std::max(g - (k - 1) / 2, 0), Lg - k);
+        p = (start + j) * d + r;
+      } else {
+        p = y + A.off[j];
+        if (border == CIRCULAR) p = ((p % L) + L) % L;
+        else if (p < 0 || p >= L) p = -1;
+      }
+      A.idx[(size_t)j * A.Lout + o] = p;
+      if (p < 0 || p != y + A.off[j]) exc = true;
+    }
+    if (exc) A.exc.push_back(o);
+  }
+  return A;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register-blocked vector passes over one query row. Buffers of a row are [rows][WoV] with WoV the
+// output width rounded up to whole vectors; a "slot pointer" points at column 0 of the window slot's
+// run in a padded key/value row buffer [D][Wp].
+
+// outs[n][x] = mul * sum_d X[d][x] * P_n[d*Wp + x*sw]
+template <typename T, bool UNIT, int NB>
+inline void dot_block(const T* X, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw, T* const* outs, T mul) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  for (int x = 0; x < WoV; x += L) {
+    V acc[NB];
+    for (int n = 0; n < NB; ++n) acc[n] = vbroadcast<T>(0);
+    const int64_t xo = UNIT ? x : (int64_t)x * sw;
+    for (int d = 0; d < D; ++d) {
+      const V xv = vload<T>(X + (size_t)d * WoV + x);
+      const int64_t row = (int64_t)d * Wp + xo;
+      for (int n = 0; n < NB; ++n) acc[n] += xv * vload_s<T, UNIT>(P[n] + row, sw);
+    }
+    for (int n = 0; n < NB; ++n) vstore<T>(outs[n] + x, acc[n] * mul);
+  }
+}
+
+template <typename T, bool UNIT>
+void dot_slots(const T* X, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw, T* const* outs, int count, T mul) {
+  int n = 0;
+  for (; n + 8 <= count; n += 8) dot_block<T, UNIT, 8>(X, D, WoV, P + n, Wp, sw, outs + n, mul);
+  switch (count - n) {
+    case 7: dot_block<T, UNIT, 7>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 6: dot_block<T, UNIT, 6>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 5: dot_block<T, UNIT, 5>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 4: dot_block<T, UNIT, 4>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 3: dot_block<T, UNIT, 3>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 2: dot_block<T, UNIT, 2>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 1: dot_block<T, UNIT, 1>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    default: break;
+  }
+}
+
+// O[d][x] += sum_n A_n[x] * P_n[d*Wp + x*sw] for d in [d0, d0+DB)
+template <typename T, bool UNIT, int DB>
+inline void axpy_block(T* O, int d0, int WoV, const T* const* A, const T* const* P, int count, int64_t Wp, int64_t sw) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  for (int x = 0; x < WoV; x += L) {
+    V acc[DB];
+    for (int b = 0; b < DB; ++b) acc[b] = vload<T>(O + (size_t)(d0 + b) * WoV + x);
+    const int64_t xo = UNIT ? x : (int64_t)x * sw;
+    for (int n = 0; n < count; ++n) {
+      const V av = vload<T>(A[n] + x);
+      const T* p = P[n] + (int64_t)d0 * Wp + xo;
+      for (int b = 0; b < DB; ++b) acc[b] += av * vload_s<T, UNIT>(p + (int64_t)b * Wp, sw);
+    }
+    for (int b = 0; b < DB; ++b) vstore<T>(O + (size_t)(d0 + b) * WoV + x, acc[b]);
+  }
+}
+
+template <typename T, bool UNIT>
+void axpy_slots(T* O, int D, int WoV, const T* const* A, const T* const* P, int count, int64_t Wp, int64_t sw) {
+  if (count == 0) return;
+  int d = 0;
+  for (; d + 8 <= D; d += 8) axpy_block<T, UNIT, 8>(O, d, WoV, A, P, count, Wp, sw);
+  switch (D - d) {
+    case 7: axpy_block<T, UNIT, 7>(O, d, WoV, A, P, count, Wp, sw); break;
+    case 6: axpy_block<T, UNIT, 6>(O, d, WoV, A, P, count, Wp, sw); break;
+    case 5: axpy_block<T, UNIT, 5>(O, d, WoV, A, P, count, Wp, sw); break;
+    case 4: axpy_block<T, UNIT, 4>(O, d, WoV, A, P, count, Wp, sw); break;
+    case 3: axpy_block<T, UNIT, 3>(O, d, WoV, A, P, count, Wp, sw); break;
+    case 2: axpy_block<T, UNIT, 2>(O, d, WoV, A, P, count, Wp, sw); break;
+    case 1: axpy_block<T, UNIT, 1>(O, d, WoV, A, P, count, Wp, sw); break;
+    default: break;
+  }
+}
+
+// P_n[d*Wp + x*sw] += G_n[x] * X[d][x]   (the transposed pass: key / value gradients)
+template <typename T, bool UNIT, int NB>
+inline void scatter_block(T* const* P, const T* const* G, const T* X, int D, int WoV, int64_t Wp, int64_t sw) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  for (int x = 0; x < WoV; x += L) {
+    V g[NB];
+    for (int n = 0; n < NB; ++n) g[n] = vload<T>(G[n] + x);
+    const int64_t xo = UNIT ? x : (int64_t)x * sw;
+    for (int d = 0; d < D; ++d) {
+      const V xv = vload<T>(X + (size_t)d * WoV + x);
+      const int64_t row = (int64_t)d * Wp + xo;
+      for (int n = 0; n < NB; ++n) {
+        T* p = P[n] + row;
+        vstore_s<T, UNIT>(p, sw, vload_s<T, UNIT>(p, sw) + g[n] * xv);
+      }
+    }
+  }
+}
+
+template <typename T, bool UNIT>
+void scatter_slots(T* const* P, const T* const* G, const T* X, int count, int D, int WoV, int64_t Wp, int64_t sw) {
+  int n = 0;
+  for (; n + 4 <= count; n += 4) scatter_block<T, UNIT, 4>(P + n, G + n, X, D, WoV, Wp, sw);
+  switch (count - n) {
+    case 3: scatter_block<T, UNIT, 3>(P + n, G + n, X, D, WoV, Wp, sw); break;
+    case 2: scatter_block<T, UNIT, 2>(P + n, G + n, X, D, WoV, Wp, sw); break;
+    case 1: scatter_block<T, UNIT, 1>(P + n, G + n, X, D, WoV, Wp, sw); break;
+    default: break;
+  }
+}
+
+// The same sums as scatter, written as gathers (stride 1 only): for each key column c,
+// dst[d][c] += sum_e G_e[c - off_e] * X[d][c - off_e]. Each output vector is read and written once,
+// instead of once per slot (overlapping read-modify-writes stall on store-to-load forwarding).
+// gp[e] points so that gp[e][c] = G_e[c - off_e]; X + xoff[e] + c = &X[0][c - off_e].
+template <typename T, int DB>
+inline void gather_block(T* dst, int d0, int64_t c0, int64_t c1, const T* const* gp, const int64_t* xoff, int cnt,
+                         const T* X, int64_t QW, int64_t Wp) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  for (int64_t c = c0; c < c1; c += L) {
+    V acc[DB];
+    for (int b = 0; b < DB; ++b) acc[b] = vbroadcast<T>(0);
+    for (int e = 0; e < cnt; ++e) {
+      const V gv = vload<T>(gp[e] + c);
+      const T* xp = X + xoff[e] + c + (int64_t)d0 * QW;
+      for (int b = 0; b < DB; ++b) acc[b] += gv * vload<T>(xp + (int64_t)b * QW);
+    }
+    for (int b = 0; b < DB; ++b) {
+      T* o = dst + (int64_t)(d0 + b) * Wp + c;
+      vstore<T>(o, vload<T>(o) + acc[b]);
+    }
+  }
+}
+
+template <typename T>
+void gather_slots(T* dst, int D, int64_t c0, int64_t c1, const T* const* gp, const int64_t* xoff, int cnt, const T* X,
+                  int64_t QW, int64_t Wp) {
+  if (cnt == 0) return;
+  int d = 0;
+  for (; d + 8 <= D; d += 8) gather_block<T, 8>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp);
+  switch (D - d) {
+    case 7: gather_block<T, 7>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp); break;
+    case 6: gather_block<T, 6>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp); break;
+    case 5: gather_block<T, 5>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp); break;
+    case 4: gather_block<T, 4>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp); break;
+    case 3: gather_block<T, 3>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp); break;
+    case 2: gather_block<T, 2>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp); break;
+    case 1: gather_block<T, 1>(dst, d, c0, c1, gp, xoff, cnt, X, QW, Wp); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+struct Geometry {
+  int64_t B, h, D, H, W, Ho, Wo, M, kh, kw, K, sh, sw;
+  int border;
+  int WoV;
+  int64_t Wp;
+  Axis R, C;
+};
+
+template <typename T>
+Geometry make_geometry(const at::Tensor& q, int64_t M, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                       int64_t sh, int64_t sw, int64_t border) {
+  Geometry g;
+  g.B = q.size(0); g.h = q.size(1); g.D = q.size(2); g.H = q.size(3); g.W = q.size(4);
+  g.M = M; g.kh = kh; g.kw = kw; g.K = kh * kw; g.sh = sh; g.sw = sw; g.border = (int)border;
+  g.R = make_axis((int)g.H, (int)kh, (int)dh, (int)sh, (int)border);
+  g.C = make_axis((int)g.W, (int)kw, (int)dw, (int)sw, (int)border);
+  g.Ho = g.R.Lout; g.Wo = g.C.Lout;
+  constexpr int L = Vec<T>::L;
+  g.WoV = (int)((g.Wo + L - 1) / L * L);
+  const int64_t need = (int64_t)(g.WoV - 1) * sw + g.C.pl + g.C.pr + 1;
+  g.Wp = std::max<int64_t>(g.C.pl + g.W + g.C.pr, need);
+  g.Wp = (g.Wp + L - 1) / L * L;
+  return g;
+}
+
+// one row r of a [D][H][W] plane (channel stride cs) -> padded [D][Wp] buffer
+template <typename T>
+inline void pad_row(T* dst, const T* plane, int64_t cs, int64_t r, const Geometry& g) {
+  const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl;
+  for (int64_t d = 0; d < g.D; ++d) {
+    const T* src = plane + d * cs + r * W;
+    T* o = dst + d * Wp;
+    if (g.border == CIRCULAR) {
+      for (int64_t c = 0; c < Wp; ++c) o[c] = src[(((c - pl) % W) + W) % W];
+    } else {
+      const int64_t a = std::min<int64_t>(pl, Wp);
+      std::fill(o, o + a, T(0));
+      std::memcpy(o + pl, src, sizeof(T) * W);
+      std::fill(o + pl + W, o + Wp, T(0));
+    }
+  }
+}
+
+// Per-thread scratch for one query row.
+template <typename T>
+struct RowScratch {
+  std::vector<T> qbuf, obuf, logits, lse, aux, aux2;
+  std::vector<const T*> kptr, vptr;
+  std::vector<T*> lptr, aptr;
+  std::vector<const T*> lcptr, acptr;
+  std::vector<int> slot;  // window slot n of each valid entry
+  RowScratch(const Geometry& g) {
+    const size_t WoV = g.WoV, KM = g.K + g.M;
+    qbuf.assign(g.D * WoV, T(0));
+    obuf.assign(g.D * WoV, T(0));
+    logits.assign(KM * WoV, T(0));
+    lse.assign(WoV, T(0));
+    aux.assign(KM * WoV, T(0));
+    aux2.assign(KM * std::max<size_t>(1, g.C.exc.size()), T(0));
+    kptr.resize(g.K); vptr.resize(g.K); lptr.resize(g.K); aptr.resize(g.K);
+    lcptr.resize(g.K); acptr.resize(g.K); slot.resize(g.K);
+  }
+};
+
+// gather row y of a [D][H][W] plane at columns x*sw into buf [D][WoV] (tail zero)
+template <typename T>
+inline void gather_row(T* buf, const T* plane, int64_t cs, int64_t y, int64_t W, const Geometry& g) {
+  for (int64_t d = 0; d < g.D; ++d) {
+    const T* src = plane + d * cs + y * W;
+    T* o = buf + d * g.WoV;
+    if (g.sw == 1) std::memcpy(o, src, sizeof(T) * g.Wo);
+    else for (int64_t x = 0; x < g.Wo; ++x) o[x] = src[x * g.sw];
+    std::fill(o + g.Wo, o + g.WoV, T(0));
+  }
+}
+
+// The valid slots of query row yo: pointers into the padded k / v rows (via rowptr(r)), and logits
+// rows; outside rows get their constant logit. Returns the number of valid slots.
+template <typename T, typename RowPtr>
+int collect_slots(int64_t yo, const Geometry& g, RowScratch<T>& s, RowPtr rowptr, T outside) {
+  int cnt = 0;
+  const int WoV = g.WoV;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int r = g.R.idx[(size_t)i * g.Ho + yo];
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t n = i * g.kw + j;
+      T* lrow = s.logits.data() + n * WoV;
+      if (r < 0) {
+        std::fill(lrow, lrow + WoV, outside);
+        continue;
+      }
+      const std::pair<const T*, const T*> kv = rowptr(r);
+      const int64_t o = g.C.off[j] + g.C.pl;
+      s.kptr[cnt] = kv.first + o;
+      s.vptr[cnt] = kv.second + o;
+      s.lptr[cnt] = lrow;
+      s.slot[cnt] = (int)n;
+      ++cnt;
+    }
+  }
+  return cnt;
+}
+
+// logits of one query row: vector pass + extras + border fix-ups. kp(r) gives the padded k row.
+template <typename T, bool UNIT, typename RowPtr>
+void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const T* ek, T scale, RowPtr rowptr) {
+  const int WoV = g.WoV;
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  dot_slots<T, UNIT>(s.qbuf.data(), (int)g.D, WoV, s.kptr.data(), g.Wp, g.sw, s.lptr.data(), cnt, scale);
+  for (int64_t m = 0; m < g.M; ++m) {
+    T* lrow = s.logits.data() + (g.K + m) * WoV;
+    for (int x = 0; x < WoV; x += L) {
+      V acc = vbroadcast<T>(0);
+      for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(s.qbuf.data() + d * WoV + x) * ek[m * g.D + d];
+      vstore<T>(lrow + x, acc * scale);
+    }
+  }
+  if (g.border == MASK) {
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (int xo : g.C.exc)
+      for (int64_t j = 0; j < g.kw; ++j)
+        if (g.C.idx[(size_t)j * g.Wo + xo] < 0)
+          for (int64_t i = 0; i < g.kh; ++i) s.logits[(i * g.kw + j) * WoV + xo] = ninf;
+  } else if (g.border == CLAMP) {
+    for (int xo : g.C.exc)
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const T* kr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).first;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
+          T acc = 0;
+          for (int64_t d = 0; d < g.D; ++d) acc += s.qbuf[d * WoV + xo] * kr[d * g.Wp + c];
+          s.logits[(i * g.kw + j) * WoV + xo] = acc * scale;
+        }
+      }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T, bool UNIT>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const T* ek_all, const T* ev_all,
+                  const Geometry& g, T scale, at::Tensor& out, at::Tensor& lse) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  const T* qd = q.data_ptr<T>();
+  const T* kd = k.data_ptr<T>();
+  const T* vd = v.data_ptr<T>();
+  T* od = out.data_ptr<T>();
+  T* ld = lse.data_ptr<T>();
+  const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
+  const int64_t cs = g.H * g.W;  // channel stride inside a plane
+  const int64_t planes = g.B * g.h;
+  const int64_t tasks = planes * g.Ho;
+  const int WoV = g.WoV;
+  const int64_t rowsz = g.D * g.Wp;
+
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    RowScratch<T> s(g);
+    std::vector<T> kpad((size_t)g.H * rowsz), vpad((size_t)g.H * rowsz);
+    std::vector<int64_t> stamp(g.H, -1);  // which plane each padded row currently holds
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t p = t / g.Ho, yo = t % g.Ho;
+      const int64_t b = p / g.h, hh = p % g.h;
+      const T* qp = qd + b * qsb + hh * qsh;
+      const T* kp = kd + b * ksb + hh * ksh;
+      const T* vp = vd + b * vsb + hh * vsh;
+      const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
+      const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
+      auto rowptr = [&](int r) {
+        if (stamp[r] != p) {
+          pad_row<T>(kpad.data() + r * rowsz, kp, cs, r, g);
+          pad_row<T>(vpad.data() + r * rowsz, vp, cs, r, g);
+          stamp[r] = p;
+        }
+        return std::pair<const T*, const T*>(kpad.data() + r * rowsz, vpad.data() + r * rowsz);
+      };
+      gather_row<T>(s.qbuf.data(), qp, cs, yo * g.sh, g.W, g);
+      const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
+      const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
+      row_logits<T, UNIT>(yo, g, s, cnt, ek, scale, rowptr);
+
+      // softmax over the K+M slots, vectorised along the row; logits become normalised weights
+      const int64_t KM = g.K + g.M;
+      T* lg = s.logits.data();
+      for (int x = 0; x < WoV; x += L) {
+        V mx = vbroadcast<T>(-std::numeric_limits<T>::infinity());
+        for (int64_t n = 0; n < KM; ++n) {
+          V l = vload<T>(lg + n * WoV + x);
+          mx = l > mx ? l : mx;
+        }
+        mx = mx == vbroadcast<T>(-std::numeric_limits<T>::infinity()) ? vbroadcast<T>(0) : mx;
+        V sum = vbroadcast<T>(0);
+        for (int64_t n = 0; n < KM; ++n) {
+          V e = vexp(vload<T>(lg + n * WoV + x) - mx);
+          vstore<T>(lg + n * WoV + x, e);
+          sum += e;
+        }
+        V inv;
+        for (int l = 0; l < L; ++l) {
+          const T sl = sum[l];
+          inv[l] = sl > 0 ? T(1) / sl : T(0);
+          s.lse[x + l] = sl > 0 ? mx[l] + std::log(sl) : std::numeric_limits<T>::infinity();
+        }
+        for (int64_t n = 0; n < KM; ++n) vstore<T>(lg + n * WoV + x, vload<T>(lg + n * WoV + x) * inv);
+      }
+
+      // out = a . v
+      std::fill(s.obuf.begin(), s.obuf.end(), T(0));
+      const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
+      for (size_t e = 0; e < nexc; ++e)  // clamp border columns: scalar below, out of the vector pass
+        for (int64_t n = 0; n < g.K; ++n) {
+          T& a = lg[n * WoV + g.C.exc[e]];
+          s.aux2[n * nexc + e] = a;
+          a = 0;
+        }
+      for (int c = 0; c < cnt; ++c) s.lcptr[c] = lg + (int64_t)s.slot[c] * WoV;
+      axpy_slots<T, UNIT>(s.obuf.data(), (int)g.D, WoV, s.lcptr.data(), s.vptr.data(), cnt, g.Wp, g.sw);
+      for (int64_t m = 0; m < g.M; ++m) {
+        const T* arow = lg + (g.K + m) * WoV;
+        for (int64_t d = 0; d < g.D; ++d) {
+          const T w = ev[m * g.D + d];
+          T* orow = s.obuf.data() + d * WoV;
+          for (int x = 0; x < WoV; x += L) vstore<T>(orow + x, vload<T>(orow + x) + vload<T>(arow + x) * w);
+        }
+      }
+      for (size_t e = 0; e < nexc; ++e) {
+        const int xo = g.C.exc[e];
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const T* vr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).second;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const T a = s.aux2[(i * g.kw + j) * nexc + e];
+            const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
+            for (int64_t d = 0; d < g.D; ++d) s.obuf[d * WoV + xo] += a * vr[d * g.Wp + c];
+          }
+        }
+      }
+      // write the row: out [B, h, D, Ho, Wo] contiguous, lse [B, h, Ho, Wo]
+      T* orow = od + p * g.D * g.Ho * g.Wo + yo * g.Wo;
+      for (int64_t d = 0; d < g.D; ++d) std::memcpy(orow + d * g.Ho * g.Wo, s.obuf.data() + d * WoV, sizeof(T) * g.Wo);
+      std::memcpy(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), sizeof(T) * g.Wo);
+    }
+  });
+}
+
+template <typename T, bool UNIT>
+void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const T* ek_all, const T* ev_all, const at::Tensor& out, const at::Tensor& lse,
+                   const Geometry& g, T scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* dek_all, T* dev_all) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  const T* qd = q.data_ptr<T>();
+  const T* kd = k.data_ptr<T>();
+  const T* vd = v.data_ptr<T>();
+  const T* od = out.data_ptr<T>();
+  const T* ld = lse.data_ptr<T>();
+  const T* gd = dout.data_ptr<T>();
+  T* dqd = dq.data_ptr<T>();
+  T* dkd = dk.data_ptr<T>();
+  T* dvd = dv.data_ptr<T>();
+  const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
+  const int64_t cs = g.H * g.W, ocs = g.Ho * g.Wo;
+  const int64_t planes = g.B * g.h;
+  const int WoV = g.WoV;
+  const int64_t rowsz = g.D * g.Wp;
+  const int64_t KM = g.K + g.M;
+
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    RowScratch<T> s(g);
+    std::vector<T> kpad((size_t)g.H * rowsz), vpad((size_t)g.H * rowsz);
+    std::vector<T> dkpad((size_t)g.H * rowsz), dvpad((size_t)g.H * rowsz);
+    std::vector<T> gbuf(g.D * WoV, T(0)), dqbuf(g.D * WoV, T(0)), dA(KM * WoV, T(0)), delta(WoV, T(0));
+    std::vector<T*> dkptr(g.K), dvptr(g.K), dAptr(g.K);
+    std::vector<const T*> dLc(g.K), ac(g.K);
+    const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
+    std::vector<T> exc_a(g.K * std::max<size_t>(nexc, 1)), exc_dl(g.K * std::max<size_t>(nexc, 1));
+    // stride-1 gather buffers: rows of width QW = ML + Wp, data at [ML, ML + WoV), zero margins
+    const int64_t ML = g.C.pl + g.C.pr, QW = ML + g.Wp;
+    const int64_t c0 = g.border == CIRCULAR ? 0 : g.C.pl, c1 = g.border == CIRCULAR ? g.Wp : g.C.pl + WoV;
+    std::vector<T> qpad(UNIT ? g.D * QW : 0, T(0)), dpad(UNIT ? g.D * QW : 0, T(0));
+    std::vector<T> dlpad(UNIT ? g.K * QW : 0, T(0)), apad(UNIT ? g.K * QW : 0, T(0));
+    std::vector<const T*> gdl(g.K), gaa(g.K);
+    std::vector<int64_t> xoff(g.K);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t b = p / g.h, hh = p % g.h;
+      const T* qp = qd + b * qsb + hh * qsh;
+      const T* kp = kd + b * ksb + hh * ksh;
+      const T* vp = vd + b * vsb + hh * vsh;
+      const T* op = od + p * g.D * ocs;
+      const T* gp = gd + p * g.D * ocs;
+      const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
+      const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
+      T* dek = dek_all ? dek_all + p * g.M * g.D : nullptr;
+      T* dev = dev_all ? dev_all + p * g.M * g.D : nullptr;
+      for (int64_t r = 0; r < g.H; ++r) {
+        pad_row<T>(kpad.data() + r * rowsz, kp, cs, r, g);
+        pad_row<T>(vpad.data() + r * rowsz, vp, cs, r, g);
+      }
+      std::fill(dkpad.begin(), dkpad.end(), T(0));
+      std::fill(dvpad.begin(), dvpad.end(), T(0));
+      auto rowptr = [&](int r) {
+        return std::pair<const T*, const T*>(kpad.data() + r * rowsz, vpad.data() + r * rowsz);
+      };
+      T* dqp = dqd + p * g.D * cs;  // dq is a fresh contiguous [B, h, D, H, W] tensor of zeros
+      for (int64_t yo = 0; yo < g.Ho; ++yo) {
+        gather_row<T>(s.qbuf.data(), qp, cs, yo * g.sh, g.W, g);
+        // dout and out are contiguous [D][Ho][Wo] planes: "row yo at unit stride"
+        for (int64_t d = 0; d < g.D; ++d) {
+          std::memcpy(gbuf.data() + d * WoV, gp + d * ocs + yo * g.Wo, sizeof(T) * g.Wo);
+          std::memcpy(s.obuf.data() + d * WoV, op + d * ocs + yo * g.Wo, sizeof(T) * g.Wo);
+        }
+        const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
+        const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
+        row_logits<T, UNIT>(yo, g, s, cnt, ek, scale, rowptr);
+        // a = exp(logit - lse); tail lanes get lse = +inf, hence a = 0
+        for (int x = 0; x < WoV; ++x) s.lse[x] = x < g.Wo ? ld[(p * g.Ho + yo) * g.Wo + x] : std::numeric_limits<T>::infinity();
+        T* lg = s.logits.data();
+        for (int x = 0; x < WoV; x += L) {
+          const V m = vload<T>(s.lse.data() + x);
+          for (int64_t n = 0; n < KM; ++n) vstore<T>(lg + n * WoV + x, vexp(vload<T>(lg + n * WoV + x) - m));
+        }
+        // dA = dout . v  (outside rows: zero values or zero weight -> 0)
+        std::fill(dA.begin(), dA.end(), T(0));
+        for (int c = 0; c < cnt; ++c) dAptr[c] = dA.data() + (int64_t)s.slot[c] * WoV;
+        dot_slots<T, UNIT>(gbuf.data(), (int)g.D, WoV, s.vptr.data(), g.Wp, g.sw, dAptr.data(), cnt, T(1));
+        for (int64_t m = 0; m < g.M; ++m) {
+          T* row = dA.data() + (g.K + m) * WoV;
+          for (int x = 0; x < WoV; x += L) {
+            V acc = vbroadcast<T>(0);
+            for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(gbuf.data() + d * WoV + x) * ev[m * g.D + d];
+            vstore<T>(row + x, acc);
+          }
+        }
+        for (size_t e = 0; e < nexc; ++e) {
+          const int xo = g.C.exc[e];
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const T* vr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).second;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
+              T acc = 0;
+              for (int64_t d = 0; d < g.D; ++d) acc += gbuf[d * WoV + xo] * vr[d * g.Wp + c];
+              dA[(i * g.kw + j) * WoV + xo] = acc;
+            }
+          }
+        }
+        // delta = <dout, out>; dlogit = a * (dA - delta) * scale, stored over dA
+        for (int x = 0; x < WoV; x += L) {
+          V acc = vbroadcast<T>(0);
+          for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(gbuf.data() + d * WoV + x) * vload<T>(s.obuf.data() + d * WoV + x);
+          vstore<T>(delta.data() + x, acc);
+        }
+        for (int64_t n = 0; n < KM; ++n)
+          for (int x = 0; x < WoV; x += L) {
+            const V a = vload<T>(lg + n * WoV + x);
+            vstore<T>(dA.data() + n * WoV + x, a * (vload<T>(dA.data() + n * WoV + x) - vload<T>(delta.data() + x)) * scale);
+          }
+        if (g.border == ZEROS)  // an outside slot is a constant logit 0: no gradient flows through it
+          for (int xo : g.C.exc)
+            for (int64_t j = 0; j < g.kw; ++j)
+              if (g.C.idx[(size_t)j * g.Wo + xo] < 0)
+                for (int64_t i = 0; i < g.kh; ++i) dA[(i * g.kw + j) * WoV + xo] = 0;
+        // clamp border columns leave the vector passes and are done in scalar code
+        for (size_t e = 0; e < nexc; ++e)
+          for (int64_t n = 0; n < g.K; ++n) {
+            const int64_t at = n * WoV + g.C.exc[e];
+            exc_a[n * nexc + e] = lg[at];
+            exc_dl[n * nexc + e] = dA[at];
+            lg[at] = 0;
+            dA[at] = 0;
+          }
+        // dq = dlogit . k
+        std::fill(dqbuf.begin(), dqbuf.end(), T(0));
+        for (int c = 0; c < cnt; ++c) {
+          dLc[c] = dA.data() + (int64_t)s.slot[c] * WoV;
+          ac[c] = lg + (int64_t)s.slot[c] * WoV;
+          const int64_t koff = s.kptr[c] - kpad.data();
+          dkptr[c] = dkpad.data() + koff;
+          dvptr[c] = dvpad.data() + koff;
+        }
+        axpy_slots<T, UNIT>(dqbuf.data(), (int)g.D, WoV, dLc.data(), s.kptr.data(), cnt, g.Wp, g.sw);
+        // dk += dlogit q, dv += a dout
+        if (UNIT) {
+          // copy the rows into zero-margined buffers, then sum per key row as gathers
+          for (int64_t d = 0; d < g.D; ++d) {
+            std::memcpy(qpad.data() + d * QW + ML, s.qbuf.data() + d * WoV, sizeof(T) * WoV);
+            std::memcpy(dpad.data() + d * QW + ML, gbuf.data() + d * WoV, sizeof(T) * WoV);
+          }
+          for (int c = 0; c < cnt; ++c) {
+            std::memcpy(dlpad.data() + c * QW + ML, dLc[c], sizeof(T) * WoV);
+            std::memcpy(apad.data() + c * QW + ML, ac[c], sizeof(T) * WoV);
+            const int64_t offp = g.C.off[s.slot[c] % g.kw] + g.C.pl;
+            gdl[c] = dlpad.data() + c * QW + ML - offp;
+            gaa[c] = apad.data() + c * QW + ML - offp;
+            xoff[c] = ML - offp;
+          }
+          for (int c = 0; c < cnt;) {  // entries of one kernel row are consecutive
+            int e = c;
+            const int64_t i = s.slot[c] / g.kw;
+            while (e < cnt && s.slot[e] / g.kw == i) ++e;
+            const int r = g.R.idx[(size_t)i * g.Ho + yo];
+            gather_slots<T>(dkpad.data() + r * rowsz, (int)g.D, c0, c1, gdl.data() + c, xoff.data() + c, e - c,
+                            qpad.data(), QW, g.Wp);
+            gather_slots<T>(dvpad.data() + r * rowsz, (int)g.D, c0, c1, gaa.data() + c, xoff.data() + c, e - c,
+                            dpad.data(), QW, g.Wp);
+            c = e;
+          }
+        } else {
+          scatter_slots<T, UNIT>(dkptr.data(), dLc.data(), s.qbuf.data(), cnt, (int)g.D, WoV, g.Wp, g.sw);
+          scatter_slots<T, UNIT>(dvptr.data(), ac.data(), gbuf.data(), cnt, (int)g.D, WoV, g.Wp, g.sw);
+        }
+        for (int64_t m = 0; m < g.M; ++m) {
+          const T* dl = dA.data() + (g.K + m) * WoV;
+          const T* a = lg + (g.K + m) * WoV;
+          for (int64_t d = 0; d < g.D; ++d) {
+            const T* qr = s.qbuf.data() + d * WoV;
+            const T* gr = gbuf.data() + d * WoV;
+            T* dqr = dqbuf.data() + d * WoV;
+            const T w = ek[m * g.D + d];
+            T sk = 0, sv = 0;
+            for (int x = 0; x < g.Wo; ++x) {
+              dqr[x] += dl[x] * w;
+              sk += dl[x] * qr[x];
+              sv += a[x] * gr[x];
+            }
+            dek[m * g.D + d] += sk;
+            dev[m * g.D + d] += sv;
+          }
+        }
+        for (size_t e = 0; e < nexc; ++e) {
+          const int xo = g.C.exc[e];
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int r = g.R.idx[(size_t)i * g.Ho + yo];
+            const T* kr = kpad.data() + r * rowsz;
+            T* dkr = dkpad.data() + r * rowsz;
+            T* dvr = dvpad.data() + r * rowsz;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
+              const T a = exc_a[(i * g.kw + j) * nexc + e], dl = exc_dl[(i * g.kw + j) * nexc + e];
+              for (int64_t d = 0; d < g.D; ++d) {
+                dqbuf[d * WoV + xo] += dl * kr[d * g.Wp + c];
+                dkr[d * g.Wp + c] += dl * s.qbuf[d * WoV + xo];
+                dvr[d * g.Wp + c] += a * gbuf[d * WoV + xo];
+              }
+            }
+          }
+        }
+        for (int64_t d = 0; d < g.D; ++d) {
+          T* dst = dqp + d * cs + yo * g.sh * g.W;
+          const T* src = dqbuf.data() + d * WoV;
+          if (g.sw == 1) std::memcpy(dst, src, sizeof(T) * g.Wo);
+          else for (int64_t x = 0; x < g.Wo; ++x) dst[x * g.sw] = src[x];
+        }
+      }
+      // fold the padded key / value gradients back into the plane
+      T* dkp = dkd + p * g.D * cs;
+      T* dvp = dvd + p * g.D * cs;
+      const int64_t W = g.W, pl = g.C.pl;
+      for (int64_t r = 0; r < g.H; ++r)
+        for (int64_t d = 0; d < g.D; ++d) {
+          const T* sk = dkpad.data() + r * rowsz + d * g.Wp;
+          const T* sv = dvpad.data() + r * rowsz + d * g.Wp;
+          T* ok = dkp + d * cs + r * W;
+          T* ov = dvp + d * cs + r * W;
+          if (g.border == CIRCULAR) {
+            std::fill(ok, ok + W, T(0));
+            std::fill(ov, ov + W, T(0));
+            for (int64_t c = 0; c < g.Wp; ++c) {
+              const int64_t x = (((c - pl) % W) + W) % W;
+              ok[x] += sk[c];
+              ov[x] += sv[c];
+            }
+          } else {
+            std::memcpy(ok, sk + pl, sizeof(T) * W);
+            std::memcpy(ov, sv + pl, sizeof(T) * W);
+          }
+        }
+    }
+  });
+}
+
+void check_plane(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 5, "msaconv cpu kernel: ", name, " must be 5-D [B, heads, D, H, W]");
+  TORCH_CHECK(t.stride(4) == 1 && t.stride(3) == t.size(4) && t.stride(2) == t.size(3) * t.size(4),
+              "msaconv cpu kernel: each [D, H, W] plane of ", name, " must be contiguous");
+}
+
+at::Tensor opt_contig(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() && t->numel() > 0 ? t->contiguous() : at::Tensor();
+}
+
+}  // namespace
+
+std::vector<at::Tensor> msa_forward(at::Tensor q, at::Tensor k, at::Tensor v, c10::optional<at::Tensor> extra_k,
+                                    c10::optional<at::Tensor> extra_v, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                                    int64_t sh, int64_t sw, int64_t border, double scale) {
+  check_plane(q, "q"); check_plane(k, "k"); check_plane(v, "v");
+  at::Tensor ek = opt_contig(extra_k), ev = opt_contig(extra_v);
+  const int64_t M = ek.defined() ? ek.size(2) : 0;
+  at::Tensor out, lse;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "msa_forward", [&] {
+    Geometry g = make_geometry<scalar_t>(q, M, kh, kw, dh, dw, sh, sw, border);
+    out = at::empty({g.B, g.h, g.D, g.Ho, g.Wo}, q.options());
+    lse = at::empty({g.B, g.h, g.Ho, g.Wo}, q.options());
+    const scalar_t* ekp = M ? ek.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* evp = M ? ev.data_ptr<scalar_t>() : nullptr;
+    if (sw == 1) forward_impl<scalar_t, true>(q, k, v, ekp, evp, g, (scalar_t)scale, out, lse);
+    else forward_impl<scalar_t, false>(q, k, v, ekp, evp, g, (scalar_t)scale, out, lse);
+  });
+  return {out, lse};
+}
+
+std::vector<at::Tensor> msa_backward(at::Tensor dout, at::Tensor q, at::Tensor k, at::Tensor v,
+                                     c10::optional<at::Tensor> extra_k, c10::optional<at::Tensor> extra_v,
+                                     at::Tensor out, at::Tensor lse, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                                     int64_t sh, int64_t sw, int64_t border, double scale) {
+  check_plane(q, "q"); check_plane(k, "k"); check_plane(v, "v");
+  dout = dout.contiguous();
+  out = out.contiguous();
+  lse = lse.contiguous();
+  at::Tensor ek = opt_contig(extra_k), ev = opt_contig(extra_v);
+  const int64_t M = ek.defined() ? ek.size(2) : 0;
+  at::Tensor dq = at::zeros(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  at::Tensor dek, dev;
+  if (M) {
+    dek = at::zeros(ek.sizes(), ek.options());
+    dev = at::zeros(ev.sizes(), ev.options());
+  }
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "msa_backward", [&] {
+    Geometry g = make_geometry<scalar_t>(q, M, kh, kw, dh, dw, sh, sw, border);
+    const scalar_t* ekp = M ? ek.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* evp = M ? ev.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dekp = M ? dek.data_ptr<scalar_t>() : nullptr;
+    scalar_t* devp = M ? dev.data_ptr<scalar_t>() : nullptr;
+    if (sw == 1) backward_impl<scalar_t, true>(dout, q, k, v, ekp, evp, out, lse, g, (scalar_t)scale, dq, dk, dv, dekp, devp);
+    else backward_impl<scalar_t, false>(dout, q, k, v, ekp, evp, out, lse, g, (scalar_t)scale, dq, dk, dv, dekp, devp);
+  });
+  return {dq, dk, dv, dek, dev};
+}
+
+std::string build_info() {
+  std::string s = "vector bytes " + std::to_string(MSA_VBYTES);
+#if defined(__AVX512F__)
+  s += " (AVX-512)";
+#elif defined(__AVX2__)
+  s += " (AVX2)";
+#endif
+  return s;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &msa_forward, "msa_conv2d forward (channels-first)");
+  m.def("backward", &msa_backward, "msa_conv2d backward (channels-first)");
+  m.def("build_info", &build_info, "vector width the kernels were built for");
+}
