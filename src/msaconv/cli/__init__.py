@@ -13,7 +13,11 @@ import sys
 # command name -> module (imported lazily, so `msaconv info` does not import the training stack)
 COMMANDS: dict[str, str] = {
     "info": "msaconv.cli.info",
+    "train": "msaconv.cli.train",
+    "eval": "msaconv.cli.eval",
 }
+
+DEFAULT_COMMAND = "train"  # a bare `msaconv` runs the main job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv or ["info"])
+    args = parser.parse_args(argv or [DEFAULT_COMMAND])
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

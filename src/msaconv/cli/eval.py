@@ -1,0 +1,42 @@
+"""``msaconv eval``: top-1/top-5 of a checkpoint at one or more image sizes (timm validate.py-style table)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate a checkpoint at several image sizes with the same weights; prints a table and writes JSON"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a run folder (its best checkpoint), a best.json/last.json, a .safetensors, or a .pt/.pth "
+                        "state dict (loaded with weights_only=True)")
+    p.add_argument("--data", default="embedded",
+                   help="'embedded' (the shipped 10,000 CIFAR-10 test images) or an ImageFolder dir / zip / tar")
+    p.add_argument("--img-size", type=int, nargs="+", metavar="N", help="evaluation sizes (default: the training size)")
+    p.add_argument("--model", help="model name, when the weights file does not record it")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit-val", type=int, metavar="N", help="evaluate on N images (class-balanced)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out images that fail to decode")
+    p.add_argument("--json", metavar="FILE", help="where to write the results (default: eval.json beside the checkpoint)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model_kwargs.KEY=VALUE overrides for a weights file without metadata")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..train.evaluate import evaluate_checkpoint
+
+    results, out_path = evaluate_checkpoint(args.checkpoint, data=args.data, sizes=args.img_size, model=args.model,
+                                            batch_size=args.batch_size, limit=args.limit_val, skip_bad=args.skip_bad,
+                                            json_path=args.json, sets=args.set)
+    cols = ("model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "images")
+    print(" ".join(f"{c:>12}" if i else f"{c:<14}" for i, c in enumerate(cols)))
+    for r in results:
+        print(f"{r['model']:<14} {r['top1']:>12.3f} {r['top1_err']:>12.3f} {r['top5']:>12.3f} {r['top5_err']:>12.3f} "
+              f"{r['param_count']:>12.3f} {r['img_size']:>12} {r['images']:>12}")
+    print(f"results: {out_path}")
+    del json, Path
+    return 0

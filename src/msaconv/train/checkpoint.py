@@ -1,0 +1,208 @@
+"""Checkpoints that survive ``kill -9``: safetensors for every tensor, JSON for the rest, atomic pointers.
+
+A checkpoint ``<tag>`` (``last`` or ``best``) of a run folder is three files:
+
+- ``<tag>-<step>.safetensors``: the model weights, with metadata (model name, overrides, classes, image
+  size, mean/std) so ``msaconv eval`` can rebuild the model from this file alone;
+- ``<tag>-<step>.state.safetensors``: optimizer state tensors and EMA weights;
+- ``<tag>.json``: the pointer, written last: step, epoch, optimizer param groups and scalar state, the
+  learning-rate schedule, the RNG scheme, best metric, and the names and sizes of the two files above.
+
+Every file is written to a temporary name, fsynced and renamed, so a checkpoint is complete exactly when
+its JSON exists; older step files are deleted only after the new JSON is in place. Nothing is ever
+unpickled: weights load through safetensors, or ``torch.load(weights_only=True)`` for ``.pt``/``.pth``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+FORMAT = "msaconv-checkpoint-1"
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename (readers see old or new, never half)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for k in f.keys():
+            out[k] = f.get_tensor(k)
+    return out, meta
+
+
+def optimizer_to_flat(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able rest."""
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], info: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    for key, v in info.get("scalars", {}).items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_checkpoint(run_dir: str | os.PathLike, tag: str, *, step: int, model_state: dict[str, torch.Tensor],
+                    model_meta: dict[str, str], optimizer_state: dict | None = None,
+                    ema_state: dict[str, torch.Tensor] | None = None, info: dict | None = None) -> Path:
+    """Write checkpoint ``tag`` at ``step``; returns the path of its JSON pointer."""
+    run_dir = Path(run_dir)
+    stem = f"{tag}-{step:08d}"
+    weights = run_dir / f"{stem}.safetensors"
+    state_file = run_dir / f"{stem}.state.safetensors"
+    save_tensors(weights, model_state, {**model_meta, "step": step, "format": FORMAT})
+    tensors: dict[str, torch.Tensor] = {}
+    optim_info = None
+    if optimizer_state is not None:
+        t, optim_info = optimizer_to_flat(optimizer_state)
+        tensors.update(t)
+    for k, v in (ema_state or {}).items():
+        tensors[f"ema.{k}"] = v
+    save_tensors(state_file, tensors, {"format": FORMAT, "step": step})
+    doc = {
+        "format": FORMAT,
+        "tag": tag,
+        "step": step,
+        "weights": weights.name,
+        "weights_bytes": weights.stat().st_size,
+        "state": state_file.name,
+        "state_bytes": state_file.stat().st_size,
+        "optimizer": optim_info,
+        **(info or {}),
+    }
+    pointer = run_dir / f"{tag}.json"
+    atomic_write(pointer, (json.dumps(doc, indent=1) + "\n").encode())
+    _cleanup(run_dir)
+    return pointer
+
+
+def _cleanup(run_dir: Path) -> None:
+    """Delete step files and temporaries that no pointer names (left by a replaced or interrupted save)."""
+    keep = set()
+    for p in run_dir.glob("*.json"):
+        doc = _read_json(p)
+        if doc and doc.get("format") == FORMAT:
+            keep.update({doc.get("weights"), doc.get("state")})
+    for p in run_dir.iterdir():
+        if re.fullmatch(r"(last|best)-\d{8}(\.state)?\.safetensors", p.name) and p.name not in keep:
+            p.unlink(missing_ok=True)
+        elif p.name.startswith(".") and ".tmp" in p.name:
+            p.unlink(missing_ok=True)
+
+
+def _read_json(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_checkpoint(pointer: str | os.PathLike) -> dict | None:
+    """The pointer's JSON if the checkpoint is complete (both files present at their recorded sizes), else None."""
+    p = Path(pointer)
+    doc = _read_json(p)
+    if not doc or doc.get("format") != FORMAT:
+        return None
+    for key in ("weights", "state"):
+        f = p.parent / doc[key]
+        if not f.is_file() or f.stat().st_size != doc[f"{key}_bytes"]:
+            return None
+    doc["_dir"] = str(p.parent)
+    return doc
+
+
+def find_checkpoint(where: str | os.PathLike, tag: str = "last") -> dict | None:
+    """Newest complete checkpoint ``tag`` in a run folder, or in any run folder under ``where``."""
+    where = Path(where)
+    if where.is_file():
+        return read_checkpoint(where)
+    cands = [where / f"{tag}.json"] if (where / f"{tag}.json").exists() else sorted(where.glob(f"*/{tag}.json"))
+    best, best_key = None, None
+    for c in cands:
+        doc = read_checkpoint(c)
+        if doc is not None:
+            key = c.stat().st_mtime_ns
+            if best_key is None or key > best_key:
+                best, best_key = doc, key
+    return best
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Model weights and metadata from a checkpoint JSON, a run folder, a ``.safetensors`` file, or a
+    ``.pt``/``.pth`` file (``torch.load(weights_only=True)``, never full unpickling)."""
+    p = Path(path)
+    if p.is_dir() or p.suffix == ".json":
+        doc = find_checkpoint(p, "best") if p.is_dir() else read_checkpoint(p)
+        if doc is None and p.is_dir():
+            doc = find_checkpoint(p, "last")
+        if doc is None:
+            raise ValueError(f"checkpoint: no complete checkpoint at {str(p)!r}; pass a run folder, its best.json / "
+                             "last.json, or a .safetensors file")
+        p = Path(doc["_dir"]) / doc["weights"]
+    if not p.is_file():
+        raise ValueError(f"checkpoint: {str(p)!r} does not exist; pass a run folder, a checkpoint .json or a "
+                         ".safetensors file")
+    if p.suffix == ".safetensors":
+        return load_tensors(p)
+    if p.suffix in (".pt", ".pth", ".bin"):
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling refusal becomes one clear line
+            raise ValueError(f"checkpoint: {str(p)!r} cannot be loaded with weights_only=True ({type(e).__name__}); "
+                             "convert it to safetensors") from None
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ValueError(f"checkpoint: {str(p)!r} does not hold a state dict of tensors")
+        return dict(obj), {}
+    raise ValueError(f"checkpoint: unsupported file {str(p)!r}; use .safetensors, .json, .pt or .pth")

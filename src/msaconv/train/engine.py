@@ -1,0 +1,554 @@
+"""The training engine, readable top to bottom: data -> model -> optimizer -> loop -> evaluation -> files.
+
+Everything random is a pure function of ``(seed, epoch, step, rank)``: the epoch's permutation, each batch's
+augmentation and the torch RNG seen by dropout / drop path (reseeded every step). Together with checkpoints
+that hold every optimizer, EMA and schedule tensor, a run resumed after ``kill -9`` ends with the same
+weights, bit for bit, as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import (
+    InMemoryImages,
+    StreamingImages,
+    collate_skip,
+    derive_seed,
+    embedded_path,
+    generator,
+    mixup_cutmix,
+    normalize,
+    rand_augment,
+    random_crop_flip,
+    resize,
+)
+from . import checkpoint as ckpt
+from . import distributed as D
+from .config import TrainConfig, dump_yaml
+from .schedule import lr_at
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Split:
+    """A dataset in memory (``images``/``labels``) or streamed (``stream``)."""
+
+    classes: list[str]
+    source: str
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    stream: StreamingImages | None = None
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.stream) if self.stream is not None else self.images.shape[0]
+
+
+def _resolve_paths(cfg: TrainConfig) -> tuple[str, str | None]:
+    if cfg.data == "embedded":
+        train = str(embedded_path("train"))
+        val = str(embedded_path("test")) if cfg.val_data == "auto" else cfg.val_data
+    else:
+        p = Path(cfg.data)
+        train, val = cfg.data, None
+        if p.is_dir() and (p / "train").is_dir():
+            train = str(p / "train")
+            for name in ("val", "validation", "test"):
+                if (p / name).is_dir():
+                    val = str(p / name)
+                    break
+        if cfg.val_data != "auto":
+            val = cfg.val_data
+    if val in ("none", "", None):
+        val = None
+    return train, val
+
+
+def _memory_mode(cfg: TrainConfig, path: str) -> bool:
+    if cfg.data_mode != "auto":
+        return cfg.data_mode == "memory"
+    p = Path(path)
+    size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return size < 500e6  # compressed bytes: CIFAR-size sets decode to well under a few GB
+
+
+def load_split(cfg: TrainConfig, path: str, train: bool, limit: int | None, log) -> Split:
+    if _memory_mode(cfg, path):
+        # small images are kept at their stored size (augmented, then resized to img_size on the batch)
+        d = InMemoryImages.load(path, limit=limit, skip_bad=cfg.skip_bad, seed=cfg.seed)
+        if d.skipped:
+            log(f"data: skipped {len(d.skipped)} bad image(s) in {path} (first: {d.skipped[0]})")
+        return Split(d.classes, path, d.images, d.labels, skipped=len(d.skipped))
+    s = StreamingImages(path, cfg.img_size, train=train, limit=limit, skip_bad=cfg.skip_bad, seed=cfg.seed)
+    return Split(s.classes, path, stream=s)
+
+
+def batches(split: Split, order: torch.Tensor, batch_size: int, cfg: TrainConfig, epoch: int):
+    """Yield ``(uint8 images, labels, n_bad)`` for consecutive ``batch_size`` chunks of ``order``."""
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if split.stream is None:
+        for idx in chunks:
+            yield split.images[idx], split.labels[idx], 0
+        return
+    split.stream.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(split.stream, batch_sampler=[c.tolist() for c in chunks],
+                                         num_workers=cfg.workers, collate_fn=collate_skip,
+                                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    yield from loader
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    from ..models import create_model
+
+    return create_model(cfg.model, num_classes=num_classes, **model_kwargs(cfg.model_kwargs))
+
+
+def model_kwargs(kw: dict) -> dict:
+    """YAML gives lists where model configs take tuples (per-stage values): convert the top level."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms (1-D) and the model's ``no_weight_decay()`` names."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               foreach=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+
+
+class ModelEma:
+    """Exponential moving average of the weights (buffers copied); ``module`` is evaluated in their place."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        src = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(self.decay).add_(src[k].detach(), alpha=1 - self.decay)
+            else:
+                v.copy_(src[k])
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConfig, info: D.DistInfo,
+             limit: int | None = None) -> dict:
+    """top-1 / top-5 / loss over ``split`` (sharded over ranks, summed across them) at ``img_size``."""
+    was_training = model.training
+    model.eval()
+    n = len(split) if limit is None else min(limit, len(split))
+    order = D.shard(torch.arange(n), info)
+    if info.enabled and len(order) * info.world_size > n:  # padded items would be counted twice
+        order = order[: len(range(info.rank, n, info.world_size))]
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
+    t0 = time.perf_counter()
+    ev_split = split
+    if split.stream is not None and split.stream.size != img_size:
+        ev_split = Split(split.classes, split.source, stream=StreamingImages(
+            split.source, img_size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=cfg.seed))
+    for x, y, _bad in batches(ev_split, order, cfg.eval_batch_size, cfg, 0):
+        if len(y) == 0:
+            continue
+        x = normalize(resize(x, img_size) if x.shape[-1] != img_size else x, cfg.mean, cfg.std).to(info.device)
+        y = y.to(info.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg, info):
+            out = model(x)
+        out = out.float()
+        sums[0] += F.cross_entropy(out, y, reduction="sum").item()
+        top5 = out.topk(min(5, out.shape[1]), dim=1).indices
+        sums[1] += (top5[:, 0] == y).sum().item()
+        sums[2] += (top5 == y[:, None]).any(dim=1).sum().item()
+        sums[3] += len(y)
+    loss, c1, c5, cnt = D.all_reduce_sum(sums, info)
+    model.train(was_training)
+    cnt = max(cnt, 1)
+    return {"img_size": img_size, "top1": 100 * c1 / cnt, "top5": 100 * c5 / cnt, "loss": loss / cnt,
+            "images": int(cnt), "seconds": time.perf_counter() - t0}
+
+
+def _autocast(cfg: TrainConfig, info: D.DistInfo):
+    if cfg.amp == "bf16":
+        return torch.autocast(info.device.type, dtype=torch.bfloat16)
+    return torch.autocast(info.device.type, enabled=False)
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+class _Stop:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and returns."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading_main():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_run_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
+    """The run folder and the checkpoint to resume from (None: a fresh run)."""
+    out = Path(cfg.output)
+    if cfg.resume and cfg.resume != "auto":
+        doc = ckpt.find_checkpoint(cfg.resume, "last")
+        if doc is None:
+            raise ValueError(f"--resume: no complete checkpoint at {cfg.resume!r}; pass a run folder, its last.json, "
+                             "or 'auto'")
+        return Path(doc["_dir"]), doc
+    if cfg.resume == "auto":
+        doc = ckpt.find_checkpoint(out / cfg.name if cfg.name else out, "last")
+        if doc is not None:
+            return Path(doc["_dir"]), doc
+    name = cfg.name or f"{cfg.model}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return out / name, None
+
+
+def model_meta(cfg: TrainConfig, classes: list[str], step: int, epoch: int) -> dict[str, str]:
+    return {"model": cfg.model, "model_kwargs": json.dumps(cfg.model_kwargs), "num_classes": str(len(classes)),
+            "classes": json.dumps(classes), "img_size": str(cfg.img_size), "mean": json.dumps(cfg.mean),
+            "std": json.dumps(cfg.std), "epoch": str(epoch)}
+
+
+class MetricsLog:
+    """JSON lines in ``metrics.jsonl`` (rank 0). On resume, lines past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                if rec.get("step", 0) <= resume_step and rec.get("type") != "final":
+                    keep.append(line)
+            ckpt.atomic_write(path, ("\n".join(keep) + "\n").encode() if keep else b"")
+        elif enabled and resume_step is None:
+            path.write_text("")
+
+    def write(self, rec: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+def train(cfg: TrainConfig, log=None) -> dict:
+    """Run (or resume) training as ``cfg`` says; returns the summary dict (also written as summary.json)."""
+    info = D.setup()
+    try:
+        return _train(cfg, info, log)
+    finally:
+        D.teardown(info)
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
+    main = info.is_main
+    say = (log or (lambda s: print(s, file=sys.stderr, flush=True))) if main else (lambda s: None)
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif info.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+
+    run_dir, resume_doc = resolve_run_dir(cfg)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
+    D.barrier(info)
+
+    # -- data
+    train_path, val_path = _resolve_paths(cfg)
+    t0 = time.perf_counter()
+    tr = load_split(cfg, train_path, True, cfg.limit_train, say)
+    va = load_split(cfg, val_path, False, cfg.limit_val, say) if val_path else None
+    if va is not None and va.classes != tr.classes:
+        raise ValueError(f"data: validation classes {va.classes[:5]}... differ from training classes "
+                         f"{tr.classes[:5]}...; both need the same <class> folders")
+    say(f"data: {len(tr)} train images ({train_path}), {len(va) if va else 0} val images"
+        f"{f' ({val_path})' if va else ''}, {len(tr.classes)} classes, loaded in {time.perf_counter() - t0:.1f}s")
+
+    # -- model, optimizer
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, len(tr.classes)).to(info.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = make_optimizer(cfg, model)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    per_rank = len(D.shard(torch.arange(len(tr)), info))
+    micro = cfg.batch_size
+    steps_per_epoch = max(1, per_rank // (micro * cfg.grad_accum))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+
+    start_step, best_top1, best_step = 0, -1.0, None
+    if resume_doc is not None:
+        w, _ = ckpt.load_tensors(run_dir / resume_doc["weights"])
+        model.load_state_dict(w)
+        state, _ = ckpt.load_tensors(run_dir / resume_doc["state"])
+        optimizer.load_state_dict(ckpt.optimizer_from_flat(state, resume_doc["optimizer"]))
+        if ema is not None:
+            ema.module.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+        start_step = int(resume_doc["step"])
+        best_top1 = float(resume_doc.get("best_top1", -1.0))
+        best_step = resume_doc.get("best_step")
+        if resume_doc.get("steps_per_epoch") not in (None, steps_per_epoch):
+            raise ValueError(f"--resume: the checkpoint has {resume_doc['steps_per_epoch']} steps per epoch, this "
+                             f"config gives {steps_per_epoch}; keep batch_size, grad_accum, limit_train and the "
+                             "number of processes of the original run")
+        say(f"resume: {run_dir} from step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
+    ddp = model
+    if info.enabled:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", main, start_step if resume_doc else None)
+    if main and resume_doc is None:
+        metrics.write({"type": "run", "step": 0, "model": cfg.model, "params": n_params, "torch": torch.__version__,
+                       "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                       "threads": torch.get_num_threads(), "world_size": info.world_size, "git": _git_commit(),
+                       "command": " ".join(sys.argv), "train_images": len(tr), "val_images": len(va) if va else 0})
+    say(f"model: {cfg.model} {n_params / 1e6:.2f}M params; {cfg.epochs} epochs x {steps_per_epoch} steps, batch "
+        f"{micro}x{cfg.grad_accum}x{info.world_size}, {cfg.optimizer} lr {cfg.lr}, {torch.get_num_threads()} threads; "
+        f"run folder {run_dir}")
+
+    def save(tag: str, step: int):
+        if main:
+            epoch = step // steps_per_epoch
+            ckpt.save_checkpoint(
+                run_dir, tag, step=step, model_state=model.state_dict(),
+                model_meta=model_meta(cfg, tr.classes, step, epoch), optimizer_state=optimizer.state_dict(),
+                ema_state=ema.module.state_dict() if ema else None,
+                info={"epoch": epoch, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                      "best_top1": best_top1, "best_step": best_step,
+                      "scheduler": {"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": warmup_steps,
+                                    "total_steps": total_steps, "min_lr_ratio": cfg.min_lr_ratio, "step": step},
+                      "rng": {"scheme": "derived from (seed, epoch, step, rank): permutation, augmentation and "
+                                        "torch.manual_seed each step", "seed": cfg.seed},
+                      "world_size": info.world_size})
+        D.barrier(info)
+
+    # -- loop
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (main and cfg.progress), unit="step",
+               dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
+    run_loss = run_correct = run_n = 0.0
+    bad_total = 0
+    t_train = time.perf_counter()
+    t_log, n_log = time.perf_counter(), 0
+    images_done = 0
+    step = start_step
+    status = "finished"
+    ddp.train()
+    with _Stop() as stop:
+        epoch_iter = None
+        while step < total_steps:
+            epoch, it = divmod(step, steps_per_epoch)
+            if epoch_iter is None:
+                order = torch.randperm(len(tr), generator=generator(cfg.seed, epoch, 0xDA7A))
+                mine = D.shard(order, info)[: steps_per_epoch * micro * cfg.grad_accum]
+                mine = mine[it * micro * cfg.grad_accum :]
+                epoch_iter = batches(tr, mine, micro, cfg, epoch)
+            torch.manual_seed(derive_seed(cfg.seed, epoch, it, info.rank, 0xD0))
+            lr = lr_at(step, cfg.schedule, cfg.lr, warmup_steps, total_steps, cfg.min_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            for m in range(cfg.grad_accum):
+                x, y, nbad = next(epoch_iter)
+                bad_total += nbad
+                if len(y) == 0:
+                    continue
+                g = generator(cfg.seed, epoch, it, m, info.rank)
+                if cfg.crop_pad or cfg.hflip:
+                    x = random_crop_flip(x, g, cfg.crop_pad, cfg.hflip)
+                if cfg.rand_augment_n:
+                    x = rand_augment(x, g, cfg.rand_augment_n, cfg.rand_augment_m)
+                x = normalize(resize(x, cfg.img_size), cfg.mean, cfg.std)
+                x, target = mixup_cutmix(x, y, len(tr.classes), random.Random(derive_seed(cfg.seed, epoch, it, m, info.rank, 7)),
+                                         cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing)
+                x, y, target = x.to(info.device), y.to(info.device), target.to(info.device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                sync = (m == cfg.grad_accum - 1) or not info.enabled
+                ctx = ddp.no_sync() if (info.enabled and not sync) else _null()
+                with ctx:
+                    with _autocast(cfg, info):
+                        out = ddp(x)
+                    loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
+                    (loss / cfg.grad_accum).backward()
+                run_loss += loss.item() * len(y)
+                run_correct += (out.argmax(1) == y).sum().item()
+                run_n += len(y)
+                n_log += len(y)
+                images_done += len(y)
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            bar.update(1)
+            stop_now = D.any_flag(stop.signal is not None, info)
+            end_of_epoch = step % steps_per_epoch == 0
+            if step % cfg.log_every == 0 or end_of_epoch or step == total_steps or stop_now:
+                ls, cs, ns, nl = D.all_reduce_sum([run_loss, run_correct, run_n, float(n_log)], info)
+                dt = time.perf_counter() - t_log
+                ips = nl / max(dt, 1e-9)
+                rec = {"type": "train", "step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
+                       "loss": ls / max(ns, 1), "acc": 100 * cs / max(ns, 1), "img_per_s": ips,
+                       "elapsed_s": time.perf_counter() - t_train}
+                metrics.write(rec)
+                bar.set_postfix_str(f"ep {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} acc {rec['acc']:.1f}% "
+                                    f"{ips:.0f} img/s lr {lr:.3g}")
+                run_loss = run_correct = run_n = 0.0
+                t_log, n_log = time.perf_counter(), 0
+            if end_of_epoch:
+                epoch_iter = None
+                if va is not None and ((epoch + 1) % cfg.eval_every == 0 or step == total_steps):
+                    ev = evaluate(ema.module if ema else model, va, cfg.img_size, cfg, info, cfg.limit_val)
+                    metrics.write({"type": "val", "step": step, "epoch": epoch + 1, **ev})
+                    bar.write(f"epoch {epoch + 1}/{cfg.epochs}: val top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% "
+                              f"loss {ev['loss']:.3f} ({ev['images']} images, {ev['seconds']:.1f}s)") if main else None
+                    if ev["top1"] > best_top1:
+                        best_top1, best_step = ev["top1"], step
+                        save("best", step)
+            if end_of_epoch or step % cfg.checkpoint_every == 0 or stop_now:
+                save("last", step)
+            if stop_now:
+                status = "interrupted"
+                break
+    bar.close()
+    train_seconds = time.perf_counter() - t_train
+    if bad_total:
+        say(f"data: skipped {bad_total} bad image(s) while training")
+    if status == "interrupted":
+        name = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}.get(stop.signal, str(stop.signal))
+        say(f"{name}: saved {run_dir / 'last.json'} at step {step}/{total_steps}; continue with "
+            f"--resume {run_dir} (or --resume auto)")
+        return {"status": status, "signal": stop.signal, "step": step, "run_dir": str(run_dir)}
+
+    # -- final evaluation at several sizes with the same weights
+    final_model = ema.module if ema else model
+    evals = []
+    if va is not None:
+        sizes = sorted(set(cfg.eval_sizes) | {cfg.img_size})
+        for s in sizes:
+            ev = evaluate(final_model, va, s, cfg, info, cfg.limit_val)
+            evals.append(ev)
+            metrics.write({"type": "final", "step": step, **ev})
+    total_seconds = time.perf_counter() - t_start
+    summary = {
+        "status": status, "model": cfg.model, "params": n_params, "run_dir": str(run_dir), "epochs": cfg.epochs,
+        "steps": step, "train_images": len(tr), "val_images": len(va) if va else 0, "train_seconds": train_seconds,
+        "total_seconds": total_seconds,
+        "img_per_s": images_done * info.world_size / max(train_seconds, 1e-9) if images_done else None,
+        "best_top1": best_top1 if best_top1 >= 0 else None, "best_step": best_step, "final": evals,
+        "world_size": info.world_size, "resumed_from": int(resume_doc["step"]) if resume_doc else None,
+        "skipped_bad_images": tr.skipped + (va.skipped if va else 0) + bad_total,
+    }
+    if main:
+        ckpt.atomic_write(run_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+        try:
+            from .plots import plot_run
+
+            plot_run(run_dir)
+        except ImportError as e:
+            say(f"plots skipped: {e}")
+    D.barrier(info)
+    return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def format_summary(summary: dict) -> str:
+    """The final table: one line per evaluation size, then the run's totals."""
+    lines = []
+    if summary.get("final"):
+        lines.append(f"{'model':<14} {'img_size':>8} {'top1':>7} {'top5':>7} {'loss':>7} {'images':>7} {'eval s':>7}")
+        for ev in summary["final"]:
+            lines.append(f"{summary['model']:<14} {ev['img_size']:>8} {ev['top1']:>7.2f} {ev['top5']:>7.2f} "
+                         f"{ev['loss']:>7.3f} {ev['images']:>7} {ev['seconds']:>7.1f}")
+    ips = summary.get("img_per_s")
+    lines.append(f"params {summary['params'] / 1e6:.2f}M | {summary['epochs']} epochs, {summary['steps']} steps, "
+                 f"{summary['train_images']} train images | train {summary['train_seconds'] / 60:.1f} min"
+                 f"{f' at {ips:.0f} img/s' if ips else ''} | total {summary['total_seconds'] / 60:.1f} min"
+                 + (f" | best top1 {summary['best_top1']:.2f}% (step {summary['best_step']})" if summary.get('best_top1') is not None else ""))
+    lines.append(f"run folder: {summary['run_dir']}")
+    return "\n".join(lines)
