@@ -118,6 +118,6 @@ class GlobalAttention2d(nn.Module):
         return s
 
 
-@register_token_mixer("global", paper="ViT (Dosovitskiy et al., ICLR'21); head_token: DHVT (NeurIPS'22)")
+@register_token_mixer("global", paper="ViT MHSA (ICLR'21); head_token: DHVT (NeurIPS'22)")
 def global_attention(dim: int, num_heads: int = 1, **options) -> GlobalAttention2d:
     return GlobalAttention2d(dim, num_heads=num_heads, **options)

@@ -1,4 +1,4 @@
-"""``global_gate``: a depthwise-conv mixer with a global channel gate (DWFormer, MPGNet, Zhou et al., 2022).
+"""``global_gate``: a depthwise-conv mixer with a global channel gate (DWFormer in MPGNet, under-display-camera restoration, 2022).
 
 Computation (DWFormer's mixer): ``Conv1x1 -> DWConv5x5 -> ReLU -> Global_Block -> Conv1x1``. The
 Global_Block pools a global context vector and gates the channels with it, GCNet/SE-style:
@@ -69,6 +69,6 @@ class GlobalGate2d(nn.Module):
         return f"dim={self.dim}, kernel_size={self.kernel_size}, reduction={self.reduction}, pooling={self.pooling!r}"
 
 
-@register_token_mixer("global_gate", paper="DWFormer / MPGNet (Zhou et al., 2022)")
+@register_token_mixer("global_gate", paper="DWFormer / MPGNet (UDC restoration, 2022)")
 def global_gate(dim: int, num_heads: int = 1, **options) -> GlobalGate2d:
     return GlobalGate2d(dim, **options)

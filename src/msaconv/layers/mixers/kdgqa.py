@@ -119,6 +119,6 @@ class KDGQAWrapper(nn.Module):
         return s
 
 
-@register_token_mixer("kdgqa", paper="KDGQA / DGQA (Beyond Uniform Query Distribution, 2024)")
+@register_token_mixer("kdgqa", paper="KDGQA / DGQA (key-driven GQA, 2024)")
 def kdgqa(dim: int, num_heads: int = 1, **options) -> KDGQAWrapper:
     return KDGQAWrapper(dim, num_heads=num_heads, **options)

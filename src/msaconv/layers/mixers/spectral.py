@@ -91,6 +91,6 @@ class SpectralFilter2d(nn.Module):
         return f"dim={self.dim}, size={self.size}, resize={self.resize!r}"
 
 
-@register_token_mixer("spectral", paper="SpectFormer (Patro et al., 2023) / GFNet (Rao et al., NeurIPS'21)")
+@register_token_mixer("spectral", paper="SpectFormer (2023) / GFNet (NeurIPS'21)")
 def spectral(dim: int, num_heads: int = 1, **options) -> SpectralFilter2d:
     return SpectralFilter2d(dim, **options)
