@@ -83,8 +83,16 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
+# names other tools (timm's train.py, PyTorch examples) use for our keys
+ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "opt": "optimizer", "sched": "schedule",
+           "warmup": "warmup_epochs", "image_size": "img_size", "input_size": "img_size", "smoothing": "label_smoothing",
+           "drop_path": "model_kwargs.drop_path_rate", "drop_path_rate": "model_kwargs.drop_path_rate",
+           "model_ema_decay": "ema_decay", "clip_grad_norm": "clip_grad", "aa": "rand_augment_n",
+           "num_workers": "workers", "output_dir": "output", "experiment": "name", "limit": "limit_train"}
+
+
 def _unknown_key(key: str, where: str) -> ValueError:
-    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
+    close = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
     hint = f" did you mean {close[0]!r}?" if close else ""
     return ValueError(f"{where}: unknown config key {key!r};{hint} valid keys: {', '.join(FIELDS)}")
 
