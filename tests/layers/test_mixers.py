@@ -85,6 +85,19 @@ def test_shape(name, options, size):
 
 
 @pytest.mark.parametrize("name,options", CASES)
+def test_tiny_and_empty_inputs(name, options):
+    """1x1, 1xW and Hx1 maps (padding paths, a window larger than the map) and an empty batch."""
+    for size in [(1, 1), (1, 5), (3, 1)]:
+        opts = {**options, "size": size} if name == "spectral" else options
+        m = build(name, opts).eval()
+        with torch.no_grad():
+            y = m(torch.randn(2, DIM, *size))
+        assert y.shape == (2, DIM, *size) and torch.isfinite(y).all()
+    m = build(name, {**options, "size": (4, 4)} if name == "spectral" else options).eval()
+    assert m(torch.randn(0, DIM, 4, 4)).shape == (0, DIM, 4, 4)
+
+
+@pytest.mark.parametrize("name,options", CASES)
 def test_gradient_reaches_every_parameter(name, options):
     m = build(name, {**options, **({"size": (9, 7)} if name == "spectral" else {})})
     perturb(m)

@@ -339,6 +339,9 @@ def test_moh_routes_top_k_heads_per_token_and_exposes_its_loss():
     torch.testing.assert_close(loss, expect)
     loss.backward()
     assert moh.router.weight.grad.abs().sum() > 0
+    moh.eval()
+    moh(x)
+    assert moh.load_balance_loss() == 0                                    # no loss from evaluation forwards
 
 
 # ----------------------------------------------------------------------------------------------- kdgqa

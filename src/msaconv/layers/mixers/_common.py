@@ -28,7 +28,8 @@ def check_float(cls: str, arg: str, value: object, low: float, high: float, *, h
         ok = low <= v < high if high_open else low <= v <= high
     if not ok:
         bracket = ")" if high_open else "]"
-        raise ValueError(f"{cls}: {arg} must be a number in [{low}, {high}{bracket}, got {value!r}")
+        raise ValueError(f"{cls}: {arg} must be a number in [{low}, {high}{bracket}, got {value!r}; "
+                         f"pass a value in that range")
     return float(value)
 
 

@@ -79,7 +79,7 @@ class GlobalAttention2d(nn.Module):
         if self.head_token:
             t = self.head_tokens(x)                                  # [B, h_tok, C]
             w, b = self.qkv.weight[C:, :, 0, 0], None if self.qkv.bias is None else self.qkv.bias[C:]
-            kv_t = F.linear(t, w, b).reshape(B, -1, 2, h, d).permute(2, 0, 3, 1, 4)  # [2, B, h, h_tok, d]
+            kv_t = F.linear(t, w, b).reshape(B, h, 2, h, d).permute(2, 0, 3, 1, 4)  # [2, B, h, h_tok, d]
             k = torch.cat([k, kv_t[0]], dim=2)
             v = torch.cat([v, kv_t[1]], dim=2)
         return q, k, v

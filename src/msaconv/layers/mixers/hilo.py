@@ -85,7 +85,7 @@ class HiLo2d(nn.Module):
         else:
             pooled = xc
         kv = self.l_kv(pooled.flatten(2).transpose(1, 2))                   # [B, M, 2*l_dim]
-        kv = kv.reshape(B, -1, 2, h, d).permute(2, 0, 3, 1, 4)
+        kv = kv.reshape(B, kv.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
         return self.l_proj(o.transpose(1, 2).reshape(B, Hp, Wp, self.l_dim))
 

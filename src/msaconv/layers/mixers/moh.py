@@ -66,6 +66,7 @@ class MoHWrapper(nn.Module):
         probs = self.router(x).softmax(dim=1)                              # [B, E, H, W]
         top = probs.topk(self.top_k, dim=1).indices
         mask = torch.zeros_like(probs).scatter_(1, top, 1.0)
+        self.aux_loss = None
         if self.training:
             E = self.routed_heads
             f = mask.mean(dim=(0, 2, 3))                                   # fraction of tokens keeping head i
@@ -83,7 +84,7 @@ class MoHWrapper(nn.Module):
         return torch.cat([shared * a[:, :1], routed * a[:, 1:]], dim=1)
 
     def load_balance_loss(self) -> torch.Tensor:
-        """The last training forward's load-balance loss (0 before any training forward)."""
+        """The load-balance loss of the last forward if it was a training forward, else 0."""
         if self.aux_loss is None:
             return self.router.weight.new_zeros(())
         return self.aux_loss

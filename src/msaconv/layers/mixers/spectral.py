@@ -7,6 +7,8 @@ convolution of each channel with a full-size ``h x w`` kernel, so the mixing is 
 Cost in N = H*W: ``O(N C log N)`` for the two FFTs plus ``N C`` complex products; ``h (w/2+1) C * 2``
 parameters.
 
+``num_heads`` is accepted for the common contract and ignored (one filter per channel).
+
 New resolution: the filter has the shape of the map it was built for (``size``), so by default a map of
 another size raises a ``ValueError`` naming both sizes (SpectFormer's released code breaks there too).
 ``resize`` adapts the same weights to a new size:
@@ -83,6 +85,8 @@ class SpectralFilter2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = check_input("SpectralFilter2d", x, self.dim)
         wt = self.filter(H, W)
+        if B == 0:  # FFT libraries reject empty batches; the output is empty too
+            return x * wt.real.sum() * 0
         X = torch.fft.rfft2(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, norm="ortho")
         y = torch.fft.irfft2(X * wt, s=(H, W), norm="ortho")
         return y.to(x.dtype)
