@@ -483,3 +483,14 @@ def test_flops_formula_sanity():
     assert f[1] == 4 * f[0]
     N, win, C = 64, 6, 8
     assert f[0] >= 4 * N * win * win * C and math.isfinite(f[0])
+
+
+@pytest.mark.compile
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["halo", "hilo", "moh"])
+def test_torch_compile_matches_eager(name):
+    torch.set_default_dtype(torch.float32)
+    m = get_token_mixer(name, 16, num_heads=4).eval()
+    x = torch.randn(2, 16, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(m)(x), m(x), rtol=1e-4, atol=1e-5)

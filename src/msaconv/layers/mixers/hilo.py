@@ -56,7 +56,7 @@ class HiLo2d(nn.Module):
             self.h_proj = nn.Linear(self.h_dim, self.h_dim, **dd)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
 
-    def _hifi(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _hifi(self, x: torch.Tensor, valid: torch.Tensor, padded: bool) -> torch.Tensor:
         """``x [B, Hp, Wp, C]`` (padded), ``valid [Hp, Wp]`` -> ``[B, Hp, Wp, h_dim]``."""
         B, Hp, Wp, C = x.shape
         s, h, d = self.window_size, self.h_heads, self.head_dim
@@ -65,23 +65,23 @@ class HiLo2d(nn.Module):
         qkv = self.h_qkv(xw).reshape(B, nh * nw, s * s, 3, h, d).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)                                              # [B, nW, h, s*s, d]
         mask = None
-        if not bool(valid.all()):
+        if padded:
             vk = valid.reshape(nh, s, nw, s).transpose(1, 2).reshape(1, nh * nw, 1, 1, s * s)
             mask = vk.expand(1, nh * nw, 1, s * s, s * s)                    # padded keys masked
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
         o = o.transpose(2, 3).reshape(B, nh, nw, s, s, self.h_dim).transpose(2, 3).reshape(B, Hp, Wp, self.h_dim)
         return self.h_proj(o)
 
-    def _lofi(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _lofi(self, x: torch.Tensor, valid: torch.Tensor, padded: bool) -> torch.Tensor:
         """``x [B, Hp, Wp, C]`` (padded, zeros outside), ``valid [Hp, Wp]`` -> ``[B, Hp, Wp, l_dim]``."""
         B, Hp, Wp, C = x.shape
         s, h, d = self.window_size, self.l_heads, self.head_dim
         q = self.l_q(x).reshape(B, Hp * Wp, h, d).transpose(1, 2)           # [B, h, N, d]
         xc = x.permute(0, 3, 1, 2)
         if s > 1:
-            # the mean of the real pixels of each s x s window (padding is zero, so sum / count)
-            cnt = F.avg_pool2d(valid[None, None].to(x.dtype), s, s)
-            pooled = F.avg_pool2d(xc, s, s) / cnt
+            pooled = F.avg_pool2d(xc, s, s)
+            if padded:  # the mean of the real pixels of each s x s window (padding is zero: sum / count)
+                pooled = pooled / F.avg_pool2d(valid[None, None].to(x.dtype), s, s)
         else:
             pooled = xc
         kv = self.l_kv(pooled.flatten(2).transpose(1, 2))                   # [B, M, 2*l_dim]
@@ -97,9 +97,9 @@ class HiLo2d(nn.Module):
         t = xp.permute(0, 2, 3, 1)                                           # [B, Hp, Wp, C]
         outs = []
         if self.h_heads:
-            outs.append(self._hifi(t, valid))
+            outs.append(self._hifi(t, valid, bool(ph or pw)))
         if self.l_heads:
-            outs.append(self._lofi(t, valid))
+            outs.append(self._lofi(t, valid, bool(ph or pw)))
         y = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         y = self.proj_drop(y)[:, :H, :W]
         return y.permute(0, 3, 1, 2).contiguous()
