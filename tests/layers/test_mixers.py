@@ -236,3 +236,15 @@ def test_trains_a_few_steps(name, options):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     assert any(not torch.equal(b, p) for b, p in zip(before, net.mixer.parameters()))
+
+
+@pytest.mark.parametrize("name", list_token_mixers())
+def test_bfloat16_forward(name):
+    """Built with dtype=bfloat16, a mixer runs in bfloat16 and returns bfloat16 (spectral computes its
+    FFT in float32: there is no complex bfloat16)."""
+    kw = {"size": (9, 7)} if name == "spectral" else {}
+    m = build(name, kw, dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in m.parameters())
+    with torch.no_grad():
+        y = m(torch.randn(2, DIM, 9, 7, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and y.shape == (2, DIM, 9, 7) and torch.isfinite(y).all()

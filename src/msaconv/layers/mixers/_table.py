@@ -1,8 +1,8 @@
 """The ``msaconv mixers`` table: every registered mixer's paper, size, cost, speed and resolution behaviour.
 
 :func:`mixer_table` measures; :func:`format_table` prints. Times are medians of warm forwards in eval mode
-under ``torch.no_grad()``, relative to ``global`` measured in the same run (absolute milliseconds depend on
-the machine and its load; the ratio is what the table reports). GMACs are FLOPs / 2 from
+under ``torch.no_grad()``, each relative to ``global`` timed interleaved with it in the same run (absolute
+milliseconds depend on the machine and its load; the ratio is what the table reports). GMACs are FLOPs / 2 from
 :func:`msaconv.layers.mixers._flops.count_flops`; operators it cannot count are named in the notes.
 """
 
@@ -35,15 +35,18 @@ class MixerRow:
     notes: str
 
 
-def _median_ms(m: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+def _paired_median_ms(m: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Median forward times of ``m`` and of the reference, interleaved (m, ref, m, ref, ...) so that both
+    see the same machine load -- on a shared machine the load drifts between mixers."""
+    tm, tr = [], []
     with torch.no_grad():
-        m(x)  # warm-up
-        ts = []
+        m(x), ref(x)  # warm-up
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            m(x)
-            ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
+            for mod, ts in ((m, tm), (ref, tr)):
+                t0 = time.perf_counter()
+                mod(x)
+                ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(tm), statistics.median(tr)
 
 
 def mixer_table(dim: int = 64, size=(56, 56), alt_size=(57, 43), num_heads: int = 4, repeats: int = 5,
@@ -54,11 +57,11 @@ def mixer_table(dim: int = 64, size=(56, 56), alt_size=(57, 43), num_heads: int 
     for n in names:
         if n not in all_names:
             get_token_mixer(n, dim)  # raises the registry's did-you-mean error
-    order = ["global"] + [n for n in names if n != "global"]
     H, W = size
     rows: dict[str, MixerRow] = {}
-    ref_ms = None
-    for name in order:
+    torch.manual_seed(seed)
+    ref = get_token_mixer("global", dim, num_heads=num_heads).eval()
+    for name in names:
         torch.manual_seed(seed)
         notes = []
         try:
@@ -72,9 +75,7 @@ def mixer_table(dim: int = 64, size=(56, 56), alt_size=(57, 43), num_heads: int 
             rep = count_flops(m, x)
         if rep.uncounted:
             notes.append("not counted: " + ", ".join(rep.uncounted))
-        ms = _median_ms(m, x, repeats)
-        if name == "global":
-            ref_ms = ms
+        ms, ref_ms = _paired_median_ms(m, ref, x, repeats)
         try:
             with torch.no_grad():
                 y = m(torch.randn(1, dim, *alt_size))
@@ -82,22 +83,22 @@ def mixer_table(dim: int = 64, size=(56, 56), alt_size=(57, 43), num_heads: int 
         except ValueError as e:
             ok, why = False, str(e).split(";")[0]
         rows[name] = MixerRow(name, token_mixer_paper(name), params, rep.macs / 1e9, ms,
-                              ms / ref_ms if ref_ms else None, ok, why, "; ".join(notes))
+                              1.0 if name == "global" else ms / ref_ms, ok, why, "; ".join(notes))
     return [rows[n] for n in names]
 
 
 def format_table(rows: list[MixerRow], dim: int, size, alt_size) -> str:
     H, W = size
-    head = (f"{'name':<12} {'paper':<44} {'params':>8} {'GMACs':>7} {'time/global':>11} "
+    head = (f"{'name':<12} {'paper':<50} {'params':>8} {'GMACs':>8} {'time/global':>11} "
             f"{f'runs {alt_size[0]}x{alt_size[1]}':>11}  notes")
     lines = [f"token mixers at C={dim} on {H}x{W} (batch 1, eval, no_grad; time = median forward relative to "
              f"'global' in this run)", head, "-" * len(head)]
     for r in rows:
-        gm = "-" if r.gmacs is None else f"{r.gmacs:.3f}"
+        gm = "-" if r.gmacs is None else f"{r.gmacs:.4f}"
         rt = "-" if r.rel_time is None else f"{r.rel_time:.2f}x"
         alt = "yes" if r.alt_size_ok else "no"
         notes = "; ".join(x for x in (r.alt_size_note, r.notes) if x)
-        lines.append(f"{r.name:<12} {r.paper[:44]:<44} {r.params:>8,} {gm:>7} {rt:>11} {alt:>11}  {notes}")
+        lines.append(f"{r.name:<12} {r.paper[:50]:<50} {r.params:>8,} {gm:>8} {rt:>11} {alt:>11}  {notes}")
     return "\n".join(lines)
 
 

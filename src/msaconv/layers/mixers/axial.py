@@ -78,6 +78,6 @@ class AxialAttention2d(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, mode={self.mode!r}"
 
 
-@register_token_mixer("axial", paper="Axial Attention (Ho et al., arXiv 1912.12180)")
+@register_token_mixer("axial", paper="Axial Attention (Ho et al., arXiv 2019)")
 def axial(dim: int, num_heads: int = 1, **options) -> AxialAttention2d:
     return AxialAttention2d(dim, num_heads=num_heads, **options)

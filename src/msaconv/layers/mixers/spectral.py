@@ -64,8 +64,10 @@ class SpectralFilter2d(nn.Module):
 
     def filter(self, H: int, W: int) -> torch.Tensor:
         """The complex filter ``[C, H, W//2+1]`` for an ``H x W`` map (resized if needed and allowed)."""
-        wt = torch.view_as_complex(self.complex_weight.float() if self.complex_weight.dtype == torch.float16
-                                   else self.complex_weight).permute(2, 0, 1)      # [C, h, w//2+1]
+        w = self.complex_weight
+        if w.dtype not in (torch.float32, torch.float64):  # no complex bfloat16; half FFTs are GPU-only
+            w = w.float()
+        wt = torch.view_as_complex(w).permute(2, 0, 1)                              # [C, h, w//2+1]
         if (H, W) == self.size:
             return wt
         if self.resize is None:
@@ -87,7 +89,7 @@ class SpectralFilter2d(nn.Module):
         wt = self.filter(H, W)
         if B == 0:  # FFT libraries reject empty batches; the output is empty too
             return x * wt.real.sum() * 0
-        X = torch.fft.rfft2(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, norm="ortho")
+        X = torch.fft.rfft2(x if x.dtype in (torch.float32, torch.float64) else x.float(), norm="ortho")
         y = torch.fft.irfft2(X * wt, s=(H, W), norm="ortho")
         return y.to(x.dtype)
 
