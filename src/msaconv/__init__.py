@@ -6,5 +6,8 @@ __version__ = "0.1.0"
 
 from . import ops
 from .ops import msa_conv2d, msa_conv2d_weights
+from . import models
+from .models import create_model, list_models, register_model
 
-__all__ = ["__version__", "msa_conv2d", "msa_conv2d_weights", "ops"]
+__all__ = ["__version__", "create_model", "list_models", "models", "msa_conv2d", "msa_conv2d_weights", "ops",
+           "register_model"]

@@ -1,0 +1,204 @@
+"""From an entry point's config and the user's keyword arguments to a model: overrides, checkpoint loading,
+``features_only`` wrapping. No weights ship with msaconv and nothing is ever downloaded."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+# keyword arguments timm's create_model passes to every entry point; msaconv reads or ignores them
+_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "scriptable", "exportable", "no_jit")
+
+
+def check_out_indices(fn: str, indices: Any, n: int) -> list[int]:
+    """timm's index rule: None -> all ``n``; an int k -> the last k; a sequence -> those (negatives from the end)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= n:
+            raise ValueError(f"{fn}: out_indices={indices} asks for the last {indices} of {n} feature maps; "
+                             f"use an int in 1..{n} or a sequence of indices in {-n}..{n - 1}")
+        return list(range(n - indices, n))
+    if isinstance(indices, (list, tuple)) and indices and all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        out = []
+        for i in indices:
+            if not -n <= i < n:
+                raise ValueError(f"{fn}: out_indices={tuple(indices)} has index {i} but the model has {n} feature "
+                                 f"maps; use indices in {-n}..{n - 1}")
+            out.append(i % n)
+        return out
+    raise ValueError(f"{fn}: out_indices must be None, an int or a sequence of ints, got {indices!r}; "
+                     f"use e.g. out_indices=(0, 1, 2, 3)")
+
+
+class FeatureInfoList(list):
+    """The ``feature_info`` of a features-only model: a list of dicts with timm's accessors."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+    def module_name(self) -> list[str]:
+        return [f["module"] for f in self]
+
+
+class FeatureNet(nn.Module):
+    """``features_only=True``: the stem and the stages up to the last wanted one; ``forward`` returns the
+    list of stage maps at ``out_indices`` (NCHW). ``feature_info`` describes the returned maps."""
+
+    def __init__(self, model: nn.Module, out_indices: Any = None):
+        super().__init__()
+        n = len(model.stages)
+        self.out_indices = tuple(check_out_indices("features_only", out_indices, n))
+        last = max(self.out_indices)
+        self.stem = model.stem
+        self.stages = model.stages[: last + 1]
+        self.feature_info = FeatureInfoList(copy.deepcopy(model.feature_info[i]) for i in self.out_indices)
+        for f, i in zip(self.feature_info, self.out_indices):
+            f["index"] = i
+        self.pretrained_cfg = model.pretrained_cfg
+        self._check = model.check_input
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self._check(x)
+        x = self.stem(x)
+        out = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                out.append(x)
+        return out
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = bool(enable)
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # the core install is torch only
+            raise ValueError(f"load_checkpoint: reading {path!r} needs the safetensors package; "
+                             f"pip install safetensors (or msaconv[train])") from e
+        return load_file(path, device="cpu")
+    if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ValueError(f"load_checkpoint: {path!r} holds no state dict of tensors (looked at the top level and "
+                             f"under 'state_dict', 'model', 'model_state_dict', 'state_dict_ema'); save "
+                             f"model.state_dict() with torch.save or safetensors")
+        return obj
+    raise ValueError(f"load_checkpoint: unknown checkpoint type {path!r}; use a .safetensors file, or a "
+                     f".pt/.pth/.bin/.ckpt file (read with torch.load(weights_only=True))")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Load a state dict from ``path`` (.safetensors, or .pt/.pth/.bin/.ckpt via ``torch.load(weights_only=True)``)
+    into ``model``; a ``module.`` prefix (DataParallel/DDP) is removed. A mismatch raises a ValueError that
+    lists the missing, unexpected and mis-shaped keys."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"load_checkpoint: checkpoint_path={path!r} is not a file; pass the path of a saved state dict")
+    sd = _read_state_dict(path)
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    own = model.state_dict()
+    shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if shape or (strict and (missing or unexpected)):
+        parts = []
+        if shape:
+            parts.append("shape mismatches: " + "; ".join(shape[:6]) + (" ..." if len(shape) > 6 else ""))
+        if missing:
+            parts.append(f"missing keys: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
+        raise ValueError(f"load_checkpoint: {path!r} does not fit this model ({'; '.join(parts)}); build the model "
+                         f"with the options it was trained with (e.g. num_classes=...)")
+    model.load_state_dict(sd, strict=strict)
+    return model
+
+
+def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build ``model_cls(cfg.override(**kwargs))`` for the registered ``variant``.
+
+    Handles: ``pretrained`` (True raises: no weights ship), ``checkpoint_path``, ``features_only`` with
+    ``out_indices`` (and timm's ``feature_cls`` when timm is installed), ``global_pool`` ('avg' only),
+    ``device``/``dtype``, and timm's bookkeeping arguments (``pretrained_cfg`` as a dict, and
+    ``pretrained_cfg_overlay``, are merged into the model's ``pretrained_cfg``; ``cache_dir`` is unused
+    since nothing is downloaded). Every other keyword is a config override.
+    """
+    from ._registry import get_pretrained_cfg
+
+    if pretrained:
+        raise ValueError(f"create_model: pretrained=True for {variant!r}, but msaconv ships no pretrained weights and "
+                         f"never downloads any; use pretrained=False, and checkpoint_path='my_weights.safetensors' "
+                         f"to load weights you trained")
+    given_cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    for k in _TIMM_KWARGS:
+        kwargs.pop(k, None)
+    checkpoint_path = kwargs.pop("checkpoint_path", None)
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", None)
+    feature_cls = kwargs.pop("feature_cls", None)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    global_pool = kwargs.pop("global_pool", None)
+    if global_pool not in (None, "avg"):
+        raise ValueError(f"create_model: global_pool={global_pool!r} is not supported by {variant!r}; use 'avg'")
+    if out_indices is not None and not features_only:
+        raise ValueError(f"create_model: out_indices={out_indices!r} needs features_only=True")
+
+    cfg = cfg.override(**kwargs) if kwargs else cfg
+    model = model_cls(cfg)
+    pcfg = dict(get_pretrained_cfg(variant))
+    if isinstance(given_cfg, dict):
+        pcfg.update(given_cfg)
+    elif given_cfg is not None and hasattr(given_cfg, "to_dict"):  # timm's PretrainedCfg
+        pcfg.update({k: v for k, v in given_cfg.to_dict().items() if v is not None})
+    if overlay:
+        pcfg.update(overlay)
+    m = model.min_input_size
+    pcfg.update(architecture=variant, num_classes=cfg.num_classes, min_input_size=(cfg.in_chans, m, m),
+                input_size=(cfg.in_chans,) + tuple(pcfg.get("input_size", (3, cfg.img_size, cfg.img_size)))[1:])
+    model.pretrained_cfg = model.default_cfg = pcfg
+
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path)
+    if features_only:
+        if feature_cls is None:
+            model = FeatureNet(model, out_indices)
+        else:
+            model = _timm_feature_net(model, feature_cls, out_indices)
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+def _timm_feature_net(model: nn.Module, feature_cls: Any, out_indices: Any) -> nn.Module:
+    """``feature_cls`` ('list', 'dict', 'hook', 'getter' or a class): timm's own feature wrappers."""
+    try:
+        from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
+    except ImportError as e:
+        raise ValueError(f"create_model: feature_cls={feature_cls!r} uses timm's feature wrappers but timm is not "
+                         f"installed; drop feature_cls (msaconv's own features_only wrapper) or pip install timm") from e
+    table = {"list": FeatureListNet, "dict": FeatureDictNet, "hook": FeatureHookNet, "getter": FeatureGetterNet}
+    cls = table.get(feature_cls, feature_cls) if isinstance(feature_cls, str) else feature_cls
+    if isinstance(cls, str) or not isinstance(cls, type):
+        raise ValueError(f"create_model: unknown feature_cls {feature_cls!r}; choose one of {sorted(table)} or a class")
+    idx = tuple(check_out_indices("features_only", out_indices, len(model.stages)))
+    if issubclass(cls, (FeatureDictNet, FeatureHookNet)):
+        return cls(model, out_indices=idx, flatten_sequential=True)
+    return cls(model, out_indices=idx)

@@ -1,0 +1,393 @@
+"""A generic hierarchical backbone that takes any registered token mixer by name, and its named variants.
+
+``HierNet(HierConfig(token_mixer="global", ...))`` is the macro-architecture of the TiC family (stem,
+stages of pre-norm blocks, downsampling between stages, GAP + LN + Linear head) with the mixer of every
+block built by :func:`msaconv.layers.get_token_mixer`, so the zoo's mixers are compared in the same body.
+:class:`~msaconv.models.tic.TiCConfig` is the same backbone with MSA-Conv and its switches.
+
+Registered here: ``vit_nano_global`` (an isotropic ViT-like baseline: patch-4 stem, one stage of global
+attention, a depthwise-conv position encoding instead of a fixed-size embedding) and ``hier_nano_<mixer>``
+for every token mixer registered when :mod:`msaconv.models` is imported (tic_nano's body with that mixer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import get_token_mixer, list_token_mixers
+from ..ops._checks import did_you_mean
+from ._blocks import Block, LayerNorm2d, Stage, make_downsample, make_stem
+from ._builder import build_model, check_out_indices
+from ._registry import register_model
+
+STEMS = ("conv", "patch")
+DOWNSAMPLES = ("conv", "msa_conv")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _err(cfg: object, arg: str, value: object, fix: str) -> ValueError:
+    return ValueError(f"{type(cfg).__name__}: {arg}={value!r} is invalid; {fix}")
+
+
+def per_stage(cfg: object, arg: str, value: Any, n: int) -> list:
+    """A per-stage field: a tuple with one entry per stage, or any other value shared by every stage.
+
+    (A *list* inside is a per-block cycle, see :func:`at_block`.)
+    """
+    if isinstance(value, tuple):
+        if len(value) != n:
+            raise _err(cfg, arg, value, f"give one entry per stage ({n} stages), or a single value for all; "
+                                        f"a pair like (5, 1) for every stage is written ((5, 1),) * {n}")
+        return list(value)
+    return [value] * n
+
+
+def at_block(value: Any, block: int) -> Any:
+    """The value of one block: a list cycles over the blocks of its stage, anything else is shared."""
+    return value[block % len(value)] if isinstance(value, list) and value else value
+
+
+def _pos_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+@dataclass
+class HierConfig:
+    """Config of :class:`HierNet`. Per-stage fields take a tuple (one entry per stage) or one shared value.
+
+    Fields: ``dims``, ``depths`` (per stage); ``head_dim`` (heads = dim // head_dim) or ``num_heads``
+    (per stage, overrides head_dim); ``token_mixer`` (a name of :func:`msaconv.layers.list_token_mixers`)
+    and ``mixer_options`` (a dict for every stage, or a tuple of dicts); ``mlp_ratio``; ``stem`` ('conv':
+    two 3x3 convs, or 'patch') and ``stem_stride`` (1, 2 or 4); ``downsample`` ('conv': LN + strided
+    conv, or 'msa_conv': LN + ``MSAConv2d(stride=2)``) with ``downsample_kernel``; ``layer_scale_init``
+    (None: no layer scale); ``pos_conv`` (a depthwise 3x3 position encoding in every block);
+    ``mixer_size`` (pass ``size=`` the stage's map size at ``img_size`` to mixers that are built for one
+    size, e.g. ``spectral``);
+    ``drop_rate`` (head dropout), ``drop_path_rate`` (linearly increasing over blocks); ``in_chans``,
+    ``num_classes``; ``img_size`` (the default input size of the pretrained_cfg); ``mean``/``std``.
+    """
+
+    dims: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (1, 1, 3, 1)
+    head_dim: int = 16
+    num_heads: Any = None
+    token_mixer: str = "msa_conv"
+    mixer_options: Any = field(default_factory=dict)
+    mlp_ratio: float = 3.0
+    stem: str = "conv"
+    stem_stride: int = 2
+    downsample: str = "conv"
+    downsample_kernel: int = 3
+    layer_scale_init: float | None = None
+    pos_conv: bool = False
+    mixer_size: bool = False
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    in_chans: int = 3
+    num_classes: int = 1000
+    img_size: int = 32
+    mean: tuple[float, float, float] = CIFAR_MEAN
+    std: tuple[float, float, float] = CIFAR_STD
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.dims)
+
+    def reductions(self) -> list[int]:
+        return [self.stem_stride * 2 ** i for i in range(self.num_stages)]
+
+    def stage_sizes(self, img_size: int) -> list[int]:
+        """Side of each stage's map for a square ``img_size`` input (3x3 stride-2 convs round up, patchify down)."""
+        if self.stem == "patch":
+            s = img_size // self.stem_stride
+        else:
+            s = img_size
+            for _ in range({1: 0, 2: 1, 4: 2}[self.stem_stride]):
+                s = -(-s // 2)
+        sizes = [s]
+        for _ in range(self.num_stages - 1):
+            sizes.append(-(-sizes[-1] // 2))
+        return sizes
+
+    def stage_heads(self) -> list[int]:
+        heads = per_stage(self, "num_heads", self.num_heads, self.num_stages)
+        return [h if h is not None else max(1, d // self.head_dim) for h, d in zip(heads, self.dims)]
+
+    def mixer(self, stage: int, block: int, dim: int, heads: int) -> nn.Module:
+        """The token mixer of one block."""
+        opts = dict(at_block(per_stage(self, "mixer_options", self.mixer_options, self.num_stages)[stage], block) or {})
+        if self.mixer_size:
+            side = self.stage_sizes(self.img_size)[stage]
+            opts.setdefault("size", (side, side))
+        return get_token_mixer(self.token_mixer, dim, num_heads=heads, **opts)
+
+    def downsample_border(self) -> str:
+        return "zeros"
+
+    def min_input_size(self) -> int:
+        """The smallest H and W: every stage map at least 1 px at its nominal reduction."""
+        return self.reductions()[-1]
+
+    # ---- validation -----------------------------------------------------------------------------
+    def validate(self) -> "HierConfig":
+        n = len(self.dims) if isinstance(self.dims, tuple) else 0
+        if not n or not all(_pos_int(d) for d in self.dims):
+            raise _err(self, "dims", self.dims, "use a tuple of positive ints, one per stage, e.g. (32, 64, 128, 256)")
+        if not isinstance(self.depths, tuple) or len(self.depths) != n or not all(_pos_int(d) for d in self.depths):
+            raise _err(self, "depths", self.depths, f"use a tuple of {n} positive ints, e.g. {(2,) * n}")
+        if not _pos_int(self.head_dim):
+            raise _err(self, "head_dim", self.head_dim, "use a positive int, e.g. 32")
+        for i, (h, d) in enumerate(zip(per_stage(self, "num_heads", self.num_heads, n), self.dims)):
+            if h is not None and (not _pos_int(h) or d % h):
+                raise _err(self, "num_heads", self.num_heads, f"stage {i} has dim {d}: use None or a divisor of each dim")
+        if self.token_mixer not in list_token_mixers():
+            names = list_token_mixers()
+            raise ValueError(f"{type(self).__name__}: unknown token_mixer {self.token_mixer!r};"
+                             f"{did_you_mean(str(self.token_mixer), names)} choose one of {names}")
+        for opts in per_stage(self, "mixer_options", self.mixer_options, n):
+            for o in (opts if isinstance(opts, list) else [opts]):
+                if o is not None and not isinstance(o, dict):
+                    raise _err(self, "mixer_options", self.mixer_options, "use a dict of mixer options, or a tuple of dicts per stage")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
+            raise _err(self, "mlp_ratio", self.mlp_ratio, "use a positive number, e.g. 4.0")
+        if self.stem not in STEMS:
+            raise _err(self, "stem", self.stem, f"choose one of {STEMS}")
+        if self.stem_stride not in (1, 2, 4) or isinstance(self.stem_stride, bool):
+            raise _err(self, "stem_stride", self.stem_stride, "use 1, 2 or 4")
+        if self.downsample not in DOWNSAMPLES:
+            raise _err(self, "downsample", self.downsample,
+                       f"choose one of {DOWNSAMPLES}{did_you_mean(str(self.downsample), DOWNSAMPLES)}")
+        if not _pos_int(self.downsample_kernel):
+            raise _err(self, "downsample_kernel", self.downsample_kernel, "use a positive int, e.g. 3")
+        ls = self.layer_scale_init
+        if ls is not None and (isinstance(ls, bool) or not isinstance(ls, (int, float)) or ls <= 0):
+            raise _err(self, "layer_scale_init", ls, "use None (no layer scale) or a positive float, e.g. 1e-5")
+        for arg in ("drop_rate", "drop_path_rate"):
+            p = getattr(self, arg)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise _err(self, arg, p, "use a probability in [0, 1), e.g. 0.1")
+        if not _pos_int(self.in_chans):
+            raise _err(self, "in_chans", self.in_chans, "use a positive int, e.g. 3")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise _err(self, "num_classes", self.num_classes, "use a positive int, or 0 for pooled features")
+        if not _pos_int(self.img_size):
+            raise _err(self, "img_size", self.img_size, "use a positive int, e.g. 224")
+        return self
+
+    def override(self, **kwargs) -> "HierConfig":
+        """A copy with fields replaced; unknown names get a did-you-mean and the list of fields."""
+        names = [f.name for f in fields(self)]
+        for k in kwargs:
+            if k not in names:
+                raise ValueError(f"{type(self).__name__}: unknown option {k!r};{did_you_mean(k, names)} "
+                                 f"options are {', '.join(names)}")
+        return replace(self, **kwargs)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class HierNet(nn.Module):
+    """Hierarchical backbone: stem, stages of pre-norm blocks with any token mixer, GAP + LN + Linear head.
+
+    Follows timm's model contract: ``forward_features`` (the last stage's map), ``forward_head(x,
+    pre_logits=False)``, ``reset_classifier``, ``get_classifier``, ``num_features``, ``no_weight_decay``,
+    ``feature_info``, ``forward_intermediates`` / ``prune_intermediate_layers``, ``group_matcher``,
+    ``set_grad_checkpointing``; ``pretrained_cfg`` is set by :func:`msaconv.models.create_model`.
+    No absolute position embedding: any input of at least ``min_input_size`` pixels works.
+    """
+
+    def __init__(self, cfg: HierConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        self.min_input_size = cfg.min_input_size()
+        self.pretrained_cfg: dict = {}
+        dims, depths, heads = cfg.dims, cfg.depths, cfg.stage_heads()
+        self.stem = make_stem(cfg.stem, cfg.in_chans, dims[0], cfg.stem_stride)
+        total = sum(depths)
+        dpr = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stages, k = [], 0
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            ds = None
+            if i > 0:
+                ds = make_downsample(cfg.downsample, dims[i - 1], dim, cfg.downsample_kernel, heads[i - 1],
+                                     cfg.downsample_border())
+            blocks = [Block(dim, cfg.mixer(i, j, dim, heads[i]), cfg.mlp_ratio, dpr[k + j], cfg.layer_scale_init,
+                            cfg.pos_conv) for j in range(depth)]
+            k += depth
+            stages.append(Stage(ds, blocks))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.feature_info = [dict(num_chs=d, reduction=r, module=f"stages.{i}")
+                             for i, (d, r) in enumerate(zip(dims, cfg.reductions()))]
+        self.head_norm = nn.LayerNorm(dims[-1])
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    # ---- checks ---------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """A clear error for inputs the model cannot take (wrong rank or channels, below the minimum size)."""
+        name = self.pretrained_cfg.get("architecture", type(self).__name__)
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected images [B, C, H, W], got {got}; add a batch axis with x[None]")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{name}: expected {self.in_chans} input channels, got x of shape {tuple(x.shape)}; "
+                             f"build the model with in_chans={x.shape[1]}")
+        H, W = x.shape[-2:]
+        m = self.min_input_size
+        if H < m or W < m:
+            raise ValueError(f"{name}: input {H}x{W} is below the minimum input size {m}x{m} of this model "
+                             f"(total stride {self.cfg.reductions()[-1]}); resize or pad the images to at least {m}x{m}")
+
+    # ---- timm contract --------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.stages(self.stem(x))  # [B, num_features, H/r, W/r]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_norm(x.mean((2, 3)))  # global average pool, then LN: [B, C]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: identity, so ``forward`` returns the pooled, normed features)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg' or None")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"reset_classifier: num_classes must be an int >= 0, got {num_classes!r}")
+        self.num_classes = num_classes
+        ref = self.head_norm.weight if isinstance(self.head_norm, nn.LayerNorm) else None
+        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            _init_weights(head)
+            if ref is not None:
+                head = head.to(device=ref.device, dtype=ref.dtype)
+        self.head = head
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to keep out of weight decay: the layer-scale gammas (norms and biases are 1-D
+        and excluded by the usual ndim rule)."""
+        return {n for n, _ in self.named_parameters() if n.endswith(".gamma")}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay (timm's format)."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^head_norm", (99999,)),
+            ],
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = bool(enable)
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Stage outputs at ``indices`` (None: all; int n: the last n; a sequence: those, negatives from the end).
+
+        Returns the list of maps, or ``(final_map, maps)`` unless ``intermediates_only``. ``norm=True`` is
+        refused: these models have no map-level final norm (the head normalises the pooled vector).
+        """
+        if norm:
+            raise ValueError("forward_intermediates: norm=True is not supported, the models have no map-level "
+                             "final norm; use norm=False")
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"forward_intermediates: output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'")
+        take = check_out_indices("forward_intermediates", indices, len(self.stages))
+        self.check_input(x)
+        x = self.stem(x)
+        stages = self.stages[: max(take) + 1] if stop_early or intermediates_only else self.stages
+        out = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                out.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
+        return out if intermediates_only else (x, out)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the head); returns the kept indices."""
+        take = check_out_indices("prune_intermediate_layers", indices, len(self.stages))
+        last = max(take)
+        if last < len(self.stages) - 1:
+            self.stages = self.stages[: last + 1]
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+            self.feature_info = self.feature_info[: last + 1]
+            self.head_norm = nn.Identity()
+            prune_head = True
+        if prune_norm:
+            self.head_norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+
+def _entry(name: str, model_cls, cfg: HierConfig):
+    """An entry point ``fn(pretrained=False, **kwargs)`` named ``name`` in this module (for both registries)."""
+
+    def fn(pretrained: bool = False, **kwargs) -> nn.Module:
+        return build_model(model_cls, name, cfg, pretrained, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__module__ = __name__
+    fn.__doc__ = f"{name}: {model_cls.__name__} with {cfg}"
+    return fn
+
+
+def pretrained_cfg_for(cfg: HierConfig, **extra) -> dict:
+    """The timm-style pretrained_cfg of a config: sizes, normalisation, first conv and classifier names."""
+    s, m = cfg.img_size, cfg.min_input_size()
+    return dict(
+        url="", input_size=(cfg.in_chans, s, s), min_input_size=(cfg.in_chans, m, m), fixed_input_size=False,
+        interpolation="bicubic", crop_pct=1.0 if s <= 96 else 0.9, mean=tuple(cfg.mean), std=tuple(cfg.std),
+        num_classes=cfg.num_classes, first_conv="stem.0", classifier="head", license="apache-2.0", **extra,
+    )
+
+
+# ---- registered variants ---------------------------------------------------------------------------
+
+# tic_nano's body (see msaconv.models.tic) with another mixer; 32 px CIFAR-size images, 10 classes.
+NANO_BODY = dict(dims=(32, 64, 128, 256), depths=(1, 1, 3, 1), head_dim=16, mlp_ratio=3.0, stem="conv",
+                 stem_stride=2, downsample="conv", num_classes=10, img_size=32)
+
+VARIANTS: dict[str, HierConfig] = {
+    # isotropic ViT-like global-attention baseline: patch-4 stem, one stage of 6 blocks at 8x8 for 32 px
+    "vit_nano_global": HierConfig(dims=(128,), depths=(6,), head_dim=32, token_mixer="global", mlp_ratio=3.0,
+                                  stem="patch", stem_stride=4, pos_conv=True, num_classes=10, img_size=32),
+}
+# mixers built for one map size get it from the config, and adapt their weights to other sizes by their
+# own documented option (spectral: resize='kernel', the same circular convolution at any size)
+_MIXER_VARIANT_OPTIONS = {"spectral": dict(mixer_size=True, mixer_options={"resize": "kernel"})}
+for _mixer in list_token_mixers():
+    VARIANTS[f"hier_nano_{_mixer}"] = HierConfig(token_mixer=_mixer, **{**NANO_BODY, **_MIXER_VARIANT_OPTIONS.get(_mixer, {})})
+
+default_cfgs: dict[str, dict] = {}
+for _name, _cfg in VARIANTS.items():
+    if _cfg.token_mixer not in list_token_mixers():  # e.g. 'global' before the zoo has it
+        continue
+    default_cfgs[_name] = pretrained_cfg_for(_cfg, description=f"{_name}: {_cfg.token_mixer} token mixer")
+    globals()[_name] = register_model(_entry(_name, HierNet, _cfg))
