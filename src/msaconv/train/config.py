@@ -109,6 +109,11 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         raise ValueError(f"{where}: {key} cannot be null; give a {base.__name__}")
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):  # PyYAML reads '1e-3' (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if base is int and isinstance(value, float) and value.is_integer():

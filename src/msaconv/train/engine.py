@@ -369,6 +369,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
         say(f"resume: {run_dir} from step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
     ddp = model
     if info.enabled:
+        import warnings
+
+        # 1x1 convolutions' weight gradients arrive with other strides than DDP's buckets: harmless, only a copy
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", main, start_step if resume_doc else None)
