@@ -31,7 +31,7 @@ def _planes(t: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
     """``t`` in dtype ``ct`` with contiguous ``[D, H, W]`` planes (batch/head strides may be anything)."""
     t = t.to(ct)
     B, h, D, H, W = t.shape
-    if t.stride(4) == 1 and t.stride(3) == W and t.stride(2) == H * W:
+    if (W == 1 or t.stride(4) == 1) and (H == 1 or t.stride(3) == W) and (D == 1 or t.stride(2) == H * W):
         return t
     return t.contiguous()
 

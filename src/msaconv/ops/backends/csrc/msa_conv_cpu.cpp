@@ -80,10 +80,10 @@ template <typename T, bool UNIT> inline void vstore_s(T* p, int64_t s, typename 
 inline Vec<float>::type vexp(Vec<float>::type x) {
   typedef Vec<float>::type V;
   typedef Vec<float>::itype VI;
-  const V lo = vbroadcast<float>(-87.3f), hi = vbroadcast<float>(88.3f);
+  const V lo = vbroadcast<float>(-87.3f);
+  // x <= 0 here (logit minus its row maximum); below lo (or -inf) the result is set to 0 at the end
   VI under = x < lo;
-  V xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
+  const V xc = x;
   const V magic = vbroadcast<float>(12582912.0f);  // 1.5 * 2^23: round to nearest
   V t = xc * 1.44269504088896341f + magic;
   V n = t - magic;
@@ -158,9 +158,10 @@ Axis make_axis(int L, int k, int d, int s, int border) {
 // output width rounded up to whole vectors; a "slot pointer" points at column 0 of the window slot's
 // run in a padded key/value row buffer [D][Wp].
 
-// outs[n][x] = mul * sum_d X[d][x] * P_n[d*Wp + x*sw]
+// outs[n][x] = mul * sum_d X[d*xs + x] * P_n[d*Wp + x*sw]
 template <typename T, bool UNIT, int NB>
-inline void dot_block(const T* X, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw, T* const* outs, T mul) {
+inline void dot_block(const T* X, int64_t xs, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw,
+                      T* const* outs, T mul) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
   for (int x = 0; x < WoV; x += L) {
@@ -168,7 +169,7 @@ inline void dot_block(const T* X, int D, int WoV, const T* const* P, int64_t Wp,
     for (int n = 0; n < NB; ++n) acc[n] = vbroadcast<T>(0);
     const int64_t xo = UNIT ? x : (int64_t)x * sw;
     for (int d = 0; d < D; ++d) {
-      const V xv = vload<T>(X + (size_t)d * WoV + x);
+      const V xv = vload<T>(X + (int64_t)d * xs + x);
       const int64_t row = (int64_t)d * Wp + xo;
       for (int n = 0; n < NB; ++n) acc[n] += xv * vload_s<T, UNIT>(P[n] + row, sw);
     }
@@ -177,59 +178,77 @@ inline void dot_block(const T* X, int D, int WoV, const T* const* P, int64_t Wp,
 }
 
 template <typename T, bool UNIT>
-void dot_slots(const T* X, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw, T* const* outs, int count, T mul) {
+void dot_slots(const T* X, int64_t xs, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw, T* const* outs,
+               int count, T mul) {
   int n = 0;
-  for (; n + 8 <= count; n += 8) dot_block<T, UNIT, 8>(X, D, WoV, P + n, Wp, sw, outs + n, mul);
+  // blocks of 7 or 8 slots (7x7 windows: 7 blocks of 7, never a block of 1)
+  const int nb = count % 8 == 0 || count % 8 > 4 ? 8 : 7;
+  for (; n + nb <= count; n += nb) {
+    if (nb == 8) dot_block<T, UNIT, 8>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul);
+    else dot_block<T, UNIT, 7>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul);
+  }
   switch (count - n) {
-    case 7: dot_block<T, UNIT, 7>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 6: dot_block<T, UNIT, 6>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 5: dot_block<T, UNIT, 5>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 4: dot_block<T, UNIT, 4>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 3: dot_block<T, UNIT, 3>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 2: dot_block<T, UNIT, 2>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 1: dot_block<T, UNIT, 1>(X, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 7: dot_block<T, UNIT, 7>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 6: dot_block<T, UNIT, 6>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 5: dot_block<T, UNIT, 5>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 4: dot_block<T, UNIT, 4>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 3: dot_block<T, UNIT, 3>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 2: dot_block<T, UNIT, 2>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
+    case 1: dot_block<T, UNIT, 1>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
     default: break;
   }
 }
 
-// O[d][x] += sum_n A_n[x] * P_n[d*Wp + x*sw] for d in [d0, d0+DB)
+// O[d*os + x] = inv[x] * (sum_n A_n[x] * P_n[d*Wp + x*sw] + sum_m E_m[x] * ev[m*D + d]) for d in [d0, d0+DB)
+// (inv == nullptr: no scaling; M extra rows E_m with per-channel weights ev)
 template <typename T, bool UNIT, int DB>
-inline void axpy_block(T* O, int d0, int WoV, const T* const* A, const T* const* P, int count, int64_t Wp, int64_t sw) {
+inline void axpy_block(T* O, int64_t os, int d0, int D, int WoV, const T* const* A, const T* const* P, int count,
+                       int64_t Wp, int64_t sw, const T* const* E, const T* ev, int M, const T* inv) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
   for (int x = 0; x < WoV; x += L) {
     V acc[DB];
-    for (int b = 0; b < DB; ++b) acc[b] = vload<T>(O + (size_t)(d0 + b) * WoV + x);
+    for (int b = 0; b < DB; ++b) acc[b] = vbroadcast<T>(0);
     const int64_t xo = UNIT ? x : (int64_t)x * sw;
     for (int n = 0; n < count; ++n) {
       const V av = vload<T>(A[n] + x);
       const T* p = P[n] + (int64_t)d0 * Wp + xo;
       for (int b = 0; b < DB; ++b) acc[b] += av * vload_s<T, UNIT>(p + (int64_t)b * Wp, sw);
     }
-    for (int b = 0; b < DB; ++b) vstore<T>(O + (size_t)(d0 + b) * WoV + x, acc[b]);
+    for (int m = 0; m < M; ++m) {
+      const V av = vload<T>(E[m] + x);
+      for (int b = 0; b < DB; ++b) acc[b] += av * ev[(int64_t)m * D + d0 + b];
+    }
+    if (inv) {
+      const V iv = vload<T>(inv + x);
+      for (int b = 0; b < DB; ++b) acc[b] *= iv;
+    }
+    for (int b = 0; b < DB; ++b) vstore<T>(O + (int64_t)(d0 + b) * os + x, acc[b]);
   }
 }
 
 template <typename T, bool UNIT>
-void axpy_slots(T* O, int D, int WoV, const T* const* A, const T* const* P, int count, int64_t Wp, int64_t sw) {
-  if (count == 0) return;
+void axpy_slots(T* O, int64_t os, int D, int WoV, const T* const* A, const T* const* P, int count, int64_t Wp,
+                int64_t sw, const T* const* E, const T* ev, int M, const T* inv) {
   int d = 0;
-  for (; d + 8 <= D; d += 8) axpy_block<T, UNIT, 8>(O, d, WoV, A, P, count, Wp, sw);
+#define MSA_AXPY(DB) axpy_block<T, UNIT, DB>(O, os, d, D, WoV, A, P, count, Wp, sw, E, ev, M, inv)
+  for (; d + 8 <= D; d += 8) MSA_AXPY(8);
   switch (D - d) {
-    case 7: axpy_block<T, UNIT, 7>(O, d, WoV, A, P, count, Wp, sw); break;
-    case 6: axpy_block<T, UNIT, 6>(O, d, WoV, A, P, count, Wp, sw); break;
-    case 5: axpy_block<T, UNIT, 5>(O, d, WoV, A, P, count, Wp, sw); break;
-    case 4: axpy_block<T, UNIT, 4>(O, d, WoV, A, P, count, Wp, sw); break;
-    case 3: axpy_block<T, UNIT, 3>(O, d, WoV, A, P, count, Wp, sw); break;
-    case 2: axpy_block<T, UNIT, 2>(O, d, WoV, A, P, count, Wp, sw); break;
-    case 1: axpy_block<T, UNIT, 1>(O, d, WoV, A, P, count, Wp, sw); break;
+    case 7: MSA_AXPY(7); break;
+    case 6: MSA_AXPY(6); break;
+    case 5: MSA_AXPY(5); break;
+    case 4: MSA_AXPY(4); break;
+    case 3: MSA_AXPY(3); break;
+    case 2: MSA_AXPY(2); break;
+    case 1: MSA_AXPY(1); break;
     default: break;
   }
+#undef MSA_AXPY
 }
 
 // P_n[d*Wp + x*sw] += G_n[x] * X[d][x]   (the transposed pass: key / value gradients)
 template <typename T, bool UNIT, int NB>
-inline void scatter_block(T* const* P, const T* const* G, const T* X, int D, int WoV, int64_t Wp, int64_t sw) {
+inline void scatter_block(T* const* P, const T* const* G, const T* X, int64_t xs, int D, int WoV, int64_t Wp, int64_t sw) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
   for (int x = 0; x < WoV; x += L) {
@@ -237,7 +256,7 @@ inline void scatter_block(T* const* P, const T* const* G, const T* X, int D, int
     for (int n = 0; n < NB; ++n) g[n] = vload<T>(G[n] + x);
     const int64_t xo = UNIT ? x : (int64_t)x * sw;
     for (int d = 0; d < D; ++d) {
-      const V xv = vload<T>(X + (size_t)d * WoV + x);
+      const V xv = vload<T>(X + (int64_t)d * xs + x);
       const int64_t row = (int64_t)d * Wp + xo;
       for (int n = 0; n < NB; ++n) {
         T* p = P[n] + row;
@@ -248,13 +267,13 @@ inline void scatter_block(T* const* P, const T* const* G, const T* X, int D, int
 }
 
 template <typename T, bool UNIT>
-void scatter_slots(T* const* P, const T* const* G, const T* X, int count, int D, int WoV, int64_t Wp, int64_t sw) {
+void scatter_slots(T* const* P, const T* const* G, const T* X, int64_t xs, int count, int D, int WoV, int64_t Wp, int64_t sw) {
   int n = 0;
-  for (; n + 4 <= count; n += 4) scatter_block<T, UNIT, 4>(P + n, G + n, X, D, WoV, Wp, sw);
+  for (; n + 4 <= count; n += 4) scatter_block<T, UNIT, 4>(P + n, G + n, X, xs, D, WoV, Wp, sw);
   switch (count - n) {
-    case 3: scatter_block<T, UNIT, 3>(P + n, G + n, X, D, WoV, Wp, sw); break;
-    case 2: scatter_block<T, UNIT, 2>(P + n, G + n, X, D, WoV, Wp, sw); break;
-    case 1: scatter_block<T, UNIT, 1>(P + n, G + n, X, D, WoV, Wp, sw); break;
+    case 3: scatter_block<T, UNIT, 3>(P + n, G + n, X, xs, D, WoV, Wp, sw); break;
+    case 2: scatter_block<T, UNIT, 2>(P + n, G + n, X, xs, D, WoV, Wp, sw); break;
+    case 1: scatter_block<T, UNIT, 1>(P + n, G + n, X, xs, D, WoV, Wp, sw); break;
     default: break;
   }
 }
@@ -353,11 +372,15 @@ struct RowScratch {
   std::vector<T*> lptr, aptr;
   std::vector<const T*> lcptr, acptr;
   std::vector<int> slot;  // window slot n of each valid entry
-  RowScratch(const Geometry& g) {
+  int64_t ls;  // row stride of the logits buffer (rows may carry zero margins for the gather passes)
+  T* L0;       // row 0 of the logits
+  RowScratch(const Geometry& g, int64_t row_stride = 0, int64_t margin = 0) {
     const size_t WoV = g.WoV, KM = g.K + g.M;
+    ls = row_stride ? row_stride : WoV;
     qbuf.assign(g.D * WoV, T(0));
     obuf.assign(g.D * WoV, T(0));
-    logits.assign(KM * WoV, T(0));
+    logits.assign(KM * ls + margin, T(0));
+    L0 = logits.data() + margin;
     lse.assign(WoV, T(0));
     aux.assign(KM * WoV, T(0));
     aux2.assign(KM * std::max<size_t>(1, g.C.exc.size()), T(0));
@@ -388,7 +411,7 @@ int collect_slots(int64_t yo, const Geometry& g, RowScratch<T>& s, RowPtr rowptr
     const int r = g.R.idx[(size_t)i * g.Ho + yo];
     for (int64_t j = 0; j < g.kw; ++j) {
       const int64_t n = i * g.kw + j;
-      T* lrow = s.logits.data() + n * WoV;
+      T* lrow = s.L0 + n * s.ls;
       if (r < 0) {
         std::fill(lrow, lrow + WoV, outside);
         continue;
@@ -407,16 +430,17 @@ int collect_slots(int64_t yo, const Geometry& g, RowScratch<T>& s, RowPtr rowptr
 
 // logits of one query row: vector pass + extras + border fix-ups. kp(r) gives the padded k row.
 template <typename T, bool UNIT, typename RowPtr>
-void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const T* ek, T scale, RowPtr rowptr) {
+void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const T* X, int64_t xs, const T* ek, T scale,
+                RowPtr rowptr) {
   const int WoV = g.WoV;
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
-  dot_slots<T, UNIT>(s.qbuf.data(), (int)g.D, WoV, s.kptr.data(), g.Wp, g.sw, s.lptr.data(), cnt, scale);
+  dot_slots<T, UNIT>(X, xs, (int)g.D, WoV, s.kptr.data(), g.Wp, g.sw, s.lptr.data(), cnt, scale);
   for (int64_t m = 0; m < g.M; ++m) {
-    T* lrow = s.logits.data() + (g.K + m) * WoV;
+    T* lrow = s.L0 + (g.K + m) * s.ls;
     for (int x = 0; x < WoV; x += L) {
       V acc = vbroadcast<T>(0);
-      for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(s.qbuf.data() + d * WoV + x) * ek[m * g.D + d];
+      for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(X + d * xs + x) * ek[m * g.D + d];
       vstore<T>(lrow + x, acc * scale);
     }
   }
@@ -425,7 +449,7 @@ void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const 
     for (int xo : g.C.exc)
       for (int64_t j = 0; j < g.kw; ++j)
         if (g.C.idx[(size_t)j * g.Wo + xo] < 0)
-          for (int64_t i = 0; i < g.kh; ++i) s.logits[(i * g.kw + j) * WoV + xo] = ninf;
+          for (int64_t i = 0; i < g.kh; ++i) s.L0[(i * g.kw + j) * s.ls + xo] = ninf;
   } else if (g.border == CLAMP) {
     for (int xo : g.C.exc)
       for (int64_t i = 0; i < g.kh; ++i) {
@@ -433,8 +457,8 @@ void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const 
         for (int64_t j = 0; j < g.kw; ++j) {
           const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
           T acc = 0;
-          for (int64_t d = 0; d < g.D; ++d) acc += s.qbuf[d * WoV + xo] * kr[d * g.Wp + c];
-          s.logits[(i * g.kw + j) * WoV + xo] = acc * scale;
+          for (int64_t d = 0; d < g.D; ++d) acc += X[d * xs + xo] * kr[d * g.Wp + c];
+          s.L0[(i * g.kw + j) * s.ls + xo] = acc * scale;
         }
       }
   }
@@ -458,8 +482,10 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int WoV = g.WoV;
   const int64_t rowsz = g.D * g.Wp;
 
+  const bool direct = UNIT && g.Wo % L == 0;  // rows are whole vectors: read q and write out in place
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     RowScratch<T> s(g);
+    std::vector<const T*> ext(std::max<int64_t>(g.M, 1));
     std::vector<T> kpad((size_t)g.H * rowsz), vpad((size_t)g.H * rowsz);
     std::vector<int64_t> stamp(g.H, -1);  // which plane each padded row currently holds
     for (int64_t t = begin; t < end; ++t) {
@@ -478,14 +504,23 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         }
         return std::pair<const T*, const T*>(kpad.data() + r * rowsz, vpad.data() + r * rowsz);
       };
-      gather_row<T>(s.qbuf.data(), qp, cs, yo * g.sh, g.W, g);
+      // q row: read in place when rows are whole vectors, else gathered into a padded buffer
+      const T* X = qp + yo * g.sh * g.W;
+      int64_t xs = cs;
+      if (!direct) {
+        gather_row<T>(s.qbuf.data(), qp, cs, yo * g.sh, g.W, g);
+        X = s.qbuf.data();
+        xs = WoV;
+      }
       const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
       const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
-      row_logits<T, UNIT>(yo, g, s, cnt, ek, scale, rowptr);
+      row_logits<T, UNIT>(yo, g, s, cnt, X, xs, ek, scale, rowptr);
 
-      // softmax over the K+M slots, vectorised along the row; logits become normalised weights
+      // softmax over the K+M slots, vectorised along the row: logits become exp(l - max); the 1/sum
+      // is applied to the output (fewer multiplies than normalising K+M weights)
       const int64_t KM = g.K + g.M;
-      T* lg = s.logits.data();
+      T* lg = s.L0;  // row stride WoV in the forward
+      T* inv = s.aux.data();
       for (int x = 0; x < WoV; x += L) {
         V mx = vbroadcast<T>(-std::numeric_limits<T>::infinity());
         for (int64_t n = 0; n < KM; ++n) {
@@ -499,17 +534,16 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           vstore<T>(lg + n * WoV + x, e);
           sum += e;
         }
-        V inv;
         for (int l = 0; l < L; ++l) {
           const T sl = sum[l];
-          inv[l] = sl > 0 ? T(1) / sl : T(0);
+          inv[x + l] = sl > 0 ? T(1) / sl : T(0);
           s.lse[x + l] = sl > 0 ? mx[l] + std::log(sl) : std::numeric_limits<T>::infinity();
         }
-        for (int64_t n = 0; n < KM; ++n) vstore<T>(lg + n * WoV + x, vload<T>(lg + n * WoV + x) * inv);
       }
 
-      // out = a . v
-      std::fill(s.obuf.begin(), s.obuf.end(), T(0));
+      // out = (e . v + e_extra . v_extra) / sum, written in place when rows are whole vectors
+      T* O = direct ? od + p * g.D * g.Ho * g.Wo + yo * g.Wo : s.obuf.data();
+      const int64_t os = direct ? g.Ho * g.Wo : WoV;
       const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
       for (size_t e = 0; e < nexc; ++e)  // clamp border columns: scalar below, out of the vector pass
         for (int64_t n = 0; n < g.K; ++n) {
@@ -518,29 +552,24 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           a = 0;
         }
       for (int c = 0; c < cnt; ++c) s.lcptr[c] = lg + (int64_t)s.slot[c] * WoV;
-      axpy_slots<T, UNIT>(s.obuf.data(), (int)g.D, WoV, s.lcptr.data(), s.vptr.data(), cnt, g.Wp, g.sw);
-      for (int64_t m = 0; m < g.M; ++m) {
-        const T* arow = lg + (g.K + m) * WoV;
-        for (int64_t d = 0; d < g.D; ++d) {
-          const T w = ev[m * g.D + d];
-          T* orow = s.obuf.data() + d * WoV;
-          for (int x = 0; x < WoV; x += L) vstore<T>(orow + x, vload<T>(orow + x) + vload<T>(arow + x) * w);
-        }
-      }
+      for (int64_t m = 0; m < g.M; ++m) ext[m] = lg + (g.K + m) * WoV;
+      axpy_slots<T, UNIT>(O, os, (int)g.D, WoV, s.lcptr.data(), s.vptr.data(), cnt, g.Wp, g.sw, ext.data(), ev,
+                          (int)g.M, inv);
       for (size_t e = 0; e < nexc; ++e) {
         const int xo = g.C.exc[e];
         for (int64_t i = 0; i < g.kh; ++i) {
           const T* vr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).second;
           for (int64_t j = 0; j < g.kw; ++j) {
-            const T a = s.aux2[(i * g.kw + j) * nexc + e];
+            const T a = s.aux2[(i * g.kw + j) * nexc + e] * inv[xo];
             const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
-            for (int64_t d = 0; d < g.D; ++d) s.obuf[d * WoV + xo] += a * vr[d * g.Wp + c];
+            for (int64_t d = 0; d < g.D; ++d) O[d * os + xo] += a * vr[d * g.Wp + c];
           }
         }
       }
-      // write the row: out [B, h, D, Ho, Wo] contiguous, lse [B, h, Ho, Wo]
-      T* orow = od + p * g.D * g.Ho * g.Wo + yo * g.Wo;
-      for (int64_t d = 0; d < g.D; ++d) std::memcpy(orow + d * g.Ho * g.Wo, s.obuf.data() + d * WoV, sizeof(T) * g.Wo);
+      if (!direct) {  // write the row: out [B, h, D, Ho, Wo] contiguous
+        T* orow = od + p * g.D * g.Ho * g.Wo + yo * g.Wo;
+        for (int64_t d = 0; d < g.D; ++d) std::memcpy(orow + d * g.Ho * g.Wo, s.obuf.data() + d * WoV, sizeof(T) * g.Wo);
+      }
       std::memcpy(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), sizeof(T) * g.Wo);
     }
   });
@@ -567,21 +596,24 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   const int WoV = g.WoV;
   const int64_t rowsz = g.D * g.Wp;
   const int64_t KM = g.K + g.M;
+  // Row buffers have stride QW = ML + Wp with the data at [ML, ML + WoV) and zero margins, so that the
+  // stride-1 key/value gradient passes can read them shifted by any window offset (see gather_block).
+  const int64_t ML = g.C.pl + g.C.pr, QW = ML + g.Wp;
+  const int64_t c0 = g.border == CIRCULAR ? 0 : g.C.pl, c1 = g.border == CIRCULAR ? g.Wp : g.C.pl + WoV;
+  const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
 
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    RowScratch<T> s(g);
+    RowScratch<T> s(g, QW, ML);  // logits / weights rows, margined
     std::vector<T> kpad((size_t)g.H * rowsz), vpad((size_t)g.H * rowsz);
     std::vector<T> dkpad((size_t)g.H * rowsz), dvpad((size_t)g.H * rowsz);
-    std::vector<T> gbuf(g.D * WoV, T(0)), dqbuf(g.D * WoV, T(0)), dA(KM * WoV, T(0)), delta(WoV, T(0));
+    std::vector<T> qrow(g.D * QW + ML, T(0)), grow(g.D * QW + ML, T(0));  // q and dout rows, margined
+    std::vector<T> dAbuf(KM * QW + ML, T(0)), dqbuf(g.D * WoV, T(0)), delta(WoV, T(0));
+    T* const Q = qrow.data() + ML;
+    T* const G = grow.data() + ML;
+    T* const dA = dAbuf.data() + ML;
     std::vector<T*> dkptr(g.K), dvptr(g.K), dAptr(g.K);
-    std::vector<const T*> dLc(g.K), ac(g.K);
-    const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
+    std::vector<const T*> dLc(g.K), ac(g.K), dLext(std::max<int64_t>(g.M, 1));
     std::vector<T> exc_a(g.K * std::max<size_t>(nexc, 1)), exc_dl(g.K * std::max<size_t>(nexc, 1));
-    // stride-1 gather buffers: rows of width QW = ML + Wp, data at [ML, ML + WoV), zero margins
-    const int64_t ML = g.C.pl + g.C.pr, QW = ML + g.Wp;
-    const int64_t c0 = g.border == CIRCULAR ? 0 : g.C.pl, c1 = g.border == CIRCULAR ? g.Wp : g.C.pl + WoV;
-    std::vector<T> qpad(UNIT ? g.D * QW : 0, T(0)), dpad(UNIT ? g.D * QW : 0, T(0));
-    std::vector<T> dlpad(UNIT ? g.K * QW : 0, T(0)), apad(UNIT ? g.K * QW : 0, T(0));
     std::vector<const T*> gdl(g.K), gaa(g.K);
     std::vector<int64_t> xoff(g.K);
     for (int64_t p = begin; p < end; ++p) {
@@ -606,31 +638,40 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
       };
       T* dqp = dqd + p * g.D * cs;  // dq is a fresh contiguous [B, h, D, H, W] tensor of zeros
       for (int64_t yo = 0; yo < g.Ho; ++yo) {
-        gather_row<T>(s.qbuf.data(), qp, cs, yo * g.sh, g.W, g);
-        // dout and out are contiguous [D][Ho][Wo] planes: "row yo at unit stride"
+        // q row (strided gather when sw > 1) and dout row into the margined buffers; tails stay zero
         for (int64_t d = 0; d < g.D; ++d) {
-          std::memcpy(gbuf.data() + d * WoV, gp + d * ocs + yo * g.Wo, sizeof(T) * g.Wo);
-          std::memcpy(s.obuf.data() + d * WoV, op + d * ocs + yo * g.Wo, sizeof(T) * g.Wo);
+          const T* src = qp + d * cs + yo * g.sh * g.W;
+          T* o = Q + d * QW;
+          if (g.sw == 1) std::memcpy(o, src, sizeof(T) * g.Wo);
+          else for (int64_t x = 0; x < g.Wo; ++x) o[x] = src[x * g.sw];
+          std::memcpy(G + d * QW, gp + d * ocs + yo * g.Wo, sizeof(T) * g.Wo);
+        }
+        // delta = <dout, out> per query, straight from the tensors
+        std::fill(delta.begin(), delta.end(), T(0));
+        for (int64_t d = 0; d < g.D; ++d) {
+          const T* gr = gp + d * ocs + yo * g.Wo;
+          const T* orow = op + d * ocs + yo * g.Wo;
+          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x] * orow[x];
         }
         const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
         const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
-        row_logits<T, UNIT>(yo, g, s, cnt, ek, scale, rowptr);
+        row_logits<T, UNIT>(yo, g, s, cnt, Q, QW, ek, scale, rowptr);
         // a = exp(logit - lse); tail lanes get lse = +inf, hence a = 0
         for (int x = 0; x < WoV; ++x) s.lse[x] = x < g.Wo ? ld[(p * g.Ho + yo) * g.Wo + x] : std::numeric_limits<T>::infinity();
-        T* lg = s.logits.data();
+        T* lg = s.L0;
         for (int x = 0; x < WoV; x += L) {
           const V m = vload<T>(s.lse.data() + x);
-          for (int64_t n = 0; n < KM; ++n) vstore<T>(lg + n * WoV + x, vexp(vload<T>(lg + n * WoV + x) - m));
+          for (int64_t n = 0; n < KM; ++n) vstore<T>(lg + n * QW + x, vexp(vload<T>(lg + n * QW + x) - m));
         }
         // dA = dout . v  (outside rows: zero values or zero weight -> 0)
-        std::fill(dA.begin(), dA.end(), T(0));
-        for (int c = 0; c < cnt; ++c) dAptr[c] = dA.data() + (int64_t)s.slot[c] * WoV;
-        dot_slots<T, UNIT>(gbuf.data(), (int)g.D, WoV, s.vptr.data(), g.Wp, g.sw, dAptr.data(), cnt, T(1));
+        for (int64_t n = 0; n < KM; ++n) std::fill(dA + n * QW, dA + n * QW + WoV, T(0));
+        for (int c = 0; c < cnt; ++c) dAptr[c] = dA + (int64_t)s.slot[c] * QW;
+        dot_slots<T, UNIT>(G, QW, (int)g.D, WoV, s.vptr.data(), g.Wp, g.sw, dAptr.data(), cnt, T(1));
         for (int64_t m = 0; m < g.M; ++m) {
-          T* row = dA.data() + (g.K + m) * WoV;
+          T* row = dA + (g.K + m) * QW;
           for (int x = 0; x < WoV; x += L) {
             V acc = vbroadcast<T>(0);
-            for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(gbuf.data() + d * WoV + x) * ev[m * g.D + d];
+            for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(G + d * QW + x) * ev[m * g.D + d];
             vstore<T>(row + x, acc);
           }
         }
@@ -641,87 +682,71 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
             for (int64_t j = 0; j < g.kw; ++j) {
               const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
               T acc = 0;
-              for (int64_t d = 0; d < g.D; ++d) acc += gbuf[d * WoV + xo] * vr[d * g.Wp + c];
-              dA[(i * g.kw + j) * WoV + xo] = acc;
+              for (int64_t d = 0; d < g.D; ++d) acc += G[d * QW + xo] * vr[d * g.Wp + c];
+              dA[(i * g.kw + j) * QW + xo] = acc;
             }
           }
         }
-        // delta = <dout, out>; dlogit = a * (dA - delta) * scale, stored over dA
-        for (int x = 0; x < WoV; x += L) {
-          V acc = vbroadcast<T>(0);
-          for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(gbuf.data() + d * WoV + x) * vload<T>(s.obuf.data() + d * WoV + x);
-          vstore<T>(delta.data() + x, acc);
-        }
+        // dlogit = a * (dA - delta) * scale, stored over dA
         for (int64_t n = 0; n < KM; ++n)
           for (int x = 0; x < WoV; x += L) {
-            const V a = vload<T>(lg + n * WoV + x);
-            vstore<T>(dA.data() + n * WoV + x, a * (vload<T>(dA.data() + n * WoV + x) - vload<T>(delta.data() + x)) * scale);
+            const V a = vload<T>(lg + n * QW + x);
+            vstore<T>(dA + n * QW + x, a * (vload<T>(dA + n * QW + x) - vload<T>(delta.data() + x)) * scale);
           }
         if (g.border == ZEROS)  // an outside slot is a constant logit 0: no gradient flows through it
           for (int xo : g.C.exc)
             for (int64_t j = 0; j < g.kw; ++j)
               if (g.C.idx[(size_t)j * g.Wo + xo] < 0)
-                for (int64_t i = 0; i < g.kh; ++i) dA[(i * g.kw + j) * WoV + xo] = 0;
+                for (int64_t i = 0; i < g.kh; ++i) dA[(i * g.kw + j) * QW + xo] = 0;
         // clamp border columns leave the vector passes and are done in scalar code
         for (size_t e = 0; e < nexc; ++e)
           for (int64_t n = 0; n < g.K; ++n) {
-            const int64_t at = n * WoV + g.C.exc[e];
+            const int64_t at = n * QW + g.C.exc[e];
             exc_a[n * nexc + e] = lg[at];
             exc_dl[n * nexc + e] = dA[at];
             lg[at] = 0;
             dA[at] = 0;
           }
-        // dq = dlogit . k
-        std::fill(dqbuf.begin(), dqbuf.end(), T(0));
+        // dq = dlogit . k (+ extra keys)
         for (int c = 0; c < cnt; ++c) {
-          dLc[c] = dA.data() + (int64_t)s.slot[c] * WoV;
-          ac[c] = lg + (int64_t)s.slot[c] * WoV;
+          dLc[c] = dA + (int64_t)s.slot[c] * QW;
+          ac[c] = lg + (int64_t)s.slot[c] * QW;
           const int64_t koff = s.kptr[c] - kpad.data();
           dkptr[c] = dkpad.data() + koff;
           dvptr[c] = dvpad.data() + koff;
         }
-        axpy_slots<T, UNIT>(dqbuf.data(), (int)g.D, WoV, dLc.data(), s.kptr.data(), cnt, g.Wp, g.sw);
+        for (int64_t m = 0; m < g.M; ++m) dLext[m] = dA + (g.K + m) * QW;
+        axpy_slots<T, UNIT>(dqbuf.data(), WoV, (int)g.D, WoV, dLc.data(), s.kptr.data(), cnt, g.Wp, g.sw, dLext.data(), ek,
+                            (int)g.M, nullptr);
         // dk += dlogit q, dv += a dout
         if (UNIT) {
-          // copy the rows into zero-margined buffers, then sum per key row as gathers
-          for (int64_t d = 0; d < g.D; ++d) {
-            std::memcpy(qpad.data() + d * QW + ML, s.qbuf.data() + d * WoV, sizeof(T) * WoV);
-            std::memcpy(dpad.data() + d * QW + ML, gbuf.data() + d * WoV, sizeof(T) * WoV);
-          }
           for (int c = 0; c < cnt; ++c) {
-            std::memcpy(dlpad.data() + c * QW + ML, dLc[c], sizeof(T) * WoV);
-            std::memcpy(apad.data() + c * QW + ML, ac[c], sizeof(T) * WoV);
             const int64_t offp = g.C.off[s.slot[c] % g.kw] + g.C.pl;
-            gdl[c] = dlpad.data() + c * QW + ML - offp;
-            gaa[c] = apad.data() + c * QW + ML - offp;
-            xoff[c] = ML - offp;
+            gdl[c] = dLc[c] - offp;
+            gaa[c] = ac[c] - offp;
+            xoff[c] = -offp;
           }
           for (int c = 0; c < cnt;) {  // entries of one kernel row are consecutive
             int e = c;
             const int64_t i = s.slot[c] / g.kw;
             while (e < cnt && s.slot[e] / g.kw == i) ++e;
             const int r = g.R.idx[(size_t)i * g.Ho + yo];
-            gather_slots<T>(dkpad.data() + r * rowsz, (int)g.D, c0, c1, gdl.data() + c, xoff.data() + c, e - c,
-                            qpad.data(), QW, g.Wp);
-            gather_slots<T>(dvpad.data() + r * rowsz, (int)g.D, c0, c1, gaa.data() + c, xoff.data() + c, e - c,
-                            dpad.data(), QW, g.Wp);
+            gather_slots<T>(dkpad.data() + r * rowsz, (int)g.D, c0, c1, gdl.data() + c, xoff.data() + c, e - c, Q, QW, g.Wp);
+            gather_slots<T>(dvpad.data() + r * rowsz, (int)g.D, c0, c1, gaa.data() + c, xoff.data() + c, e - c, G, QW, g.Wp);
             c = e;
           }
         } else {
-          scatter_slots<T, UNIT>(dkptr.data(), dLc.data(), s.qbuf.data(), cnt, (int)g.D, WoV, g.Wp, g.sw);
-          scatter_slots<T, UNIT>(dvptr.data(), ac.data(), gbuf.data(), cnt, (int)g.D, WoV, g.Wp, g.sw);
+          scatter_slots<T, UNIT>(dkptr.data(), dLc.data(), Q, QW, cnt, (int)g.D, WoV, g.Wp, g.sw);
+          scatter_slots<T, UNIT>(dvptr.data(), ac.data(), G, QW, cnt, (int)g.D, WoV, g.Wp, g.sw);
         }
         for (int64_t m = 0; m < g.M; ++m) {
-          const T* dl = dA.data() + (g.K + m) * WoV;
-          const T* a = lg + (g.K + m) * WoV;
+          const T* dl = dA + (g.K + m) * QW;
+          const T* a = lg + (g.K + m) * QW;
           for (int64_t d = 0; d < g.D; ++d) {
-            const T* qr = s.qbuf.data() + d * WoV;
-            const T* gr = gbuf.data() + d * WoV;
-            T* dqr = dqbuf.data() + d * WoV;
-            const T w = ek[m * g.D + d];
+            const T* qr = Q + d * QW;
+            const T* gr = G + d * QW;
             T sk = 0, sv = 0;
             for (int x = 0; x < g.Wo; ++x) {
-              dqr[x] += dl[x] * w;
               sk += dl[x] * qr[x];
               sv += a[x] * gr[x];
             }
@@ -741,8 +766,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
               const T a = exc_a[(i * g.kw + j) * nexc + e], dl = exc_dl[(i * g.kw + j) * nexc + e];
               for (int64_t d = 0; d < g.D; ++d) {
                 dqbuf[d * WoV + xo] += dl * kr[d * g.Wp + c];
-                dkr[d * g.Wp + c] += dl * s.qbuf[d * WoV + xo];
-                dvr[d * g.Wp + c] += a * gbuf[d * WoV + xo];
+                dkr[d * g.Wp + c] += dl * Q[d * QW + xo];
+                dvr[d * g.Wp + c] += a * G[d * QW + xo];
               }
             }
           }
@@ -783,7 +808,9 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
 
 void check_plane(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 5, "msaconv cpu kernel: ", name, " must be 5-D [B, heads, D, H, W]");
-  TORCH_CHECK(t.stride(4) == 1 && t.stride(3) == t.size(4) && t.stride(2) == t.size(3) * t.size(4),
+  // strides of size-1 axes never enter an address
+  TORCH_CHECK((t.size(4) == 1 || t.stride(4) == 1) && (t.size(3) == 1 || t.stride(3) == t.size(4)) &&
+                  (t.size(2) == 1 || t.stride(2) == t.size(3) * t.size(4)),
               "msaconv cpu kernel: each [D, H, W] plane of ", name, " must be contiguous");
 }
 

@@ -1,0 +1,227 @@
+"""The fused CPU backend: against the reference, gradcheck, determinism, and its build-and-fallback path.
+
+The extension builds once per machine (cached under torch's extension directory); these tests load it once
+per session. When no toolchain is present the comparisons skip with the backend's own reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from msaconv.ops import available_backends, backends, msa_conv2d
+from msaconv.ops._checks import check_msa_conv2d
+from msaconv.ops.backends import _build, cpu
+
+from ._compare import compare
+from .cases import Case, random_cases
+
+# Own replayable sweep (seed 4, distinct from test_backends.py's seed 0) so the fused kernel meets more shapes.
+CASES = random_cases(60, seed=4)
+
+
+def _ready():
+    _, reason = _build.extension()
+    if reason is not None:
+        pytest.skip(f"cpu backend unavailable here: {reason}")
+
+
+def _case(H, W, kernel, dilation=(1, 1), stride=(1, 1), border="zeros", heads=2, head_dim=4, extra=0, batch=2, seed=7):
+    return Case(0, batch, heads, H, W, head_dim, kernel, dilation, stride, border, extra, seed)
+
+
+# Hand-picked shapes each stressing one part of the kernel: vector tails (W not a multiple of the vector),
+# wide windows on tiny maps (windows beyond the image on both sides), strip kernels, dilation with even kernels,
+# strides along W (the non-unit-stride path), clamp's border columns, head_dim 1 and > 8 (register blocks).
+EDGE = [
+    _case(9, 17, (3, 3)),
+    _case(5, 3, (7, 7), border="mask"),
+    _case(5, 3, (7, 7), border="zeros"),
+    _case(4, 6, (5, 5), border="circular"),
+    _case(11, 12, (4, 4), (2, 2), border="clamp"),
+    _case(12, 23, (3, 5), (2, 3), border="clamp"),
+    _case(13, 9, (5, 1), border="mask", extra=3),
+    _case(7, 19, (1, 5), (1, 2), (2, 3), border="circular", extra=2),
+    _case(10, 10, (2, 3), (3, 2), (3, 2), border="zeros"),
+    _case(6, 8, (3, 3), heads=3, head_dim=1),
+    _case(6, 9, (3, 3), head_dim=13, extra=1),
+    _case(1, 1, (3, 3), border="mask"),
+    _case(2, 2, (4, 4), (3, 3), border="mask"),  # some queries see no key at all: zero output and gradients
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_float64_matches_reference(case):
+    _ready()
+    compare(case, "cpu", torch.float64)
+
+
+@pytest.mark.parametrize("case", EDGE, ids=lambda c: c.id)
+@pytest.mark.parametrize("layout", ["bhwd", "bhdhw"])
+def test_edge_shapes_float64(case, layout):
+    _ready()
+    compare(case, "cpu", torch.float64, layout=layout)
+
+
+@pytest.mark.parametrize("case", CASES[:24] + EDGE, ids=lambda c: c.id)
+def test_float32_matches_reference(case):
+    _ready()
+    compare(case, "cpu", torch.float32, ref_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_dtypes_run_in_float32(dtype):
+    _ready()
+    compare(EDGE[0], "cpu", dtype)
+
+
+@pytest.mark.parametrize("case", [EDGE[0], EDGE[4], EDGE[6], EDGE[7]], ids=lambda c: c.id)
+def test_gradcheck_float64(case):
+    """torch.autograd.gradcheck of q, k, v (and the extra keys) through the custom op and the fused kernels."""
+    _ready()
+    small = Case(0, 1, 1, min(case.height, 6), min(case.width, 7), 2, case.kernel, case.dilation, case.stride,
+                 case.border if case.border != "clamp" else "zeros", min(case.extra, 2), case.seed)
+    q, k, v, ek, ev = small.tensors(torch.float64, requires_grad=True)
+    inputs = [t for t in (q, k, v, ek, ev) if t is not None]
+
+    def f(*ts):
+        q, k, v = ts[:3]
+        ek, ev = (ts[3], ts[4]) if len(ts) == 5 else (None, None)
+        return msa_conv2d(q, k, v, extra_k=ek, extra_v=ev, backend="cpu", **small.kwargs())
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8)
+
+
+def test_deterministic_run_to_run():
+    """Same inputs, same bits: the key/value gradients of a plane are summed by one thread in a fixed order."""
+    _ready()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 8, 20, 22, requires_grad=True) for _ in range(3))
+    results = []
+    for _ in range(3):
+        out = msa_conv2d(q, k, v, 5, dilation=2, layout="bhdhw", backend="cpu")
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        results.append([out.detach(), *grads])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_backend_none_prefers_cpu():
+    _ready()
+    q = torch.zeros(1, 1, 8, 8, 4)
+    pb = check_msa_conv2d("t", q, q, q, 3, 1, 1, "zeros", None, None, None, "bhwd")
+    from msaconv.ops import choose_backend
+
+    assert choose_backend(pb, None).name == "cpu"
+    assert next(iter(backends.BACKENDS)) == "cpu"
+
+
+def test_declines_dropout_and_the_portable_backend_runs_it():
+    _ready()
+    q, k, v = (torch.randn(1, 2, 6, 6, 4) for _ in range(3))
+    pb = check_msa_conv2d("t", q, k, v, 3, 1, 1, "zeros", None, None, None, "bhwd", 0.1)
+    assert "dropout" in cpu.BACKEND.can_run(pb)
+    with pytest.raises(ValueError, match="backend 'cpu' cannot run this call: attention dropout"):
+        msa_conv2d(q, k, v, 3, dropout_p=0.1, backend="cpu")
+    torch.manual_seed(3)
+    a = msa_conv2d(q, k, v, 3, dropout_p=0.1)
+    torch.manual_seed(3)
+    b = msa_conv2d(q, k, v, 3, dropout_p=0.1, backend="portable")
+    assert torch.equal(a, b)
+
+
+def test_no_copy_of_channels_first_views():
+    """A [B, 3, h, D, H, W] projection split into q, k, v views runs without making planes contiguous."""
+    _ready()
+    qkv = torch.randn(2, 3, 2, 4, 9, 10)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    assert not q.is_contiguous()
+    assert cpu._planes(q, torch.float32).data_ptr() == q.data_ptr()
+    out = msa_conv2d(q, k, v, 3, layout="bhdhw", backend="cpu")
+    ref = msa_conv2d(q, k, v, 3, layout="bhdhw", backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- fallback
+
+@pytest.fixture
+def no_toolchain(monkeypatch):
+    """Simulate a machine without a compiler: the build is never attempted and the reason is kept."""
+    saved = dict(_build._state)
+    _build.reset()
+    monkeypatch.setattr(_build.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CXX", "c++")
+    yield
+    _build.reset()
+    _build._state.update(saved)
+
+
+def test_missing_compiler_gives_a_reason(no_toolchain):
+    q = torch.randn(1, 1, 6, 6, 4)
+    pb = check_msa_conv2d("t", q, q, q, 3, 1, 1, "zeros", None, None, None, "bhwd")
+    reason = cpu.BACKEND.can_run(pb)
+    assert reason is not None and "no C++ compiler" in reason
+    assert "no C++ compiler" in available_backends()["cpu"]
+
+
+def test_missing_compiler_backend_none_falls_back(no_toolchain):
+    q, k, v = (torch.randn(1, 2, 6, 7, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = msa_conv2d(q, k, v, 3)
+    ref = msa_conv2d(q, k, v, 3, backend="reference")
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()  # the portable backend's gradients through the custom op
+    assert q.grad is not None
+
+
+def test_missing_compiler_named_backend_raises_with_reason(no_toolchain):
+    q = torch.randn(1, 1, 6, 6, 4)
+    with pytest.raises(ValueError, match=r"backend 'cpu' cannot run this call: no C\+\+ compiler found"):
+        msa_conv2d(q, q, q, 3, backend="cpu")
+
+
+def test_build_failure_is_a_reason_not_a_crash(monkeypatch):
+    saved = dict(_build._state)
+    _build.reset()
+
+    def broken_build():
+        raise RuntimeError("Error building extension 'msaconv_cpu'\nfatal error: no space left on device")
+
+    monkeypatch.setattr(_build, "_build", broken_build)
+    try:
+        module, reason = _build.extension()
+        assert module is None
+        assert reason.startswith("building the C++ kernels failed (RuntimeError:") and "no space left" in reason
+        q = torch.randn(1, 1, 6, 6, 4)
+        assert msa_conv2d(q, q, q, 3).shape == q.shape  # backend=None moves on
+    finally:
+        _build.reset()
+        _build._state.update(saved)
+
+
+def test_missing_ninja_gives_a_reason(monkeypatch):
+    import torch.utils.cpp_extension as ce
+
+    monkeypatch.setattr(ce, "is_ninja_available", lambda: False)
+    assert "ninja" in _build.toolchain_reason()
+
+
+def test_extension_cache_name_tracks_the_source():
+    """A changed source or flag must never load a stale binary: the name hashes them."""
+    name = _build._ext_name()
+    assert name.startswith("msaconv_cpu_") and len(name) == len("msaconv_cpu_") + 12
+    assert _build._ext_name() == name
+
+
+def test_concurrent_builds_are_serialised(tmp_path):
+    """Two processes loading at once (pytest -n 2) both succeed: the second waits on the lock."""
+    _ready()
+    import subprocess
+    import sys
+
+    code = ("from msaconv.ops.backends import _build; m, r = _build.extension(); "
+            "print('ok' if m is not None else r)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert outs == ["ok", "ok"]
