@@ -13,6 +13,7 @@ import sys
 # command name -> module (imported lazily, so `msaconv info` does not import the training stack)
 COMMANDS: dict[str, str] = {
     "info": "msaconv.cli.info",
+    "bench": "msaconv.cli.bench",
     "mixers": "msaconv.cli.mixers",
     "train": "msaconv.cli.train",
     "eval": "msaconv.cli.eval",

@@ -1,0 +1,357 @@
+"""The operator benchmark (design/benchmarks.md §1): every msa_conv2d backend beside its peers.
+
+Implementations, all timed in the same run, in their native layouts:
+
+- each backend of :data:`msaconv.ops.backends.BACKENDS` (``cpu``, ``portable``, ``reference``, ...),
+  called through :func:`msaconv.ops.msa_conv2d` with ``border='zeros'`` (the default);
+- ``sdpa_global``: ``F.scaled_dot_product_attention`` over all ``N = H*W`` tokens (what MSA-Conv replaces);
+- ``sdpa_masked``: the same with a boolean ``[N, N]`` window mask (= ``border='mask'``), where N^2 fits;
+- ``flex`` / ``flex_compiled``: FlexAttention with a 2-D window ``mask_mod``, eager (dense on CPU) and under
+  ``torch.compile`` (its compile time recorded apart); FlexAttention has no CPU backward: recorded as such.
+
+Per case and mode (``fwd``: forward under ``no_grad``; ``fwdbwd``: forward + gradients of q, k, v) the
+record holds the median and p10/p90 of >= 5 timed runs after warm-up, the roofline bound of the call
+(``max(FLOPs/peak, bytes/bandwidth)`` with FLOPs = 4*B*N*K*C, bytes = 4*B*N*C*elt; x3.5 FLOPs and
+8*B*N*C*elt bytes for fwdbwd) and, for ``fwd``, the peak memory above the inputs (RSS high-water mark of a
+child process). A peer whose one call takes longer than ``max_call_s`` is timed once and larger cases of it
+are skipped; one whose memory estimate exceeds ``max_mem_gb`` is skipped; every skip says why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import common, memory
+
+PEERS: tuple[str, ...] = ("sdpa_global", "sdpa_masked", "flex", "flex_compiled")
+MODES: tuple[str, ...] = ("fwd", "fwdbwd")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def backend_names() -> list[str]:
+    from ..ops import backends
+
+    return list(backends.BACKENDS)
+
+
+def implementation_names() -> list[str]:
+    return backend_names() + list(PEERS)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One shape of the sweep (stride 1, square kernel and dilation, as benchmarks.md §1)."""
+
+    height: int
+    width: int
+    kernel: int
+    dilation: int
+    batch: int = 8
+    heads: int = 4
+    head_dim: int = 32
+    dtype: str = "float32"
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+    @property
+    def channels(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def elt(self) -> int:
+        return torch.tensor([], dtype=DTYPES[self.dtype]).element_size()
+
+    def flops(self, mode: str) -> float:
+        f = 4.0 * self.batch * self.tokens * self.kernel ** 2 * self.channels
+        return f * (3.5 if mode == "fwdbwd" else 1.0)
+
+    def bytes_moved(self, mode: str) -> float:
+        per = self.batch * self.tokens * self.channels * self.elt
+        return (8.0 if mode == "fwdbwd" else 4.0) * per
+
+    def output_bytes(self) -> int:
+        return self.batch * self.tokens * self.channels * self.elt
+
+    def label(self) -> str:
+        return f"{self.height}x{self.width}-k{self.kernel}-d{self.dilation}"
+
+
+@dataclass
+class OpBenchConfig:
+    """What ``msaconv bench op`` sweeps; the defaults are benchmarks.md §1."""
+
+    sizes: list[tuple[int, int]] = field(default_factory=lambda: [(14, 14), (28, 28), (56, 56), (112, 112), (57, 43)])
+    kernels: list[int] = field(default_factory=lambda: [3, 7, 13])
+    dilations: list[int] = field(default_factory=lambda: [1, 2])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    implementations: list[str] | None = None  # None: every backend and every peer
+    batch: int = 8
+    heads: int = 4
+    head_dim: int = 32
+    dtype: str = "float32"
+    runs: int = 5
+    warmup: int = 2
+    max_call_s: float = 2.0
+    max_mem_gb: float = 4.0
+    memory: bool = True
+    flex_compile: str = "k7d1"  # which cases compile FlexAttention: 'all', 'k7d1' or 'none'
+    threads: int | None = None
+    seed: int = 0
+    roofline_matmul_n: int = 2048  # benchmarks.md: 2048x2048 fp32 matmul and a 256 MB copy, best of 9
+    roofline_copy_mb: int = 256
+
+    def cases(self) -> list[Case]:
+        out = [Case(h, w, k, d, self.batch, self.heads, self.head_dim, self.dtype)
+               for (h, w) in self.sizes for k in self.kernels for d in self.dilations]
+        return sorted(out, key=lambda c: (c.tokens * c.kernel ** 2, c.tokens, c.kernel, c.dilation, c.height))
+
+    def impls(self) -> list[str]:
+        return list(self.implementations) if self.implementations else implementation_names()
+
+
+class Skip(Exception):
+    """An implementation that cannot run a case; the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The implementations: each builds its inputs once and returns the call to time.
+
+def _inputs(case: Case, layout: str, grad: bool, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    B, h, D, H, W = case.batch, case.heads, case.head_dim, case.height, case.width
+    shape = {"bhdhw": (B, h, D, H, W), "bhwd": (B, h, H, W, D), "bhnd": (B, h, H * W, D)}[layout]
+    return [torch.randn(shape, generator=g).to(DTYPES[case.dtype]).requires_grad_(grad) for _ in range(3)]
+
+
+def window_mask(case: Case) -> torch.Tensor:
+    """``[N, N]`` boolean: key j is in query i's window and inside the image (``border='mask'``)."""
+    H, W, k, d = case.height, case.width, case.kernel, case.dilation
+    reach = d * (k - 1) // 2
+    ys, xs = torch.arange(H), torch.arange(W)
+
+    def axis(n: torch.Tensor) -> torch.Tensor:
+        off = n[None, :] - n[:, None] + reach  # [q, key]
+        return (off >= 0) & (off <= d * (k - 1)) & (off % d == 0)
+
+    return (axis(ys)[:, None, :, None] & axis(xs)[None, :, None, :]).reshape(H * W, H * W)
+
+
+def _flex_mask_mod(case: Case):
+    H, W, k, d = case.height, case.width, case.kernel, case.dilation
+    reach, span = d * (k - 1) // 2, d * (k - 1)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        dy = kv_idx // W - q_idx // W + reach
+        dx = kv_idx % W - q_idx % W + reach
+        return (dy >= 0) & (dy <= span) & (dy % d == 0) & (dx >= 0) & (dx <= span) & (dx % d == 0)
+
+    return mask_mod
+
+
+def _runner(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: str) -> Callable[[], object]:
+    if mode == "fwd":
+        def call():
+            with torch.no_grad():
+                return fn()
+        return call
+    grad_out: list[torch.Tensor] = []
+
+    def call():
+        out = fn()
+        if not grad_out:
+            grad_out.append(torch.ones_like(out))
+        return torch.autograd.grad(out, inputs, grad_out[0])
+    return call
+
+
+def estimate_bytes(impl: str, case: Case, mode: str) -> float:
+    """A rough upper estimate of the extra memory of one call (to skip what cannot fit)."""
+    B, h, D, N, K, elt = case.batch, case.heads, case.head_dim, case.tokens, case.kernel ** 2, case.elt
+    bwd = 2.5 if mode == "fwdbwd" else 1.0
+    if impl == "reference":
+        return 4.0 * B * h * N * K * D * max(elt, 4) * bwd
+    if impl in ("sdpa_masked", "flex"):
+        return 3.0 * B * h * N * N * max(elt, 4) * bwd + N * N
+    if impl == "sdpa_global":
+        return 3.0 * B * h * N * D * 4 * bwd
+    return 2.0 * B * h * N * (K + D) * 4 * bwd
+
+
+def work(impl: str, case: Case) -> float:
+    """What an implementation's cost grows with: N*K for the local ones, N^2 for the dense ones."""
+    if impl in ("sdpa_global", "sdpa_masked", "flex", "flex_compiled"):
+        return float(case.tokens) ** 2 * (1 + case.kernel * 1e-3)
+    return float(case.tokens) * case.kernel ** 2
+
+
+def setup(impl: str, case: Case, mode: str, seed: int = 0) -> tuple[Callable[[], object], dict]:
+    """``(call, info)`` for one implementation, case and mode; raises :class:`Skip` with the reason."""
+    info: dict = {}
+    if impl in backend_names():
+        from ..ops import backends, msa_conv2d
+        from ..ops._checks import check_msa_conv2d
+
+        be = backends.BACKENDS[impl]
+        inputs = _inputs(case, be.layout, mode == "fwdbwd", seed)
+        q, k, v = inputs
+        pb = check_msa_conv2d("bench", q, k, v, case.kernel, case.dilation, 1, "zeros", None, None, None, be.layout)
+        reason = be.can_run(pb)
+        if reason is not None:
+            raise Skip(reason)
+        info["layout"] = be.layout
+        fn = lambda: msa_conv2d(q, k, v, case.kernel, case.dilation, border="zeros", backend=impl,  # noqa: E731
+                                layout=be.layout)
+        return _runner(fn, inputs, mode), info
+    if impl in ("sdpa_global", "sdpa_masked"):
+        inputs = _inputs(case, "bhnd", mode == "fwdbwd", seed)
+        q, k, v = inputs
+        mask = window_mask(case) if impl == "sdpa_masked" else None
+        info["layout"] = "bhnd"
+        fn = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+        return _runner(fn, inputs, mode), info
+    if impl in ("flex", "flex_compiled"):
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        except ImportError as e:
+            raise Skip(f"FlexAttention is not in this torch ({e})") from None
+        if mode == "fwdbwd":
+            raise Skip("FlexAttention has no CPU backward in this torch (NotImplementedError)")
+        inputs = _inputs(case, "bhnd", False, seed)
+        q, k, v = inputs
+        N = case.tokens
+        t0 = time.perf_counter()
+        block_mask = create_block_mask(_flex_mask_mod(case), None, None, N, N, device="cpu")
+        info["block_mask_s"] = time.perf_counter() - t0
+        info["layout"] = "bhnd"
+        if impl == "flex":
+            import warnings
+
+            def fn():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return flex_attention(q, k, v, block_mask=block_mask)
+            return _runner(fn, inputs, mode), info
+        torch._dynamo.reset()
+        compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            compiled(q, k, v, block_mask=block_mask)
+        info["compile_s"] = time.perf_counter() - t0
+        return _runner(lambda: compiled(q, k, v, block_mask=block_mask), inputs, mode), info
+    raise Skip(f"unknown implementation {impl!r}")
+
+
+def memory_setup(impl: str, case: dict, seed: int = 0):
+    """The memory child's entry point: forward of ``impl`` on ``case``; info has the output size."""
+    c = Case(**case)
+    call, _ = setup(impl, c, "fwd", seed)
+    return call, {"output_bytes": c.output_bytes()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> list[dict]:
+    """Run the sweep; return the records (and append them to ``output`` as JSON lines as they come)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    env = common.environment(command)
+    impls = cfg.impls()
+    known = implementation_names()
+    for name in impls:
+        if name not in known:
+            from ..ops._checks import unknown_name
+
+            raise unknown_name("msaconv bench op", "implementation", name, known)
+    for m in cfg.modes:
+        if m not in MODES:
+            from ..ops._checks import unknown_name
+
+            raise unknown_name("msaconv bench op", "mode", m, MODES)
+    records: list[dict] = []
+
+    def emit(rec: dict) -> None:
+        rec = {**env, **rec}
+        records.append(rec)
+        if output is not None:
+            common.write_jsonl(output, [rec])
+
+    log(f"measuring the roofline (best of 9: {cfg.roofline_matmul_n}^2 fp32 matmul, {cfg.roofline_copy_mb} MB copy) ...")
+    roof = common.measure_roofline(cfg.roofline_matmul_n, cfg.roofline_copy_mb)
+    emit({"kind": "roofline", **asdict(roof)})
+    log(f"  matmul {roof.matmul_gflops:.1f} GFLOP/s, copy {roof.copy_gbs:.1f} GB/s")
+    from ..ops.backends import cpu as cpu_backend
+
+    emit({"kind": "build", "cpu_backend": cpu_backend.BACKEND.info()})
+
+    too_slow: dict[tuple[str, str], float] = {}
+    timed_fwd: list[tuple[str, Case, int]] = []
+    for case in cfg.cases():
+        for mode in cfg.modes:
+            bound = roof.bound_s(case.flops(mode), case.bytes_moved(mode))
+            for impl in impls:
+                rec = {"kind": "op", "impl": impl, "mode": mode, **asdict(case), "case": case.label(),
+                       "tokens": case.tokens, "flops": case.flops(mode), "bytes": case.bytes_moved(mode),
+                       "bound_ms": bound * 1e3}
+                if impl in ("sdpa_global",) and (case.kernel, case.dilation) != (cfg.kernels[0], cfg.dilations[0]):
+                    continue  # global attention does not depend on the window: one record per map size
+                if impl == "flex_compiled" and cfg.flex_compile != "all" and (
+                        cfg.flex_compile == "none" or (case.kernel, case.dilation) != (7, 1)):
+                    continue
+                reason = None
+                w = work(impl, case)
+                if (impl, mode) in too_slow and w >= too_slow[(impl, mode)]:
+                    reason = f"skipped: a smaller case already took longer than --max-call-s {cfg.max_call_s:g} s"
+                elif estimate_bytes(impl, case, mode) > cfg.max_mem_gb * 2 ** 30:
+                    reason = (f"skipped: needs about {estimate_bytes(impl, case, mode) / 2 ** 30:.1f} GB "
+                              f"> --max-mem-gb {cfg.max_mem_gb:g}")
+                if reason is None:
+                    try:
+                        call, info = setup(impl, case, mode, cfg.seed)
+                        t = common.time_fn(call, cfg.warmup, cfg.runs, cfg.max_call_s)
+                        del call
+                        rec.update(info)
+                        rec.update(t.as_ms())
+                        rec["ratio_to_bound"] = t.median_s / bound
+                        if t.runs == 1:
+                            rec["note"] = f"one call took {t.median_s:.2f} s > --max-call-s {cfg.max_call_s:g}: timed once"
+                            too_slow[(impl, mode)] = min(w, too_slow.get((impl, mode), math.inf))
+                        elif mode == "fwd":
+                            timed_fwd.append((impl, case, len(records)))
+                    except Skip as e:
+                        reason = str(e)
+                    except (RuntimeError, NotImplementedError, ValueError, MemoryError) as e:
+                        msg = str(e).strip().splitlines()
+                        reason = f"failed: {type(e).__name__}: {msg[0] if msg else ''}"[:300]
+                if reason is not None:
+                    rec["skipped"] = reason
+                emit(rec)
+                shown = f"{rec['median_ms']:9.2f} ms ({rec['ratio_to_bound']:6.1f}x bound)" if "median_ms" in rec \
+                    else rec["skipped"][:70]
+                log(f"  {case.label():<18} {mode:<6} {impl:<14} {shown}")
+
+    if cfg.memory and timed_fwd:
+        log(f"peak memory of {len(timed_fwd)} forward calls in a child process ...")
+        jobs = [{"target": "msaconv.bench.op:memory_setup",
+                 "kwargs": {"impl": impl, "case": asdict(case), "seed": cfg.seed}} for impl, case, _ in timed_fwd]
+        results = memory.measure_in_child(jobs, torch.get_num_threads())
+        for (impl, case, _), res in zip(timed_fwd, results):
+            rec = {"kind": "memory", "impl": impl, "mode": "fwd", **asdict(case), "case": case.label(),
+                   "tokens": case.tokens, "output_bytes": case.output_bytes()}
+            if "error" in res:
+                rec["skipped"] = res["error"]
+            else:
+                peak = res["peak_bytes_above_inputs"]
+                rec["peak_bytes_above_inputs"] = peak
+                rec["extra_over_output"] = (peak - case.output_bytes()) / case.output_bytes()
+            emit(rec)
+    return records

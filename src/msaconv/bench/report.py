@@ -1,0 +1,184 @@
+"""Tables and plots made from the JSON lines of ``msaconv bench op`` (never from hand-typed numbers)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+TARGET = {"height": 56, "width": 56, "kernel": 7, "dilation": 1}
+LOCAL_PEERS = ("sdpa_masked", "flex", "flex_compiled")
+
+
+def _key(r: dict) -> tuple:
+    return (r["height"], r["width"], r["kernel"], r["dilation"])
+
+
+def _ordered_impls(records: list[dict]) -> list[str]:
+    seen: list[str] = []
+    for r in records:
+        if r.get("kind") == "op" and r["impl"] not in seen:
+            seen.append(r["impl"])
+    return seen
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return ""
+    if "median_ms" not in r:
+        why = r.get("skipped", "")
+        if "longer than" in why or "took" in why:
+            return "slow"
+        if "GB" in why:
+            return "mem"
+        return "n/a"
+    s = f"{r['median_ms']:.3g}"
+    if r.get("runs", 0) == 1:
+        s += "*"
+    return s
+
+
+def _summary(ops: list[dict], mems: list[dict]) -> list[str]:
+    lines = []
+    by = {(r["impl"], r["mode"], _key(r)): r for r in ops}
+    tk = (TARGET["height"], TARGET["width"], TARGET["kernel"], TARGET["dilation"])
+    glob = {}
+    for r in ops:
+        if r["impl"] == "sdpa_global" and "median_ms" in r:
+            glob[(r["mode"], r["height"], r["width"])] = r
+    for impl in sorted({r["impl"] for r in ops if r["impl"] not in ("sdpa_global",) + LOCAL_PEERS}):
+        parts = []
+        for mode, limit in (("fwd", 4.0), ("fwdbwd", 5.0)):
+            r = by.get((impl, mode, tk))
+            if r is None or "median_ms" not in r:
+                continue
+            g = glob.get((mode, TARGET["height"], TARGET["width"]))
+            speed = f", {g['median_ms'] / r['median_ms']:.1f}x faster than global SDPA" if g else ""
+            parts.append(f"{mode} {r['median_ms']:.2f} ms = {r['ratio_to_bound']:.2f}x its bound "
+                         f"({r['bound_ms']:.2f} ms; target <= {limit:g}x){speed}")
+        m = [x for x in mems if x["impl"] == impl and _key(x) == tk and "extra_over_output" in x]
+        if m:
+            parts.append(f"peak memory above inputs and output during forward = {m[0]['extra_over_output']:.2f}x "
+                         f"the output size (target <= 2x)")
+        if parts:
+            lines.append(f"- **{impl}** at 56x56, k=7: " + "; ".join(parts) + ".")
+    return lines
+
+
+def markdown(records: Iterable[dict]) -> str:
+    """The README table of an op-benchmark run: context, summary at the target shape, one table per mode."""
+    records = list(records)
+    ops = [r for r in records if r.get("kind") == "op"]
+    mems = [r for r in records if r.get("kind") == "memory"]
+    roof = next((r for r in records if r.get("kind") == "roofline"), None)
+    build = next((r for r in records if r.get("kind") == "build"), None)
+    if not ops:
+        return "No op records.\n"
+    first = ops[0]
+    out = [f"Command: `{first['command']}`", "",
+           f"torch {first['torch']}, {first['cpu']} ({first.get('cpu_capability', '?')}), {first['threads']} threads, "
+           f"git {first['git_commit']}, {first['time_utc']}; dtype {first['dtype']}, batch {first['batch']}, "
+           f"{first['heads']} heads x {first['head_dim']}."]
+    if roof:
+        out.append(f"Roofline measured in the same run: fp32 matmul {roof['matmul_gflops']:.1f} GFLOP/s, copy "
+                   f"{roof['copy_gbs']:.1f} GB/s (best of {roof['repeats']}).")
+    if build:
+        out.append(f"cpu backend: {build['cpu_backend']}.")
+    out += ["", "### At the target shape (B=8, 4 heads x 32, 56x56, k=7, dilation 1)", ""]
+    out += _summary(ops, mems) or ["(target shape not in this run)"]
+    impls = _ordered_impls(records)
+    for mode in ("fwd", "fwdbwd"):
+        rows = [r for r in ops if r["mode"] == mode]
+        if not rows:
+            continue
+        title = "forward" if mode == "fwd" else "forward + backward"
+        out += ["", f"### {title}: median ms (p10-p90 in the JSON lines); bound = roofline bound of the call", "",
+                "| map | k | d | bound ms | " + " | ".join(impls) + " | best local / bound |",
+                "|---|---|---|---|" + "---|" * len(impls) + "---|"]
+        cases = sorted({_key(r) for r in rows}, key=lambda k: (k[0] * k[1], k[2], k[3], k[0]))
+        by = {(r["impl"], _key(r)): r for r in rows}
+        glob_by_size = {(r["height"], r["width"]): r for r in rows if r["impl"] == "sdpa_global"}
+        for ck in cases:
+            h, w, k, d = ck
+            any_r = next(r for r in rows if _key(r) == ck)
+            cells = []
+            best = None
+            for impl in impls:
+                r = by.get((impl, ck))
+                if impl == "sdpa_global":
+                    r = glob_by_size.get((h, w))
+                cells.append(_cell(r))
+                if r is not None and "median_ms" in r and impl != "sdpa_global" and r.get("runs", 0) > 1:
+                    best = r["median_ms"] if best is None else min(best, r["median_ms"])
+            ratio = f"{best / any_r['bound_ms']:.2f}x" if best is not None else ""
+            out.append(f"| {h}x{w} | {k} | {d} | {any_r['bound_ms']:.3g} | " + " | ".join(cells) + f" | {ratio} |")
+    if mems:
+        out += ["", "### forward: peak memory above the inputs, in units of the output size (RSS high-water mark "
+                "of a child process; 1.0 = the output alone)", ""]
+        mimpls = [i for i in impls if any(m["impl"] == i for m in mems)]
+        out += ["| map | k | d | output MB | " + " | ".join(mimpls) + " |", "|---|---|---|---|" + "---|" * len(mimpls)]
+        by = {(m["impl"], _key(m)): m for m in mems}
+        for ck in sorted({_key(m) for m in mems}, key=lambda k: (k[0] * k[1], k[2], k[3], k[0])):
+            h, w, k, d = ck
+            any_m = next(m for m in mems if _key(m) == ck)
+            cells = []
+            for impl in mimpls:
+                m = by.get((impl, ck))
+                cells.append("" if m is None else ("err" if "peak_bytes_above_inputs" not in m else
+                                                   f"{m['peak_bytes_above_inputs'] / m['output_bytes']:.2f}"))
+            out.append(f"| {h}x{w} | {k} | {d} | {any_m['output_bytes'] / 2 ** 20:.1f} | " + " | ".join(cells) + " |")
+    skipped = sorted({(r["impl"], r["mode"], r["skipped"]) for r in ops if "skipped" in r})
+    if skipped:
+        out += ["", "Legend: `*` = slower than `--max-call-s`, timed once; `slow` = a smaller case already was; "
+                "`mem` = would not fit `--max-mem-gb`; `n/a` = cannot run. Reasons given:", ""]
+        reasons = defaultdict(set)
+        for impl, mode, why in skipped:
+            if "smaller case" in why or "GB" in why:
+                continue
+            reasons[(impl, why)].add(mode)
+        for (impl, why), modes in sorted(reasons.items()):
+            out.append(f"- {impl} ({', '.join(sorted(modes))}): {why}")
+    compiles = [r for r in ops if "compile_s" in r]
+    if compiles:
+        out += ["", "FlexAttention compile time (first call, excluded from the times above): " +
+                ", ".join(f"{r['height']}x{r['width']} k{r['kernel']}: {r['compile_s']:.1f} s" for r in compiles) + "."]
+    return "\n".join(out) + "\n"
+
+
+def plot(records: Iterable[dict], path: str | Path, kernel: int = 7, dilation: int = 1) -> Path:
+    """Time vs map size (tokens), log-log, one line per implementation, forward and forward+backward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    ops = [r for r in records if r.get("kind") == "op" and "median_ms" in r and r.get("runs", 0) > 1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, mode in zip(axes, ("fwd", "fwdbwd")):
+        rows = [r for r in ops if r["mode"] == mode and (r["impl"] == "sdpa_global" or
+                                                         (r["kernel"], r["dilation"]) == (kernel, dilation))]
+        for impl in _ordered_impls(records):
+            pts = sorted((r["tokens"], r["median_ms"]) for r in rows if r["impl"] == impl)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=impl)
+        bound = sorted({(r["tokens"], r["bound_ms"]) for r in rows if r["impl"] != "sdpa_global"})
+        if bound:
+            ax.plot(*zip(*bound), "k--", label="roofline bound")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("map size H*W (tokens)")
+        ax.set_title(f"{'forward' if mode == 'fwd' else 'forward + backward'}, k={kernel}, dilation {dilation}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("median time per call (ms)")
+    axes[1].legend(fontsize=8)
+    if ops:
+        r = ops[0]
+        fig.suptitle(f"msa_conv2d, B={r['batch']}, {r['heads']} heads x {r['head_dim']}, {r['dtype']}, "
+                     f"{r['threads']} threads, {r['cpu']}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
