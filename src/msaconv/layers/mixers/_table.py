@@ -92,10 +92,10 @@ def format_table(rows: list[MixerRow], dim: int, size, alt_size) -> str:
     head = (f"{'name':<12} {'paper':<50} {'params':>8} {'GMACs':>8} {'time/global':>11} "
             f"{f'runs {alt_size[0]}x{alt_size[1]}':>11}  notes")
     lines = [f"token mixers at C={dim} on {H}x{W} (batch 1, eval, no_grad; time = median forward relative to "
-             f"'global' in this run)", head, "-" * len(head)]
+             f"'global', timed interleaved with it)", head, "-" * len(head)]
     for r in rows:
         gm = "-" if r.gmacs is None else f"{r.gmacs:.4f}"
-        rt = "-" if r.rel_time is None else f"{r.rel_time:.2f}x"
+        rt = "-" if r.rel_time is None else (f"{r.rel_time:.2f}x" if r.rel_time >= 0.1 else f"{r.rel_time:.3f}x")
         alt = "yes" if r.alt_size_ok else "no"
         notes = "; ".join(x for x in (r.alt_size_note, r.notes) if x)
         lines.append(f"{r.name:<12} {r.paper[:50]:<50} {r.params:>8,} {gm:>8} {rt:>11} {alt:>11}  {notes}")
