@@ -154,7 +154,9 @@ def test_input_errors(name, options):
 @pytest.mark.parametrize("name,options", CASES)
 def test_extra_repr_shows_options(name, options):
     r = repr(build(name, options))
-    assert "dim=" in r or "16" in r
+    assert f"dim={DIM}" in r
+    shown = [k for k in options if k != "inner"]  # the inner mixer shows as a child module
+    assert all(f"{k}=" in r for k in shown), (r, shown)
 
 
 # one bad config per mixer, with the fix-naming message

@@ -19,6 +19,8 @@ Cost in N = H*W: ``O(N (b + 2h)^2 d)`` per head for logits and weighted sum (``4
 ``O(N (b+2h) d)`` for the relative logits and ``8 N C^2`` for the projections: linear in N. Neighbouring
 pixels share one window, so it is cheaper than per-pixel windows but not translation-equivariant.
 
+Not implemented: the paper's strided variant (queries subsampled), since the contract keeps the size.
+
 New resolution: any H, W >= 1. Sizes that are not multiples of ``b`` are padded at the bottom/right and
 cropped after, with the padded keys masked (``border='mask'``). The relative tables depend on ``b`` and
 ``h`` only, never on the image size.
