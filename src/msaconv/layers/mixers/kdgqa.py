@@ -12,8 +12,10 @@ A group may get no query head. The weights ``w`` come from ``mode``:
   smallest-norm group gets no query unless all norms are equal, as the authors' code; equal norms give
   an even split);
 * ``'ema'`` (DGQA): an exponential moving average of the norms tracked over training,
-  ``ema <- m ema + (1 - m) n`` every ``window_size`` training steps; evaluation reuses the tracked
-  allocation (deliberately frozen: the authors' code also updates its cache at evaluation);
+  ``ema <- m ema + (1 - m) n`` every ``window_size`` training steps (``m = momentum``, 0.9: a slow
+  average; the authors' code weights the *new* norms by 0.9, which is ``momentum=0.1`` here); evaluation
+  reuses the tracked allocation (deliberately frozen: the authors' code also updates its cache at
+  evaluation, so its allocation would depend on the evaluation batches);
 * ``'diff'`` (DGQA): ``|n - n_prev|`` against the norms cached at the last update.
 
 The allocation is a discrete choice (no gradient flows through it). ``.allocation`` holds the last one.
