@@ -34,6 +34,7 @@ EXTRA = [
     ("kdgqa+ema", "kdgqa", {"mode": "ema", "window_size": 2}),
     ("kdgqa+diff", "kdgqa", {"mode": "diff"}),
     ("kdgqa+msa_conv", "kdgqa", {"inner": "msa_conv", "kernel_size": 3}),
+    ("moh+head_token", "moh", {"head_token": True, "top_k": 2}),
     ("global_gate+sum", "global_gate", {"pooling": "sum"}),
 ]
 CASES = [pytest.param(n, FAST.get(n, {}), id=n) for n in list_token_mixers()] + [
