@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -483,12 +484,20 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t rowsz = g.D * g.Wp;
 
   const bool direct = UNIT && g.Wo % L == 0;  // rows are whole vectors: read q and write out in place
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  // Tasks are handed out in chunks from a shared counter (dynamic scheduling: on a shared machine a thread
+  // that gets descheduled does not hold up the others). Tasks write disjoint outputs, so which thread
+  // runs one never changes the result.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(8, g.Ho));
+  std::atomic<int64_t> next{0};
+  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (tasks + chunk - 1) / chunk));
+  at::parallel_for(0, nthreads, 1, [&](int64_t tb, int64_t te) {
+   for (int64_t tt = tb; tt < te; ++tt) {
     RowScratch<T> s(g);
     std::vector<const T*> ext(std::max<int64_t>(g.M, 1));
     std::vector<T> kpad((size_t)g.H * rowsz), vpad((size_t)g.H * rowsz);
     std::vector<int64_t> stamp(g.H, -1);  // which plane each padded row currently holds
-    for (int64_t t = begin; t < end; ++t) {
+    for (int64_t t0 = next.fetch_add(chunk); t0 < tasks; t0 = next.fetch_add(chunk))
+    for (int64_t t = t0; t < std::min(t0 + chunk, tasks); ++t) {
       const int64_t p = t / g.Ho, yo = t % g.Ho;
       const int64_t b = p / g.h, hh = p % g.h;
       const T* qp = qd + b * qsb + hh * qsh;
@@ -572,6 +581,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       }
       std::memcpy(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), sizeof(T) * g.Wo);
     }
+   }
   });
 }
 
@@ -602,7 +612,10 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   const int64_t c0 = g.border == CIRCULAR ? 0 : g.C.pl, c1 = g.border == CIRCULAR ? g.Wp : g.C.pl + WoV;
   const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
 
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+  std::atomic<int64_t> next{0};  // dynamic scheduling of planes, as in the forward
+  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), planes));
+  at::parallel_for(0, nthreads, 1, [&](int64_t tb, int64_t te) {
+   for (int64_t tt = tb; tt < te; ++tt) {
     RowScratch<T> s(g, QW, ML);  // logits / weights rows, margined
     std::vector<T> kpad((size_t)g.H * rowsz), vpad((size_t)g.H * rowsz);
     std::vector<T> dkpad((size_t)g.H * rowsz), dvpad((size_t)g.H * rowsz);
@@ -616,7 +629,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     std::vector<T> exc_a(g.K * std::max<size_t>(nexc, 1)), exc_dl(g.K * std::max<size_t>(nexc, 1));
     std::vector<const T*> gdl(g.K), gaa(g.K);
     std::vector<int64_t> xoff(g.K);
-    for (int64_t p = begin; p < end; ++p) {
+    for (int64_t p = next.fetch_add(1); p < planes; p = next.fetch_add(1)) {
       const int64_t b = p / g.h, hh = p % g.h;
       const T* qp = qd + b * qsb + hh * qsh;
       const T* kp = kd + b * ksb + hh * ksh;
@@ -803,6 +816,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
           }
         }
     }
+   }
   });
 }
 
