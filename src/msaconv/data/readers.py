@@ -218,19 +218,30 @@ class InMemoryImages:
         """Decode ``path`` into memory. Images of differing sizes need ``size`` (each is resized to it)."""
         index = list_images(path, limit, seed)
         src = index.source
-        imgs, labels, skipped = [], [], []
-        first_size = None
-        for name, y in zip(index.names, index.labels):
+
+        def decode(name: str):
             what = src.describe(name)
             try:
                 img = decode_image(src.read(name), what)
-            except ValueError:
-                if not skip_bad:
-                    raise
-                skipped.append(what)
-                continue
+            except ValueError as e:
+                return what, e
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), resample=3)  # bicubic
+            return what, img
+
+        # Pillow releases the GIL while decoding: a few threads decode in parallel, results stay in order
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            decoded = list(pool.map(decode, index.names, chunksize=256))
+        imgs, labels, skipped = [], [], []
+        first_size = None
+        for (what, img), y in zip(decoded, index.labels):
+            if isinstance(img, ValueError):
+                if not skip_bad:
+                    raise img
+                skipped.append(what)
+                continue
             if first_size is None:
                 first_size = img.size
             elif img.size != first_size:

@@ -64,6 +64,7 @@ class TrainConfig:
     # evaluation and bookkeeping
     eval_sizes: list = field(default_factory=lambda: [24, 32, 40, 48, 64])
     eval_every: int = 1  # epochs
+    epoch_eval_images: int | None = 2000  # per-epoch check on a fixed class-mixed subset (None: all); final: all
     eval_batch_size: int = 500
     seed: int = 0
     output: str = "runs"
@@ -190,7 +191,7 @@ def validate(cfg: TrainConfig) -> None:
                 "eval_every"):
         if getattr(cfg, key) < 1:
             bad(key, "must be >= 1")
-    for key in ("limit_train", "limit_val", "threads"):
+    for key in ("limit_train", "limit_val", "threads", "epoch_eval_images"):
         v = getattr(cfg, key)
         if v is not None and v < 1:
             bad(key, "must be >= 1 or null")

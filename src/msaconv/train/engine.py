@@ -90,13 +90,16 @@ def _memory_mode(cfg: TrainConfig, path: str) -> bool:
 
 
 def load_split(cfg: TrainConfig, path: str, train: bool, limit: int | None, log) -> Split:
+    # a limited training set is a subset chosen by the run's seed; a limited validation set is always the same
+    # subset (seed 0), so `msaconv eval --limit-val N` sees the images the run was evaluated on
+    seed = cfg.seed if train else 0
     if _memory_mode(cfg, path):
         # small images are kept at their stored size (augmented, then resized to img_size on the batch)
-        d = InMemoryImages.load(path, limit=limit, skip_bad=cfg.skip_bad, seed=cfg.seed)
+        d = InMemoryImages.load(path, limit=limit, skip_bad=cfg.skip_bad, seed=seed)
         if d.skipped:
             log(f"data: skipped {len(d.skipped)} bad image(s) in {path} (first: {d.skipped[0]})")
         return Split(d.classes, path, d.images, d.labels, skipped=len(d.skipped))
-    s = StreamingImages(path, cfg.img_size, train=train, limit=limit, skip_bad=cfg.skip_bad, seed=cfg.seed)
+    s = StreamingImages(path, cfg.img_size, train=train, limit=limit, skip_bad=cfg.skip_bad, seed=seed)
     return Split(s.classes, path, stream=s)
 
 
@@ -171,12 +174,14 @@ class ModelEma:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConfig, info: D.DistInfo,
-             limit: int | None = None) -> dict:
-    """top-1 / top-5 / loss over ``split`` (sharded over ranks, summed across them) at ``img_size``."""
+             limit: int | None = None, indices: torch.Tensor | None = None) -> dict:
+    """top-1 / top-5 / loss over ``split`` (or its ``indices``; sharded over ranks, summed) at ``img_size``."""
     was_training = model.training
     model.eval()
     n = len(split) if limit is None else min(limit, len(split))
-    order = D.shard(torch.arange(n), info)
+    items = torch.arange(n) if indices is None else indices
+    n = len(items)
+    order = D.shard(items, info)
     if info.enabled and len(order) * info.world_size > n:  # padded items would be counted twice
         order = order[: len(range(info.rank, n, info.world_size))]
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
@@ -184,7 +189,7 @@ def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConf
     ev_split = split
     if split.stream is not None and split.stream.size != img_size:
         ev_split = Split(split.classes, split.source, stream=StreamingImages(
-            split.source, img_size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=cfg.seed))
+            split.source, img_size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=0))
     for x, y, _bad in batches(ev_split, order, cfg.eval_batch_size, cfg, 0):
         if len(y) == 0:
             continue
@@ -313,7 +318,7 @@ def train(cfg: TrainConfig, log=None) -> dict:
 def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     main = info.is_main
     say = (log or (lambda s: print(s, file=sys.stderr, flush=True))) if main else (lambda s: None)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif info.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -401,6 +406,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                       "world_size": info.world_size})
         D.barrier(info)
 
+    epoch_eval_idx = None  # a fixed, seeded subset of the validation images for the per-epoch check
+    if va is not None and cfg.epoch_eval_images:
+        n_val = len(va) if cfg.limit_val is None else min(cfg.limit_val, len(va))
+        if cfg.epoch_eval_images < n_val:
+            perm = torch.randperm(n_val, generator=generator(cfg.seed, 0xE7A1))
+            epoch_eval_idx = perm[: cfg.epoch_eval_images].sort().values
+
     # -- loop
     from tqdm import tqdm
 
@@ -480,8 +492,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
             if end_of_epoch:
                 epoch_iter = None
                 if va is not None and ((epoch + 1) % cfg.eval_every == 0 or step == total_steps):
-                    ev = evaluate(ema.module if ema else model, va, cfg.img_size, cfg, info, cfg.limit_val)
-                    metrics.write({"type": "val", "step": step, "epoch": epoch + 1, **ev})
+                    ev = evaluate(ema.module if ema else model, va, cfg.img_size, cfg, info, cfg.limit_val, epoch_eval_idx)
+                    metrics.write({"type": "val", "step": step, "epoch": epoch + 1, **ev,
+                                   "elapsed_s": time.perf_counter() - t_train})
                     bar.write(f"epoch {epoch + 1}/{cfg.epochs}: val top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% "
                               f"loss {ev['loss']:.3f} ({ev['images']} images, {ev['seconds']:.1f}s)") if main else None
                     if ev["top1"] > best_top1:
@@ -515,7 +528,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     summary = {
         "status": status, "model": cfg.model, "params": n_params, "run_dir": str(run_dir), "epochs": cfg.epochs,
         "steps": step, "train_images": len(tr), "val_images": len(va) if va else 0, "train_seconds": train_seconds,
-        "total_seconds": total_seconds,
+        "total_seconds": total_seconds, "cpu_seconds": time.process_time() - cpu_start, "threads": torch.get_num_threads(),
         "img_per_s": images_done * info.world_size / max(train_seconds, 1e-9) if images_done else None,
         "best_top1": best_top1 if best_top1 >= 0 else None, "best_step": best_step, "final": evals,
         "world_size": info.world_size, "resumed_from": int(resume_doc["step"]) if resume_doc else None,
@@ -552,7 +565,8 @@ def format_summary(summary: dict) -> str:
     ips = summary.get("img_per_s")
     lines.append(f"params {summary['params'] / 1e6:.2f}M | {summary['epochs']} epochs, {summary['steps']} steps, "
                  f"{summary['train_images']} train images | train {summary['train_seconds'] / 60:.1f} min"
-                 f"{f' at {ips:.0f} img/s' if ips else ''} | total {summary['total_seconds'] / 60:.1f} min"
+                 f"{f' at {ips:.0f} img/s' if ips else ''} | total {summary['total_seconds'] / 60:.1f} min wall, "
+                 f"{summary['cpu_seconds'] / 60:.1f} min CPU on {summary['threads']} threads"
                  + (f" | best top1 {summary['best_top1']:.2f}% (step {summary['best_step']})" if summary.get('best_top1') is not None else ""))
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)
