@@ -51,7 +51,7 @@ class _Net(torch.nn.Module):
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("compile_backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compile_fullgraph_forward_and_backward_match_eager(compile_backend):
     torch.manual_seed(0)
     net = _Net().eval()

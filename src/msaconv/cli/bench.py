@@ -102,7 +102,10 @@ def _run_op(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(report.markdown(records))
+        source = args.from_file or args.output
+        regen = (f"Regenerate this file from the JSON lines: `msaconv bench op --from {source} --markdown "
+                 f"{args.markdown}" + (f" --plot {args.plot}" if args.plot else "") + "`\n\n") if source else ""
+        Path(args.markdown).write_text("# msa_conv2d operator benchmark\n\n" + regen + report.markdown(records))
         print(f"wrote {args.markdown}")
     if args.plot:
         print(f"wrote {report.plot(records, args.plot)}")
