@@ -61,7 +61,17 @@ def environment(command: str | None = None) -> dict:
         "git_commit": git_commit(),
         "command": command if command is not None else " ".join(["msaconv"] + sys.argv[1:]),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m": load_average(),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average when the record is made: a shared machine's noise, in one number."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 @dataclass

@@ -79,6 +79,11 @@ def markdown(records: Iterable[dict]) -> str:
            f"torch {first['torch']}, {first['cpu']} ({first.get('cpu_capability', '?')}), {first['threads']} threads, "
            f"git {first['git_commit']}, {first['time_utc']}; dtype {first['dtype']}, batch {first['batch']}, "
            f"{first['heads']} heads x {first['head_dim']}."]
+    loads = [r["loadavg_1m"] for r in ops if r.get("loadavg_1m") is not None]
+    if loads:
+        out.append(f"Machine load during the run (1-minute load average on {first.get('cpu_count', '?')} CPUs): "
+                   f"{min(loads):.1f} to {max(loads):.1f}, median {sorted(loads)[len(loads) // 2]:.1f}; other jobs "
+                   f"shared the cores, so compare ratios within this run, not absolute times.")
     if roof:
         out.append(f"Roofline measured in the same run: fp32 matmul {roof['matmul_gflops']:.1f} GFLOP/s, copy "
                    f"{roof['copy_gbs']:.1f} GB/s (best of {roof['repeats']}).")
