@@ -8,6 +8,15 @@ A backend is an object with
 - ``can_run(problem)``: ``None`` when it can run this call, else a one-line reason;
 - ``forward(q, k, v, extra_k, extra_v, problem)``: the output in its native layout, differentiable.
 
+Optionally, a backend that computes its own gradients also has
+
+- ``forward_with_stats(q, k, v, extra_k, extra_v, problem) -> (out, stats)``: not differentiable; ``stats``
+  is ``[B, heads, H_out, W_out]`` (compute dtype) of whatever it keeps for its backward;
+- ``backward(dout, q, k, v, extra_k, extra_v, out, stats, problem) -> (dq, dk, dv, d_extra_k, d_extra_v)``.
+
+Such backends run inside the ``msaconv::msa_conv2d`` custom op (:mod:`msaconv.ops.library`), which is what
+``torch.compile`` sees; ``backend=None`` picks among them. The others (``reference``) are called directly.
+
 ``BACKENDS`` lists them in order of preference: ``backend=None`` takes the first that can run.
 """
 
