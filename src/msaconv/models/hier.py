@@ -371,8 +371,8 @@ def pretrained_cfg_for(cfg: HierConfig, **extra) -> dict:
 # ---- registered variants ---------------------------------------------------------------------------
 
 # tic_nano's body (see msaconv.models.tic) with another mixer; 32 px CIFAR-size images, 10 classes.
-NANO_BODY = dict(dims=(32, 64, 128, 256), depths=(1, 1, 3, 1), head_dim=16, mlp_ratio=3.0, stem="conv",
-                 stem_stride=2, downsample="conv", num_classes=10, img_size=32)
+NANO_BODY = dict(dims=(64, 128, 256), depths=(1, 2, 1), head_dim=16, mlp_ratio=3.0, stem="conv",
+                 stem_stride=4, downsample="conv", num_classes=10, img_size=32)
 
 VARIANTS: dict[str, HierConfig] = {
     # isotropic ViT-like global-attention baseline: patch-4 stem, one stage of 6 blocks at 8x8 for 32 px
