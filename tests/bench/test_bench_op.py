@@ -133,3 +133,15 @@ def test_percentile_and_jsonl_roundtrip(tmp_path):
     common.write_jsonl(tmp_path / "x.jsonl", [{"a": 1}, {"b": [1, 2]}], append=False)
     assert list(common.read_jsonl(tmp_path / "x.jsonl")) == [{"a": 1}, {"b": [1, 2]}]
     assert json.loads((tmp_path / "x.jsonl").read_text().splitlines()[0]) == {"a": 1}
+
+
+def test_global_sdpa_keeps_being_timed_while_the_prediction_allows():
+    """The peer the targets are stated against is timed once per size instead of being skipped."""
+    kw = dict(sizes=[(6, 6), (9, 9)], kernels=[3], dilations=[1], modes=["fwd"], implementations=["sdpa_global"],
+              batch=1, heads=1, head_dim=2, runs=2, warmup=1, max_call_s=0.0, memory=False, roofline_matmul_n=256,
+              roofline_copy_mb=8)
+    ops = [r for r in op.run_op_bench(op.OpBenchConfig(**kw), command="t", log=lambda s: None) if r["kind"] == "op"]
+    assert [r["runs"] for r in ops] == [1, 1]
+    kw["max_predicted_s"] = 0.0
+    ops = [r for r in op.run_op_bench(op.OpBenchConfig(**kw), command="t", log=lambda s: None) if r["kind"] == "op"]
+    assert ops[0]["runs"] == 1 and "predicted" in ops[1]["skipped"]

@@ -225,3 +225,22 @@ def test_concurrent_builds_are_serialised(tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert outs == ["ok", "ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_two_fresh_builds_at_once(tmp_path):
+    """Two processes building into an empty cache at the same moment: one builds, the other waits, both load."""
+    _ready()
+    import os
+    import subprocess
+    import sys
+
+    code = ("from msaconv.ops.backends import _build; m, r = _build.extension(); "
+            "print('ok' if m is not None else r)")
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=1200)[0].strip() for p in procs]
+    assert outs == ["ok", "ok"]
+    assert len(list(tmp_path.rglob("*.so"))) == 1

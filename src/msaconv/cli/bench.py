@@ -66,6 +66,9 @@ def _add_op(p: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup", type=int, default=d.warmup)
     t.add_argument("--max-call-s", type=float, default=d.max_call_s,
                    help="a call slower than this is timed once and larger cases of it are skipped")
+    t.add_argument("--max-predicted-s", type=float, default=d.max_predicted_s,
+                   help="global SDPA slower than --max-call-s is still timed once while its predicted time "
+                        "(scaled by N^2 from its last call) stays below this")
     t.add_argument("--max-mem-gb", type=float, default=d.max_mem_gb, help="skip calls estimated to need more")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     t.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
@@ -86,7 +89,8 @@ def _run_op(args: argparse.Namespace) -> int:
     else:
         cfg = OpBenchConfig(batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                             runs=args.runs, warmup=args.warmup, max_call_s=args.max_call_s,
-                            max_mem_gb=args.max_mem_gb, memory=not args.no_memory, threads=args.threads,
+                            max_mem_gb=args.max_mem_gb, max_predicted_s=args.max_predicted_s,
+                            memory=not args.no_memory, threads=args.threads,
                             flex_compile=args.flex_compile, implementations=args.backends)
         if args.quick:
             cfg.sizes, cfg.kernels, cfg.dilations, cfg.flex_compile = [(14, 14), (28, 28)], [3, 7], [1], "none"
