@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -25,7 +26,16 @@ def test_torchrun_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "msaconv",
            "train", *TINY, "--output", str(tmp_path), "--name", "ddp", "--seed", "2"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # own session, so a hang kills torchrun *and* its workers instead of leaving them orphaned
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError("torchrun did not finish in 300 s:\n" + stdout + stderr) from None
+    p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("run folder:") == 1  # rank 0 alone prints the summary
     run = tmp_path / "ddp"

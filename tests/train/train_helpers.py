@@ -13,7 +13,7 @@ from msaconv.cli import main
 from msaconv.train.checkpoint import find_checkpoint, load_tensors
 
 TINY = [
-    "--set", "model_kwargs={dims: [16, 16, 32, 32], depths: [1, 1, 1, 1], head_dim: 8}",
+    "--set", "model_kwargs={dims: [16, 32, 32], depths: [1, 1, 1], head_dim: 8}",
     "--set", "threads=1", "--set", "eval_sizes=[16, 24]", "--set", "eval_batch_size=64",
     "--img-size", "16", "--limit-train", "96", "--limit-val", "64", "--batch-size", "16", "--epochs", "2",
     "--no-progress",
@@ -27,7 +27,7 @@ def run_cli(args: list[str]) -> int:
 def run_subprocess(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "msaconv", *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

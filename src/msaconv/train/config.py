@@ -217,8 +217,17 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def resolve(config_file: str | None = None, sets: list[str] | None = None, flags: dict | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- ``--set`` <- explicit flags (``None`` flags are left out)."""
+    """Defaults <- YAML file <- ``--set`` <- explicit flags (``None`` flags are left out).
+
+    Without a ``--config``, the model's own recipe (``recipes/<model>.yaml``, if there is one) is the file:
+    a bare ``msaconv train`` is the tic_nano recipe, the main job.
+    """
     cfg = TrainConfig()
+    if not config_file:
+        parsed = parse_set(sets or [])
+        model = (flags or {}).get("model") or parsed.get("model") or cfg.model
+        if (RECIPES_DIR / f"{model}.yaml").is_file():
+            config_file = str(model)
     if config_file:
         cfg = apply_overrides(cfg, load_yaml(config_file), f"--config {config_file}")
     if sets:
