@@ -11,6 +11,20 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import MSAConv2d
 
 
+def check_image(name: str, x: object, in_chans: int, min_size: int, total_stride: int) -> None:
+    """A clear ValueError for an input a model cannot take: wrong rank or channels, below the minimum size."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name}: expected images [B, C, H, W], got {got}; add a batch axis with x[None]")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name}: expected {in_chans} input channels, got x of shape {tuple(x.shape)}; "
+                         f"build the model with in_chans={x.shape[1]}")
+    H, W = x.shape[-2:]
+    if H < min_size or W < min_size:
+        raise ValueError(f"{name}: input {H}x{W} is below the minimum input size {min_size}x{min_size} of this model "
+                         f"(total stride {total_stride}); resize or pad the images to at least {min_size}x{min_size}")
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (per pixel), as ConvNeXt's channels-first norm."""
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from ._blocks import check_image
 
 # keyword arguments timm's create_model passes to every entry point; msaconv reads or ignores them
 _TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "scriptable", "exportable", "no_jit")
@@ -63,10 +65,12 @@ class FeatureNet(nn.Module):
         for f, i in zip(self.feature_info, self.out_indices):
             f["index"] = i
         self.pretrained_cfg = model.pretrained_cfg
-        self._check = model.check_input
+        self.in_chans, self.min_input_size = model.in_chans, model.min_input_size
+        self._total_stride = model.feature_info[-1]["reduction"]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self._check(x)
+        check_image(self.pretrained_cfg.get("architecture", "features_only"), x, self.in_chans,
+                    self.min_input_size, self._total_stride)
         x = self.stem(x)
         out = []
         for i, stage in enumerate(self.stages):

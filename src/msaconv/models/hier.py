@@ -12,7 +12,6 @@ for every token mixer registered when :mod:`msaconv.models` is imported (tic_nan
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import nn
 
 from ..layers import get_token_mixer, list_token_mixers
 from ..ops._checks import did_you_mean
-from ._blocks import Block, LayerNorm2d, Stage, make_downsample, make_stem
+from ._blocks import Block, Stage, check_image, make_downsample, make_stem
 from ._builder import build_model, check_out_indices
 from ._registry import register_model
 
@@ -242,18 +241,8 @@ class HierNet(nn.Module):
     # ---- checks ---------------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:
         """A clear error for inputs the model cannot take (wrong rank or channels, below the minimum size)."""
-        name = self.pretrained_cfg.get("architecture", type(self).__name__)
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name}: expected images [B, C, H, W], got {got}; add a batch axis with x[None]")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{name}: expected {self.in_chans} input channels, got x of shape {tuple(x.shape)}; "
-                             f"build the model with in_chans={x.shape[1]}")
-        H, W = x.shape[-2:]
-        m = self.min_input_size
-        if H < m or W < m:
-            raise ValueError(f"{name}: input {H}x{W} is below the minimum input size {m}x{m} of this model "
-                             f"(total stride {self.cfg.reductions()[-1]}); resize or pad the images to at least {m}x{m}")
+        check_image(self.pretrained_cfg.get("architecture", type(self).__name__), x, self.in_chans,
+                    self.min_input_size, self.cfg.reductions()[-1])
 
     # ---- timm contract --------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
