@@ -145,3 +145,16 @@ def test_global_sdpa_keeps_being_timed_while_the_prediction_allows():
     kw["max_predicted_s"] = 0.0
     ops = [r for r in op.run_op_bench(op.OpBenchConfig(**kw), command="t", log=lambda s: None) if r["kind"] == "op"]
     assert ops[0]["runs"] == 1 and "predicted" in ops[1]["skipped"]
+
+
+def test_roofline_per_case_gives_a_local_bound():
+    cfg = op.OpBenchConfig(sizes=[(6, 6)], kernels=[3], dilations=[1], modes=["fwd"], implementations=["cpu"],
+                           batch=1, heads=1, head_dim=2, runs=2, warmup=1, memory=False, roofline_matmul_n=256,
+                           roofline_copy_mb=8, roofline_per_case=True)
+    records = op.run_op_bench(cfg, command="t", log=lambda s: None)
+    roofs = [r for r in records if r["kind"] == "roofline"]
+    assert [r["case"] for r in roofs] == [None, "6x6-k3-d1"]
+    rec = next(r for r in records if r["kind"] == "op")
+    if "median_ms" in rec:
+        assert rec["ratio_to_local_bound"] == pytest.approx(rec["median_ms"] / rec["local_bound_ms"])
+    assert "Roofline re-measured before each of 1 cases" in report.markdown(records)

@@ -109,6 +109,7 @@ class OpBenchConfig:
     seed: int = 0
     roofline_matmul_n: int = 2048  # benchmarks.md: 2048x2048 fp32 matmul and a 256 MB copy, best of 9
     roofline_copy_mb: int = 256
+    roofline_per_case: bool = False  # also measure the roofline right before each case (local bound)
 
     def cases(self) -> list[Case]:
         out = [Case(h, w, k, d, self.batch, self.heads, self.head_dim, self.dtype)
@@ -288,7 +289,7 @@ def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | P
 
     log(f"measuring the roofline (best of 9: {cfg.roofline_matmul_n}^2 fp32 matmul, {cfg.roofline_copy_mb} MB copy) ...")
     roof = common.measure_roofline(cfg.roofline_matmul_n, cfg.roofline_copy_mb)
-    emit({"kind": "roofline", **asdict(roof)})
+    emit({"kind": "roofline", "case": None, **asdict(roof)})
     log(f"  matmul {roof.matmul_gflops:.1f} GFLOP/s, copy {roof.copy_gbs:.1f} GB/s")
     from ..ops.backends import cpu as cpu_backend
 
@@ -297,12 +298,18 @@ def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | P
     too_slow: dict[tuple[str, str], tuple[float, float]] = {}  # (impl, mode) -> (work, seconds) of a slow call
     timed_fwd: list[tuple[str, Case, int]] = []
     for case in cfg.cases():
+        local = None
+        if cfg.roofline_per_case:  # the machine now: on a shared machine the load drifts during a sweep
+            local = common.measure_roofline(cfg.roofline_matmul_n, cfg.roofline_copy_mb)
+            emit({"kind": "roofline", "case": case.label(), **asdict(local)})
         for mode in cfg.modes:
             bound = roof.bound_s(case.flops(mode), case.bytes_moved(mode))
             for impl in impls:
                 rec = {"kind": "op", "impl": impl, "mode": mode, **asdict(case), "case": case.label(),
                        "tokens": case.tokens, "flops": case.flops(mode), "bytes": case.bytes_moved(mode),
                        "bound_ms": bound * 1e3}
+                if local is not None:
+                    rec["local_bound_ms"] = local.bound_s(case.flops(mode), case.bytes_moved(mode)) * 1e3
                 if impl in ("sdpa_global",) and (case.kernel, case.dilation) != (cfg.kernels[0], cfg.dilations[0]):
                     continue  # global attention does not depend on the window: one record per map size
                 if impl == "flex_compiled" and cfg.flex_compile != "all" and (
@@ -332,6 +339,8 @@ def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | P
                         rec.update(info)
                         rec.update(t.as_ms())
                         rec["ratio_to_bound"] = t.median_s / bound
+                        if local is not None:
+                            rec["ratio_to_local_bound"] = t.median_s * 1e3 / rec["local_bound_ms"]
                         if t.runs == 1:
                             rec["note"] = f"one call took {t.median_s:.2f} s > --max-call-s {cfg.max_call_s:g}: timed once"
                             if w < too_slow.get((impl, mode), (math.inf, 0.0))[0]:

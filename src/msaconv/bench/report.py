@@ -57,6 +57,9 @@ def _summary(ops: list[dict], mems: list[dict]) -> list[str]:
                      f"({g['median_ms']:.0f} ms{', timed once' if g.get('runs') == 1 else ''}; target >= 10x)"
                      if g else ", global SDPA not timed here")
             p10 = f", p10 {r['p10_ms'] / r['bound_ms']:.2f}x" if r.get("runs", 0) > 1 else ""
+            if "ratio_to_local_bound" in r:
+                p10 += (f"; {r['ratio_to_local_bound']:.2f}x the bound measured just before this case, "
+                        f"{r['local_bound_ms']:.2f} ms")
             parts.append(f"{mode} {r['median_ms']:.2f} ms = {r['ratio_to_bound']:.2f}x its bound "
                          f"({r['bound_ms']:.2f} ms{p10}; target <= {limit:g}x){speed}")
         m = [x for x in mems if x["impl"] == impl and _key(x) == tk and "extra_over_output" in x]
@@ -73,7 +76,8 @@ def markdown(records: Iterable[dict]) -> str:
     records = list(records)
     ops = [r for r in records if r.get("kind") == "op"]
     mems = [r for r in records if r.get("kind") == "memory"]
-    roof = next((r for r in records if r.get("kind") == "roofline"), None)
+    roofs = [r for r in records if r.get("kind") == "roofline"]
+    roof = next((r for r in roofs if r.get("case") is None), roofs[0] if roofs else None)
     build = next((r for r in records if r.get("kind") == "build"), None)
     if not ops:
         return "No op records.\n"
@@ -90,6 +94,11 @@ def markdown(records: Iterable[dict]) -> str:
     if roof:
         out.append(f"Roofline measured in the same run: fp32 matmul {roof['matmul_gflops']:.1f} GFLOP/s, copy "
                    f"{roof['copy_gbs']:.1f} GB/s (best of {roof['repeats']}).")
+    local = [r for r in roofs if r.get("case") is not None]
+    if local:
+        gf = sorted(r["matmul_gflops"] for r in local)
+        out.append(f"Roofline re-measured before each of {len(local)} cases: matmul {gf[0]:.1f} to {gf[-1]:.1f} "
+                   f"GFLOP/s (the load drifts); the bound column uses the first measurement.")
     if build:
         out.append(f"cpu backend: {build['cpu_backend']}.")
     out += ["", "How to read: every implementation runs in its native layout (`cpu`: `[B, heads, head_dim, H, W]`; "

@@ -71,6 +71,9 @@ def _add_op(p: argparse.ArgumentParser) -> None:
                         "(scaled by N^2 from its last call) stays below this")
     t.add_argument("--max-mem-gb", type=float, default=d.max_mem_gb, help="skip calls estimated to need more")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--roofline-per-case", action="store_true",
+                   help="also measure the roofline right before each case and report the ratio to that local "
+                        "bound (shared machines: the load drifts during a sweep)")
     t.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     o = p.add_argument_group("output")
     o.add_argument("--output", default=None, help="JSON lines file to append the records to")
@@ -91,7 +94,8 @@ def _run_op(args: argparse.Namespace) -> int:
                             runs=args.runs, warmup=args.warmup, max_call_s=args.max_call_s,
                             max_mem_gb=args.max_mem_gb, max_predicted_s=args.max_predicted_s,
                             memory=not args.no_memory, threads=args.threads,
-                            flex_compile=args.flex_compile, implementations=args.backends)
+                            flex_compile=args.flex_compile, implementations=args.backends,
+                            roofline_per_case=args.roofline_per_case)
         if args.quick:
             cfg.sizes, cfg.kernels, cfg.dilations, cfg.flex_compile = [(14, 14), (28, 28)], [3, 7], [1], "none"
         for name in ("sizes", "kernels", "dilations", "modes"):
