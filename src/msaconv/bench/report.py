@@ -177,15 +177,18 @@ def plot(records: Iterable[dict], path: str | Path, kernel: int = 7, dilation: i
     import matplotlib.pyplot as plt
 
     records = list(records)
-    ops = [r for r in records if r.get("kind") == "op" and "median_ms" in r and r.get("runs", 0) > 1]
+    ops = [r for r in records if r.get("kind") == "op" and "median_ms" in r]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, mode in zip(axes, ("fwd", "fwdbwd")):
         rows = [r for r in ops if r["mode"] == mode and (r["impl"] == "sdpa_global" or
                                                          (r["kernel"], r["dilation"]) == (kernel, dilation))]
-        for impl in _ordered_impls(records):
-            pts = sorted((r["tokens"], r["median_ms"]) for r in rows if r["impl"] == impl)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=impl)
+        for i, impl in enumerate(_ordered_impls(records)):
+            pts = sorted((r["tokens"], r["median_ms"], r.get("runs", 0) == 1) for r in rows if r["impl"] == impl)
+            if pts:  # one colour per implementation in both panels
+                line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl, color=f"C{i % 10}")
+                once = [p for p in pts if p[2]]
+                if once:  # slower than --max-call-s: a single call, drawn hollow
+                    ax.plot([p[0] for p in once], [p[1] for p in once], "o", mfc="white", mec=line.get_color())
         bound = sorted({(r["tokens"], r["bound_ms"]) for r in rows if r["impl"] != "sdpa_global"})
         if bound:
             ax.plot(*zip(*bound), "k--", label="roofline bound")
@@ -194,8 +197,9 @@ def plot(records: Iterable[dict], path: str | Path, kernel: int = 7, dilation: i
         ax.set_xlabel("map size H*W (tokens)")
         ax.set_title(f"{'forward' if mode == 'fwd' else 'forward + backward'}, k={kernel}, dilation {dilation}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("median time per call (ms)")
-    axes[1].legend(fontsize=8)
+    axes[0].set_ylabel("median time per call (ms); hollow = timed once")
+    for ax in axes:
+        ax.legend(fontsize=8)
     if ops:
         r = ops[0]
         fig.suptitle(f"msa_conv2d, B={r['batch']}, {r['heads']} heads x {r['head_dim']}, {r['dtype']}, "
