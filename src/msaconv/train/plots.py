@@ -39,8 +39,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         a1.plot([r["epoch"] for r in tr], [r["loss"] for r in tr], label="train loss (incl. label smoothing)")
         a2.plot([r["epoch"] for r in tr], [r["acc"] for r in tr], label="train accuracy (augmented)")
     if va:
-        a1.plot([r["epoch"] for r in va], [r["loss"] for r in va], "o-", label="val loss")
-        a2.plot([r["epoch"] for r in va], [r["top1"] for r in va], "o-", label="val top-1")
+        n = f" ({va[-1]['images']:,} images)" if va[-1].get("images") else ""
+        a1.plot([r["epoch"] for r in va], [r["loss"] for r in va], "o-", label=f"val loss{n}")
+        a2.plot([r["epoch"] for r in va], [r["top1"] for r in va], "o-", label=f"val top-1{n}")
         a2.plot([r["epoch"] for r in va], [r["top5"] for r in va], "s--", label="val top-5", alpha=0.6)
     a1.set_xlabel("epoch")
     a1.set_ylabel("cross-entropy")
