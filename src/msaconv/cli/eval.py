@@ -24,9 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from ..train.evaluate import evaluate_checkpoint
 
     results, out_path = evaluate_checkpoint(args.checkpoint, data=args.data, sizes=args.img_size, model=args.model,
@@ -38,5 +35,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['model']:<14} {r['top1']:>12.3f} {r['top1_err']:>12.3f} {r['top5']:>12.3f} {r['top5_err']:>12.3f} "
               f"{r['param_count']:>12.3f} {r['img_size']:>12} {r['images']:>12}")
     print(f"results: {out_path}")
-    del json, Path
     return 0
