@@ -158,3 +158,20 @@ def test_input_errors():
     c = MSAConv2d(8, 4, 3)
     with pytest.raises(ValueError, match=r"MSAConv2d: expected 8 input channels"):
         c(torch.randn(1, 3, 5, 5))
+
+
+def test_msattention_is_head_structured_with_shift_and_pool():
+    """forward == merge_heads(attend_heads(*qkv_heads(x))) with MDCSM and IPM on, so the MoH/KDGQA
+    wrappers keep both mechanisms."""
+    from msaconv.layers import get_token_mixer
+
+    torch.manual_seed(0)
+    m = MSAttention2d(16, 4, 3, shift="kv", inter_pool="grid").eval()
+    x = torch.randn(2, 16, 9, 7)
+    torch.testing.assert_close(m.merge_heads(m.attend_heads(*m.qkv_heads(x), x.shape[-2:])), m(x))
+    plain = MSAttention2d(16, 4, 3).eval()
+    plain.load_state_dict(m.state_dict())
+    assert not torch.allclose(plain(x), m(x))  # the mechanisms do change the output
+    moh = get_token_mixer("moh", 16, num_heads=4, inner="msa_conv", shift="kv", inter_pool="grid").eval()
+    assert moh.inner.shift is not None and moh.inner.inter_pool is not None
+    assert moh(x).shape == x.shape

@@ -71,49 +71,52 @@ class _QKVAttention(nn.Module):
         self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias, device=device, dtype=dtype)
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as free views ``[B, heads, head_dim, H, W]`` of the projection."""
+        """q, k, v ``[B, heads, head_dim, H, W]`` (free views of the projection); MDCSM 'input' rolls x first."""
+        sh = self.shift
+        if sh is not None and sh.mode == "input":
+            x = shift_input(x, sh)
         B, _, H, W = x.shape
         qkv = self.qkv(x).view(B, 3, self.num_heads, self.head_dim, H, W)  # [B, 3, h, D, H, W]
         return qkv[:, 0], qkv[:, 1], qkv[:, 2]
 
-    def prepare(self, x: torch.Tensor, need_v: bool = True):
-        """q, k, v ``[B, heads, head_dim, H, W]`` and the extra keys/values (or None) the core will see.
+    def key_context(self, k: torch.Tensor, v: torch.Tensor | None):
+        """The keys/values the core sees: ``(k, v, extra_k, extra_v)`` from projected ``k, v [B, h, D, H, W]``.
 
-        Order: MDCSM 'input' rolls x; the qkv projection; IPM 'local' pools k, v; IPM 'grid' pools the
-        (unrolled) k, v into extra tokens; MDCSM 'kv' rolls the head groups of k, v.
+        Order: IPM 'local' pools k, v; IPM 'grid' pools the (unrolled) k, v into extra tokens
+        ``[B, h, M, D]``; MDCSM 'kv' rolls the head groups of k, v. Works on any head axis (a GQA wrapper
+        may hand in repeated key heads), since every step acts per head or per head group.
         """
         sh, ip = self.shift, self.inter_pool
-        if sh is not None and sh.mode == "input":
-            x = shift_input(x, sh)
-        q, k, v = self.qkv_heads(x)  # [B, h, D, H, W] each
-        if not need_v:
-            v = None
         extra_k = extra_v = None
         if ip is not None:
             if ip.mode == "local":
                 k = pool_local(k, ip)
                 v = pool_local(v, ip) if v is not None else None
             else:
-                extra_k = pool_grid(k, ip)  # [B, h, M, D]
+                extra_k = pool_grid(k, ip)
                 extra_v = pool_grid(v, ip) if v is not None else None
         if sh is not None and sh.mode == "kv":
             k = shift_heads(k, sh)
             v = shift_heads(v, sh) if v is not None else None
-        return q, k, v, extra_k, extra_v
+        return k, v, extra_k, extra_v
+
+    def attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Per-head attention output ``[B, heads, head_dim, H_out, W_out]``."""
+        k, v, extra_k, extra_v = self.key_context(k, v)
+        return msa_conv2d(q, k, v, self.kernel_size, self.dilation, self.attn_stride, self.border, self.scale,
+                          extra_k=extra_k, extra_v=extra_v, backend=self.backend, layout="bhdhw",
+                          dropout_p=self.attn_drop if self.training else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
-        q, k, v, extra_k, extra_v = self.prepare(x)
-        out = msa_conv2d(q, k, v, self.kernel_size, self.dilation, self.attn_stride, self.border, self.scale,
-                         extra_k=extra_k, extra_v=extra_v, backend=self.backend, layout="bhdhw",
-                         dropout_p=self.attn_drop if self.training else 0.0)  # [B, h, D, Ho, Wo]
-        return out.reshape(B, self.dim, out.shape[-2], out.shape[-1])
+        out = self.attend_heads(*self.qkv_heads(x))  # [B, h, D, Ho, Wo]
+        return out.reshape(x.shape[0], self.dim, out.shape[-2], out.shape[-1])
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Weights ``[B, heads, H_out, W_out, K + M]`` for analysis: the K window slots, then the M pooled
         IPM tokens (M = 0 without ``inter_pool`` in 'grid' mode). Under MDCSM 'kv' the window slots of a
         shifted head refer to the rolled map (offsets relative to the head's shifted centre)."""
-        q, k, _, extra_k, _ = self.prepare(x, need_v=False)
+        q, k, _ = self.qkv_heads(x)
+        k, _, extra_k, _ = self.key_context(k, None)
         return msa_conv2d_weights(q, k, self.kernel_size, self.dilation, self.attn_stride, self.border,
                                   self.scale, extra_k=extra_k, layout="bhdhw")
 
@@ -271,6 +274,25 @@ class MSAttention2d(nn.Module):
     @property
     def inter_pool(self) -> InterPool | None:
         return self.attn.inter_pool
+
+    @property
+    def head_dim(self) -> int:
+        return self.attn.head_dim
+
+    # The head-structured protocol of msaconv.layers.mixers._heads (used by the MoH and KDGQA wrappers):
+    # forward(x) == merge_heads(attend_heads(*qkv_heads(x), x.shape[-2:])).
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``[B, heads, head_dim, H, W]``."""
+        return self.attn.qkv_heads(x)
+
+    def attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """One output map per head, ``[B, heads, head_dim, H_out, W_out]`` (MDCSM and IPM included)."""
+        return self.attn.attend_heads(q, k, v)
+
+    def merge_heads(self, o: torch.Tensor) -> torch.Tensor:
+        """The output projection of the concatenated heads ``o [B, heads, head_dim, H, W]`` -> ``[B, C, H, W]``."""
+        B, h, D, H, W = o.shape
+        return self.proj_drop(self.proj(o.reshape(B, h * D, H, W)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input("MSAttention2d", x, self.dim)

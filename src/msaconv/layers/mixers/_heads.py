@@ -14,9 +14,8 @@ with ``m.forward(x) == m.merge_heads(m.attend_heads(*m.qkv_heads(x), x.shape[-2:
 so that scaling head ``i`` of ``o`` by ``g_i`` gives ``sum_i g_i H_i W_O^i + b``.
 
 :class:`msaconv.layers.mixers.global_attn.GlobalAttention2d` implements the protocol directly.
-:class:`msaconv.layers.MSAttention2d` (owned by another module) is adapted here without editing it: its
-``attn.qkv_heads`` already returns ``[B, heads, head_dim, H, W]`` views, and :func:`msaconv.ops.msa_conv2d`
-is the per-head attention.
+:class:`msaconv.layers.MSAttention2d` implements it too, its MDCSM shift and IPM pooling included
+(they act per head or head group inside ``attend_heads``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ...ops import msa_conv2d
 from ..registry import get_token_mixer
 
 _METHODS = ("qkv_heads", "attend_heads", "merge_heads")
@@ -44,42 +42,19 @@ class HeadStructured(Protocol):
     def merge_heads(self, o: torch.Tensor) -> torch.Tensor: ...
 
 
-class _MSAttentionHeads:
-    """The protocol over an :class:`msaconv.layers.MSAttention2d` (stride 1), reading its public parts."""
-
-    def __init__(self, m: nn.Module):
-        self.m = m
-        self.num_heads = m.attn.num_heads
-        self.head_dim = m.attn.head_dim
-
-    def qkv_heads(self, x):
-        return self.m.attn.qkv_heads(x)  # each [B, h, D, H, W]
-
-    def attend_heads(self, q, k, v, size):
-        a = self.m.attn
-        return msa_conv2d(q, k, v, a.kernel_size, a.dilation, a.attn_stride, a.border, a.scale, backend=a.backend,
-                          layout="bhdhw", dropout_p=a.attn_drop if self.m.training else 0.0)  # [B, h, D, H, W]
-
-    def merge_heads(self, o):
-        B, h, D, H, W = o.shape
-        return self.m.proj_drop(self.m.proj(o.reshape(B, h * D, H, W)))
-
-
 def is_head_structured(m: object) -> bool:
     return all(callable(getattr(m, a, None)) for a in _METHODS) and hasattr(m, "num_heads")
 
 
 def as_head_structured(m: nn.Module, wrapper: str):
-    """``m`` itself if it implements the protocol, an adapter for ``MSAttention2d``, else a ValueError."""
-    if is_head_structured(m):
-        return m
+    """``m`` itself if it implements the protocol and keeps the map size, else a ValueError."""
     from ..msa_conv import MSAttention2d
 
-    if isinstance(m, MSAttention2d):
-        if tuple(m.attn.attn_stride) != (1, 1):
-            raise ValueError(f"{wrapper}: the inner msa_conv has stride={m.attn.attn_stride}; a wrapped mixer must keep "
-                             f"the size, use stride=1")
-        return _MSAttentionHeads(m)
+    if isinstance(m, MSAttention2d) and tuple(m.attn.attn_stride) != (1, 1):
+        raise ValueError(f"{wrapper}: the inner msa_conv has stride={m.attn.attn_stride}; a wrapped mixer must keep "
+                         f"the size, use stride=1")
+    if is_head_structured(m):
+        return m
     raise ValueError(
         f"{wrapper}: inner mixer {type(m).__name__} is not head-structured (it needs qkv_heads, attend_heads and "
         f"merge_heads, see msaconv.layers.mixers._heads); use inner='global' or inner='msa_conv'"
