@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 import torch
@@ -38,15 +39,50 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(OSError, ValueError):
+    """A checkpoint could not be written (disk full, read-only folder, ...); the previous one is intact.
+
+    A ValueError too, so the CLI prints it as one line instead of a traceback."""
+
+
+_FAULT_HITS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Test hook for the crash-resume tests: with ``MSACONV_TEST_KILL=<name>:<n>`` in the environment the process
+    SIGKILLs itself the n-th time it reaches point ``name``. Points: ``step`` (after an optimizer step, before any
+    save), ``eval`` (after each evaluation batch), ``write`` (inside :func:`atomic_write`, data written to the
+    temporary file but not renamed), ``save`` (between a checkpoint's files and its pointer). Unset: a no-op."""
+    spec = os.environ.get("MSACONV_TEST_KILL")
+    if not spec:
+        return
+    point, _, n = spec.partition(":")
+    if point != name:
+        return
+    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    if _FAULT_HITS[name] == int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename (readers see old or new, never half)."""
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename (readers see old or new, never half).
+
+    On failure (disk full, read-only folder) the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            fault_point("write")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
     _fsync_dir(path.parent)
 
 
@@ -58,13 +94,20 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+    """Every tensor and the metadata of a safetensors file; a ValueError naming the file if it is damaged."""
+    from safetensors import SafetensorError, safe_open
 
     out = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for k in f.keys():
-            out[k] = f.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, RuntimeError, ValueError, OverflowError) as e:
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        raise ValueError(f"checkpoint: {str(path)!r} ({size} bytes) is not a readable safetensors file "
+                         f"({type(e).__name__}: {e}); it is truncated or corrupted: use another checkpoint "
+                         "(e.g. the run's best.json / last.json) or re-create it") from None
     return out, meta
 
 
@@ -97,6 +140,21 @@ def save_checkpoint(run_dir: str | os.PathLike, tag: str, *, step: int, model_st
                     ema_state: dict[str, torch.Tensor] | None = None, info: dict | None = None) -> Path:
     """Write checkpoint ``tag`` at ``step``; returns the path of its JSON pointer."""
     run_dir = Path(run_dir)
+    try:
+        return _save_checkpoint(run_dir, tag, step, model_state, model_meta, optimizer_state, ema_state, info)
+    except OSError as e:
+        prev = read_checkpoint(run_dir / f"{tag}.json")
+        kept = (f"the previous checkpoint {str(run_dir / f'{tag}.json')!r} (step {prev['step']}) is intact"
+                if prev else "no earlier checkpoint exists")
+        err = CheckpointWriteError(
+            f"checkpoint: could not write checkpoint {tag!r} at step {step} in {str(run_dir)!r}: "
+            f"{e.strerror or e} ({e.filename or run_dir}); {kept}; free disk space or make the folder writable "
+            "(or pass --output elsewhere) and continue with --resume auto")
+        err.errno = e.errno
+        raise err from e
+
+
+def _save_checkpoint(run_dir, tag, step, model_state, model_meta, optimizer_state, ema_state, info) -> Path:
     stem = f"{tag}-{step:08d}"
     weights = run_dir / f"{stem}.safetensors"
     state_file = run_dir / f"{stem}.state.safetensors"
@@ -121,6 +179,7 @@ def save_checkpoint(run_dir: str | os.PathLike, tag: str, *, step: int, model_st
         **(info or {}),
     }
     pointer = run_dir / f"{tag}.json"
+    fault_point("save")
     atomic_write(pointer, (json.dumps(doc, indent=1) + "\n").encode())
     _cleanup(run_dir)
     return pointer

@@ -47,6 +47,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     clip_grad: float | None = None
+    nonfinite_loss: str = "stop"  # NaN/inf loss: 'stop' (error naming the step, last good checkpoint kept) | 'skip' the batch
     label_smoothing: float = 0.1
     # augmentation
     img_size: int = 32
@@ -198,7 +199,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lr <= 0:
         bad("lr", "must be > 0; e.g. --lr 0.1 for sgd, 2e-3 for adamw")
     choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "onecycle", "constant", "step"),
-               "amp": ("none", "bf16"), "data_mode": ("auto", "memory", "stream")}
+               "amp": ("none", "bf16"), "data_mode": ("auto", "memory", "stream"),
+               "nonfinite_loss": ("stop", "skip")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             close = difflib.get_close_matches(str(getattr(cfg, key)), allowed, n=1)

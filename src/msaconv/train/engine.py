@@ -205,6 +205,7 @@ def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConf
         sums[1] += (top5[:, 0] == y).sum().item()
         sums[2] += (top5 == y[:, None]).any(dim=1).sum().item()
         sums[3] += len(y)
+        ckpt.fault_point("eval")
     loss, c1, c5, cnt = D.all_reduce_sum(sums, info)
     model.train(was_training)
     cnt = max(cnt, 1)
@@ -338,6 +339,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     if va is not None and va.classes != tr.classes:
         raise ValueError(f"data: validation classes {va.classes[:5]}... differ from training classes "
                          f"{tr.classes[:5]}...; both need the same <class> folders")
+    if len(tr.classes) < 2:
+        raise ValueError(f"data: {train_path!r} holds one class folder ({tr.classes[0]!r}); a classifier needs at "
+                         "least two <class> folders")
     say(f"data: {len(tr)} train images ({train_path}), {len(va) if va else 0} val images"
         f"{f' ({val_path})' if va else ''}, {len(tr.classes)} classes, loaded in {time.perf_counter() - t0:.1f}s")
 
@@ -420,6 +424,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
     run_loss = run_correct = run_n = 0.0
     bad_total = 0
+    skipped_steps = 0
     t_train = time.perf_counter()
     t_log, n_log = time.perf_counter(), 0
     images_done = 0
@@ -439,6 +444,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
             lr = lr_at(step, cfg.schedule, cfg.lr, warmup_steps, total_steps, cfg.min_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr
+            nonfinite = None
             for m in range(cfg.grad_accum):
                 x, y, nbad = next(epoch_iter)
                 bad_total += nbad
@@ -461,19 +467,42 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                     with _autocast(cfg, info):
                         out = ddp(x)
                     loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value) and nonfinite is None:
+                        nonfinite = loss_value
+                    if nonfinite is not None:
+                        continue  # the step is dropped; later micro-batches are still read (same data order)
                     (loss / cfg.grad_accum).backward()
-                run_loss += loss.item() * len(y)
+                run_loss += loss_value * len(y)
                 run_correct += (out.argmax(1) == y).sum().item()
                 run_n += len(y)
                 n_log += len(y)
                 images_done += len(y)
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model)
+            nonfinite = D.any_flag(nonfinite is not None, info) and (nonfinite if nonfinite is not None else math.nan)
+            if nonfinite is not False:
+                where = (f"loss is {nonfinite} at step {step + 1}/{total_steps} (epoch {epoch + 1}, batch {it + 1} "
+                         f"of {steps_per_epoch})")
+                metrics.write({"type": "nonfinite", "step": step + 1, "loss": str(nonfinite),
+                               "action": cfg.nonfinite_loss})
+                if cfg.nonfinite_loss == "stop":
+                    last = ckpt.read_checkpoint(run_dir / "last.json") if main else None
+                    kept = (f"the last good checkpoint {str(run_dir / 'last.json')!r} (step {last['step']}) is kept"
+                            if last else "no checkpoint was written before it")
+                    raise NonFiniteLossError(
+                        f"train: {where}; stopped without saving, {kept}. Lower lr, set clip_grad, check the data, "
+                        "or set nonfinite_loss=skip to skip such batches")
+                say(f"train: {where}; batch skipped (nonfinite_loss=skip), weights unchanged")
+                skipped_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model)
             step += 1
+            ckpt.fault_point("step")
             bar.update(1)
             stop_now = D.any_flag(stop.signal is not None, info)
             end_of_epoch = step % steps_per_epoch == 0
@@ -533,6 +562,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
         "best_top1": best_top1 if best_top1 >= 0 else None, "best_step": best_step, "final": evals,
         "world_size": info.world_size, "resumed_from": int(resume_doc["step"]) if resume_doc else None,
         "skipped_bad_images": tr.skipped + (va.skipped if va else 0) + bad_total,
+        "skipped_nonfinite_steps": skipped_steps,
     }
     if main:
         ckpt.atomic_write(run_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
@@ -544,6 +574,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
             say(f"plots skipped: {e}")
     D.barrier(info)
     return summary
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The loss became NaN or inf (``nonfinite_loss=stop``); the message names the step. A ValueError too, so the
+    CLI prints one line."""
 
 
 class _null:
