@@ -91,9 +91,20 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         except ImportError as e:  # the core install is torch only
             raise ValueError(f"load_checkpoint: reading {path!r} needs the safetensors package; "
                              f"pip install safetensors (or msaconv[train])") from e
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends: one line naming the file
+            raise ValueError(f"load_checkpoint: {path!r} ({os.path.getsize(path)} bytes) is not a readable "
+                             f"safetensors file ({type(e).__name__}: {e}); it is truncated or corrupted") from None
     if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - an unpickling refusal (code in the file) or a damaged file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ValueError(f"load_checkpoint: {path!r} was refused by torch.load(weights_only=True) "
+                             f"({type(e).__name__}: {first[:200]}); msaconv never unpickles arbitrary objects: "
+                             f"save model.state_dict() with safetensors, or with torch.save if it holds only "
+                             f"tensors") from None
         for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
