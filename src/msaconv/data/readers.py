@@ -149,6 +149,14 @@ def list_images(path: str | os.PathLike, limit: int | None = None, seed: int = 0
         raise ValueError(f"data: {src.describe(prefix + bad)!r} is not inside a class folder; expected the "
                          "ImageFolder layout <class>/<image>")
     classes = sorted({n.split("/", 1)[0] for n in rel})
+    if src.kind == "dir":  # a class folder without images would silently shift every later label
+        root = src.path / prefix
+        empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                       and d.name not in classes)
+        if empty:
+            raise ValueError(f"data: class folder(s) {', '.join(repr(str(root / e)) for e in empty[:5])}"
+                             f"{' ...' if len(empty) > 5 else ''} hold no images ({', '.join(IMAGE_EXTENSIONS[:4])}, "
+                             "...); add images or remove the folder(s)")
     cidx = {c: i for i, c in enumerate(classes)}
     names = [prefix + n for n in rel]
     labels = [cidx[n.split("/", 1)[0]] for n in rel]
@@ -184,6 +192,9 @@ def decode_image(data: bytes, what: str):
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+        if img.mode.startswith("I;16") or img.mode == "I":
+            # 16-bit grayscale: convert("RGB") would clip every value above 255 to white; keep the top 8 bits
+            img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
         return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"data: cannot decode image {what!r} ({type(e).__name__}: {e}); replace or delete "
