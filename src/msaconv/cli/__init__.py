@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "mixers": "msaconv.cli.mixers",
     "train": "msaconv.cli.train",
     "eval": "msaconv.cli.eval",
+    "export": "msaconv.cli.export",
+    "analyze": "msaconv.cli.analyze",
 }
 
 DEFAULT_COMMAND = "train"  # a bare `msaconv` runs the main job
