@@ -28,10 +28,11 @@ def test_readme_gives_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_readme_python_example_runs():
     readme = (ROOT / "README.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme, flags=re.S))  # the blocks build on each other
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "torch.Size([2, 4, 57, 43, 32])" in out.stdout
+    assert "logits" in code and "features_only" in code
 
 
 def test_cli_info_lists_every_backend():
