@@ -1,0 +1,71 @@
+"""ONNX round trips with onnxruntime: msa_conv2d in every border mode with dynamic H/W, and TiC models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import msaconv
+from msaconv.ops import msa_conv2d
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from msaconv.export import export_onnx, verify_onnx  # noqa: E402
+
+# (border, kernel, dilation, stride, extra keys)
+CONFIGS = [("zeros", 3, 1, 2, 0), ("mask", (2, 3), (2, 1), 1, 2), ("clamp", (3, 2), 2, 2, 1),
+           ("circular", 3, 2, 1, 0)]
+
+
+class _OpZoo(nn.Module):
+    """[B, 8, H, W] -> every config of CONFIGS on q = k = v (2 heads of 4), outputs flattened and joined."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        q = x.reshape(B, 2, 4, H, W)
+        k, v = q * 0.5, q.flip(2)
+        outs = []
+        for border, ks, dil, st, m in CONFIGS:
+            ek = ev = None
+            if m:
+                ek = q.mean(dim=(3, 4)).unsqueeze(2).expand(B, 2, m, 4) + 0.1
+                ev = ek.flip(-1)
+            outs.append(msa_conv2d(q, k, v, ks, dil, st, border, extra_k=ek, extra_v=ev, layout="bhdhw").flatten(1))
+        return torch.cat(outs, dim=1)
+
+
+def _domains(path) -> set[str]:
+    return {n.domain for n in onnx.load(str(path)).graph.node}
+
+
+def test_onnx_msa_conv2d_all_borders_dynamic_hw(tmp_path):
+    model = _OpZoo()
+    path = tmp_path / "zoo.onnx"
+    export_onnx(model, path, img_size=(12, 10), in_chans=8, dynamic=True)
+    assert _domains(path) <= {""}, "msa_conv2d must export as standard ONNX ops"
+    checks = verify_onnx(model, path, [(2, 8, 12, 10), (1, 8, 9, 17), (3, 8, 16, 11)])
+    assert [c.shape for c in checks] == [(2, 8, 12, 10), (1, 8, 9, 17), (3, 8, 16, 11)]
+    for c in checks:
+        assert c.max_abs_diff < 1e-5, c
+
+
+# TiC models with shift='kv' (MDCSM) round their shift with int() in layers/shift_pool.py, which torch.export
+# specialises: the export is exact while every stage's rounded shift matches the traced one (for tic_nano
+# traced at 32 px: H, W in 25..32). The sizes below stay inside that range.
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size,shapes", [
+    ("tic_nano", 32, [(1, 3, 32, 32), (3, 3, 28, 30), (2, 3, 25, 32)]),
+])
+def test_onnx_tic_round_trip(tmp_path, name, size, shapes):
+    torch.manual_seed(0)
+    model = msaconv.create_model(name).eval()
+    path = tmp_path / f"{name}.onnx"
+    res = export_onnx(model, path, img_size=(size, size), dynamic=True)
+    assert res.opset >= 18 and _domains(path) <= {""}
+    checks = verify_onnx(model, path, shapes, threads=2)
+    assert [c.shape for c in checks] == [tuple(s) for s in shapes]
+    for c in checks:
+        assert c.max_abs_diff < 1e-4, c
