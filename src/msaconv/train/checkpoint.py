@@ -15,6 +15,7 @@ unpickled: weights load through safetensors, or ``torch.load(weights_only=True)`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -86,11 +87,14 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Write a safetensors file atomically; returns its SHA-256 (recorded in checkpoint pointers)."""
     from safetensors.torch import save
 
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    data = save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -158,7 +162,7 @@ def _save_checkpoint(run_dir, tag, step, model_state, model_meta, optimizer_stat
     stem = f"{tag}-{step:08d}"
     weights = run_dir / f"{stem}.safetensors"
     state_file = run_dir / f"{stem}.state.safetensors"
-    save_tensors(weights, model_state, {**model_meta, "step": step, "format": FORMAT})
+    weights_sha = save_tensors(weights, model_state, {**model_meta, "step": step, "format": FORMAT})
     tensors: dict[str, torch.Tensor] = {}
     optim_info = None
     if optimizer_state is not None:
@@ -166,7 +170,7 @@ def _save_checkpoint(run_dir, tag, step, model_state, model_meta, optimizer_stat
         tensors.update(t)
     for k, v in (ema_state or {}).items():
         tensors[f"ema.{k}"] = v
-    save_tensors(state_file, tensors, {"format": FORMAT, "step": step})
+    state_sha = save_tensors(state_file, tensors, {"format": FORMAT, "step": step})
     doc = {
         "format": FORMAT,
         "tag": tag,
@@ -175,6 +179,8 @@ def _save_checkpoint(run_dir, tag, step, model_state, model_meta, optimizer_stat
         "weights_bytes": weights.stat().st_size,
         "state": state_file.name,
         "state_bytes": state_file.stat().st_size,
+        "weights_sha256": weights_sha,
+        "state_sha256": state_sha,
         "optimizer": optim_info,
         **(info or {}),
     }
@@ -220,6 +226,23 @@ def read_checkpoint(pointer: str | os.PathLike) -> dict | None:
     return doc
 
 
+def load_checkpoint_file(doc: dict, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors of a checkpoint's ``weights`` or ``state`` file, checked against the SHA-256 its pointer recorded
+    (a flipped bit in tensor data is otherwise invisible: safetensors has no checksum)."""
+    path = Path(doc["_dir"]) / doc[key]
+    want = doc.get(f"{key}_sha256")
+    if want is not None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != want:
+            raise ValueError(f"checkpoint: {str(path)!r} does not match the SHA-256 recorded in its pointer "
+                             f"{doc.get('tag', '?')}.json (the file was changed or corrupted on disk); use another "
+                             "checkpoint (e.g. best.json) or start the run again")
+    return load_tensors(path)
+
+
 def find_checkpoint(where: str | os.PathLike, tag: str = "last") -> dict | None:
     """Newest complete checkpoint ``tag`` in a run folder, or in any run folder under ``where``."""
     where = Path(where)
@@ -247,7 +270,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         if doc is None:
             raise ValueError(f"checkpoint: no complete checkpoint at {str(p)!r}; pass a run folder, its best.json / "
                              "last.json, or a .safetensors file")
-        p = Path(doc["_dir"]) / doc["weights"]
+        return load_checkpoint_file(doc, "weights")
     if not p.is_file():
         raise ValueError(f"checkpoint: {str(p)!r} does not exist; pass a run folder, a checkpoint .json or a "
                          ".safetensors file")

@@ -362,9 +362,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
 
     start_step, best_top1, best_step = 0, -1.0, None
     if resume_doc is not None:
-        w, _ = ckpt.load_tensors(run_dir / resume_doc["weights"])
+        w, _ = ckpt.load_checkpoint_file(resume_doc, "weights")
         model.load_state_dict(w)
-        state, _ = ckpt.load_tensors(run_dir / resume_doc["state"])
+        state, _ = ckpt.load_checkpoint_file(resume_doc, "state")
         optimizer.load_state_dict(ckpt.optimizer_from_flat(state, resume_doc["optimizer"]))
         if ema is not None:
             ema.module.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
