@@ -152,3 +152,24 @@ def test_config_unknown_keys_wrong_types_and_code_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not valid YAML|must be a int"):
         resolve(sets=[f"epochs=!!python/object/apply:os.mkdir ['{marker}']"])
     assert not marker.exists() and not Path("x").exists()
+
+
+def test_bitflip_in_checkpoint_tensor_data_is_detected(tmp_path, capsys):
+    """safetensors has no checksum: a flipped bit inside tensor data loads silently unless the pointer's
+    SHA-256 is checked, which loading and resuming do."""
+    from train_helpers import TINY
+
+    args = ["train", *TINY, "--epochs", "1", "--output", tmp_path, "--name", "r", "--set", "checkpoint_every=2"]
+    assert run_cli(args) == 0
+    doc = ckpt.find_checkpoint(tmp_path / "r", "last")
+    f = tmp_path / "r" / doc["weights"]
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's bytes: same size, header intact
+    f.write_bytes(bytes(data))
+    ckpt.load_tensors(f)  # the format itself cannot tell
+    with pytest.raises(ValueError, match="does not match the SHA-256") as e:
+        ckpt.load_weights(tmp_path / "r" / "last.json")
+    assert str(f) in str(e.value)
+    capsys.readouterr()
+    assert run_cli([*args, "--epochs", "2", "--resume", "auto"]) == 2
+    assert "does not match the SHA-256" in capsys.readouterr().err
