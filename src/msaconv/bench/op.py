@@ -167,7 +167,7 @@ def _runner(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: st
         return call
     grad_out: list[torch.Tensor] = []
 
-    def call():
+    def call():  # type: ignore[no-redef]  # the fwd+bwd variant of the runner above
         out = fn()
         if not grad_out:
             grad_out.append(torch.ones_like(out))

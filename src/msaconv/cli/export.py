@@ -41,8 +41,8 @@ def _load_weights(model, path: str) -> None:
 
         state, _ = load_tensors(path)
     elif path.endswith((".pt", ".pth")):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
     else:
         raise ValueError(f"export: --checkpoint {path!r} is neither .safetensors nor .pt/.pth; pass one of those")
     model.load_state_dict(state)

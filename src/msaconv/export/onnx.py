@@ -5,9 +5,12 @@ How: ``torch.export.export`` with dynamic batch/H/W -> ``run_decompositions`` wi
 adaptive pool becomes size-exact matrices) -> ``torch.onnx.export`` of that program (dynamo exporter,
 opset >= 18). The decomposition builds its window tables from the symbolic H and W for all four border
 modes (zeros, mask, clamp, circular), strides, dilations and extra keys, so the op itself never fixes a
-size. A model can still constrain sizes: torch.export records each guard its Python code puts on H and W
-(e.g. a size rounded with ``int()``); :func:`export_onnx` returns those range constraints, and
-:func:`verify_onnx` tests sizes inside them.
+size. A model can still fix sizes: a range guard (``min(grid, H)``, a window that must fit) becomes a
+range constraint, returned by :func:`export_onnx`; but a size the model's Python turns into an int
+(``int(round(f*H))``) is baked into the graph as the traced value, and the ONNX file is then exact only
+at sizes that give the same int. The TiC models with ``shift='kv'`` (MDCSM; tic_nano, tic_micro) round
+their shift so: until ``layers/shift_pool.py`` keeps it symbolic, verify them inside that range (tic_nano
+traced at 32 px: H, W in 25..32). :func:`verify_onnx` is the judge: it runs onnxruntime at given sizes.
 """
 
 from __future__ import annotations
@@ -59,12 +62,14 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: Sequence[int] = (2
     with torch.no_grad():
         ep = export_program(model, example, dynamic=dynamic, decompose=True)
     onx = torch.onnx.export(ep, (example,), dynamo=True, opset_version=opset, optimize=True, verbose=False)
+    if onx is None:  # only the legacy (dynamo=False) exporter returns None
+        raise RuntimeError("export_onnx: torch.onnx.export returned no program")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     onx.save(str(out))
     constraints = {str(s): (int(r.lower), r.upper if r.upper.is_integer else None)
                    for s, r in ep.range_constraints.items()}
-    names = [i.name for i in onx.model.graph.inputs]
+    names = [str(i.name) for i in onx.model.graph.inputs]
     return OnnxExport(out, opset, dynamic, names[0], constraints)
 
 

@@ -204,18 +204,19 @@ def check_msa_conv2d(
         raise ValueError(f"{fn}: {given} was given without {missing}; pass both extra_k and extra_v, or neither")
     if extra_k is not None:
         want = (batch, heads, "M", head_dim)
-        for name, t in (("extra_k", extra_k), ("extra_v", extra_v)):
-            if t is None:
+        pairs: tuple[tuple[str, object], ...] = (("extra_k", extra_k), ("extra_v", extra_v))
+        for name, e in pairs:
+            if e is None:
                 continue
-            if not isinstance(t, torch.Tensor) or t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != (batch, heads, head_dim):
-                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            if not isinstance(e, torch.Tensor) or e.dim() != 4 or (e.shape[0], e.shape[1], e.shape[3]) != (batch, heads, head_dim):
+                got = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
                 raise ValueError(
                     f"{fn}: {name} must have shape [B, heads, M, head_dim] = {want} in either layout, got {got}; "
                     f"pool keys to a grid and flatten it, e.g. (B, heads, M, head_dim)"
                 )
-            if t.dtype != q.dtype or t.device != q.device:
+            if e.dtype != q.dtype or e.device != q.device:
                 raise ValueError(
-                    f"{fn}: {name} is {t.dtype} on {t.device} but q is {q.dtype} on {q.device}; "
+                    f"{fn}: {name} is {e.dtype} on {e.device} but q is {q.dtype} on {q.device}; "
                     f"use {name}.to(q)"
                 )
         if extra_v is not None and extra_v.shape[2] != extra_k.shape[2]:

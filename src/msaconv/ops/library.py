@@ -89,7 +89,7 @@ def msa_conv2d_op(q: Tensor, k: Tensor, v: Tensor, extra_k: Optional[Tensor], ex
     pb = _problem(q, k, v, extra_k, extra_v, kernel_size, dilation, stride, border, scale, layout)
     be = choose_op_backend(pb, backend)
     n = be.layout
-    out, stats = be.forward_with_stats(_to_layout(q, layout, n), _to_layout(k, layout, n), _to_layout(v, layout, n),
+    out, stats = be.forward_with_stats(_to_layout(q, layout, n), _to_layout(k, layout, n), _to_layout(v, layout, n),  # type: ignore[attr-defined]
                                        extra_k, extra_v, pb)
     return _to_layout(out, n, layout).contiguous(), stats.contiguous()
 
@@ -111,7 +111,7 @@ def msa_conv2d_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, extra_
     be = choose_op_backend(pb, backend)
     n = be.layout
     t = lambda x: _to_layout(x, layout, n)  # noqa: E731
-    dq, dk, dv, dek, dev = be.backward(t(dout), t(q), t(k), t(v), extra_k, extra_v, t(out), stats, pb)
+    dq, dk, dv, dek, dev = be.backward(t(dout), t(q), t(k), t(v), extra_k, extra_v, t(out), stats, pb)  # type: ignore[attr-defined]  # checked by has_explicit_backward
     back = lambda x: _to_layout(x, n, layout).contiguous()  # noqa: E731
     return (back(dq), back(dk), back(dv), q.new_empty((0,)) if dek is None else dek.contiguous(),
             q.new_empty((0,)) if dev is None else dev.contiguous())

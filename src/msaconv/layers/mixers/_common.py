@@ -24,13 +24,13 @@ def check_int(cls: str, arg: str, value: object, minimum: int = 1) -> int:
 def check_float(cls: str, arg: str, value: object, low: float, high: float, *, high_open: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
-        v = float(value)
+        v = float(value)  # type: ignore[arg-type]  # an int or float: checked above
         ok = low <= v < high if high_open else low <= v <= high
     if not ok:
         bracket = ")" if high_open else "]"
         raise ValueError(f"{cls}: {arg} must be a number in [{low}, {high}{bracket}, got {value!r}; "
                          f"pass a value in that range")
-    return float(value)
+    return float(value)  # type: ignore[arg-type]  # checked to be an int or float above
 
 
 def check_probability(cls: str, arg: str, value: object) -> float:

@@ -38,7 +38,8 @@ class MixerRow:
 def _paired_median_ms(m: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
     """Median forward times of ``m`` and of the reference, interleaved (m, ref, m, ref, ...) so that both
     see the same machine load -- on a shared machine the load drifts between mixers."""
-    tm, tr = [], []
+    tm: list[float] = []
+    tr: list[float] = []
     with torch.no_grad():
         m(x), ref(x)  # warm-up
         for _ in range(repeats):
