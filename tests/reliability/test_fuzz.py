@@ -12,13 +12,12 @@ The default run draws a few hundred cases; the slow test draws over 10,000 (dera
 from __future__ import annotations
 
 import functools
-import math
 import signal
 from contextlib import contextmanager
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import msaconv
@@ -132,9 +131,8 @@ def prop_conv(c):
     Wo = (Wi + 2 * pad[1] - c["dilation"] * (ks[1] - 1) - 1) // max(c["stride"], 1) + 1
     valid = (min(ks) >= 1 and c["stride"] >= 1 and c["cin"] % c["groups"] == 0 and c["cout"] % c["groups"] == 0
              and c["cin"] % c["num_heads"] == 0 and c["border"] != "clamp")
-    # a map smaller than the trailing convolution's kernel: a RuntimeError from F.conv2d instead of a
-    # ValueError (test_known_findings); left out here so the fuzz keeps looking for other faults
-    assume(not (valid and (Ho < 1 or Wo < 1)))
+    # a map smaller than the trailing convolution's kernel is a documented ValueError
+    valid = valid and Ho >= 1 and Wo >= 1
     out = _call("MSAConv2d", run, valid)
     if out is None:
         return
@@ -285,10 +283,8 @@ def test_fuzz_10k():
     assert all(COUNTS.get(f"mixer:{m}", 0) > 0 for m in list_token_mixers())
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "MSAConv2d on a map smaller than its trailing kernel (1x1 input, kernel_size=2, default padding 0) raises "
-    "torch's RuntimeError from F.conv2d, not a ValueError naming the layer; fix in msaconv/layers/msa_conv.py "
-    "(forward: check the padded size against dilation*(k-1)+1 and raise ValueError)"))
-def test_known_findings_msaconv2d_map_smaller_than_kernel():
-    with pytest.raises(ValueError):
-        MSAConv2d(1, 1, 2)(torch.randn(1, 1, 1, 1))
+def test_msaconv2d_map_smaller_than_its_kernel_is_a_value_error():
+    """Found by this fuzz: torch's RuntimeError from F.conv2d used to escape; now a ValueError naming the minimum."""
+    with pytest.raises(ValueError, match=r"MSAConv2d: input H=1 padded by 0 on each side is smaller than the trailing "
+                                         r"convolution's kernel extent dilation\*\(kernel_size-1\)\+1 = 2"):
+        MSAConv2d(1, 1, 2, padding=0)(torch.randn(1, 1, 1, 1))

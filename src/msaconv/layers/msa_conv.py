@@ -196,11 +196,28 @@ class MSAConv2d(nn.Module):
     def bias(self):
         return self.conv.bias
 
+    def _check_conv_fits(self, height: int, width: int) -> None:
+        """The trailing convolution needs its padded input to hold one (dilated) kernel along each axis."""
+        pad = self.conv.padding
+        if pad == "same":
+            return
+        pad = (0, 0) if pad == "valid" else pad
+        for axis, size, k, d, p in (("H", height, self.conv.kernel_size[0], self.conv.dilation[0], pad[0]),
+                                    ("W", width, self.conv.kernel_size[1], self.conv.dilation[1], pad[1])):
+            reach = d * (k - 1) + 1
+            if size + 2 * p < reach:
+                raise ValueError(
+                    f"MSAConv2d: input {axis}={size} padded by {p} on each side is smaller than the trailing "
+                    f"convolution's kernel extent dilation*(kernel_size-1)+1 = {reach}; use inputs of at least "
+                    f"{reach - 2 * p} pixels along {axis}, or more padding (e.g. padding=None pads to keep the size)"
+                )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input("MSAConv2d", x, self.in_channels)
+        sh, sw = self.attn.attn_stride
+        self._check_conv_fits((x.shape[-2] - 1) // sh + 1, (x.shape[-1] - 1) // sw + 1)
         a = self.attn(x)
         if a.shape[-2:] != x.shape[-2:]:  # attn_stride > 1: the residual is sampled at the queries
-            sh, sw = self.attn.attn_stride
             x = x[:, :, ::sh, ::sw]
         return self.conv(x + a)
 
