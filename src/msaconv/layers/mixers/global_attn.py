@@ -98,7 +98,7 @@ class GlobalAttention2d(nn.Module):
     # --- module -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("GlobalAttention2d", x, self.dim)
-        return self.merge_heads(self.attend_heads(*self.qkv_heads(x), x.shape[-2:]))
+        return self.merge_heads(self.attend_heads(*self.qkv_heads(x), (x.shape[-2], x.shape[-1])))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, h, N, N(+h)]`` attention weights (explicit softmax, for analysis)."""

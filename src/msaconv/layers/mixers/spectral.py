@@ -64,7 +64,7 @@ class SpectralFilter2d(nn.Module):
 
     def filter(self, H: int, W: int) -> torch.Tensor:
         """The complex filter ``[C, H, W//2+1]`` for an ``H x W`` map (resized if needed and allowed)."""
-        w = self.complex_weight
+        w: torch.Tensor = self.complex_weight
         if w.dtype not in (torch.float32, torch.float64):  # no complex bfloat16; half FFTs are GPU-only
             w = w.float()
         wt = torch.view_as_complex(w).permute(2, 0, 1)                              # [C, h, w//2+1]
