@@ -136,8 +136,8 @@ def test_device_and_dtype_arguments():
 @pytest.mark.parametrize("build,match", [
     (lambda: MSAConv2d(8, 12, 3, num_heads=3), r"MSAConv2d: in_channels=8 is not divisible by num_heads=3; choose num_heads from \[1, 2, 4, 8\]"),
     (lambda: MSAttention2d(10, num_heads=4), r"MSAttention2d: dim=10 is not divisible by num_heads=4"),
-    (lambda: MSAttention2d(8, num_heads=0), r"num_heads must be a positive int, got 0"),
-    (lambda: MSAConv2d(0, 4, 3), r"MSAConv2d: in_channels must be a positive int, got 0"),
+    (lambda: MSAttention2d(8, num_heads=0), r"MSAttention2d: num_heads must be an int >= 1, got 0; use e.g. num_heads=1"),
+    (lambda: MSAConv2d(0, 4, 3), r"MSAConv2d: in_channels must be an int >= 1, got 0"),
     (lambda: MSAConv2d(8, 6, 3, groups=4), r"groups=4 must be a positive int dividing in_channels=8 and out_channels=6"),
     (lambda: MSAttention2d(8, 2, kernel_size=0), r"MSAttention2d: kernel_size must be >= 1"),
     (lambda: MSAttention2d(8, 2, border="wrap"), r"MSAttention2d: unknown border 'wrap'"),

@@ -11,26 +11,9 @@ from torch import nn
 
 from ..ops import msa_conv2d, msa_conv2d_weights
 from ..ops._checks import check_border, check_probability, pair
+from ._checks import check_heads, check_int
 from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_inter_pool, resolve_shift,
                          shift_heads, shift_input)
-
-
-def _check_heads(cls: str, channels: int, num_heads: object, arg: str = "in_channels") -> int:
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{cls}: num_heads must be a positive int, got {num_heads!r}; use e.g. num_heads=1")
-    if channels % num_heads:
-        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-        raise ValueError(
-            f"{cls}: {arg}={channels} is not divisible by num_heads={num_heads}; choose num_heads from "
-            f"{divisors[:12]}{' ...' if len(divisors) > 12 else ''}"
-        )
-    return num_heads
-
-
-def _check_channels(cls: str, arg: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{cls}: {arg} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_input(cls: str, x: torch.Tensor, channels: int) -> None:
@@ -56,8 +39,8 @@ class _QKVAttention(nn.Module):
                  device=None, dtype=None, shift: CyclicShift | None = None, inter_pool: InterPool | None = None):
         super().__init__()
         self._cls = cls
-        self.dim = _check_channels(cls, "dim", dim)
-        self.num_heads = _check_heads(cls, dim, num_heads, "dim" if cls == "MSAttention2d" else "in_channels")
+        self.dim = check_int(cls, "dim" if cls == "MSAttention2d" else "in_channels", dim)
+        self.num_heads = check_heads(cls, dim, num_heads, dim_arg="dim" if cls == "MSAttention2d" else "in_channels")
         self.head_dim = dim // self.num_heads
         self.kernel_size = pair(cls, "kernel_size", kernel_size)
         self.dilation = pair(cls, "dilation", dilation)
@@ -145,8 +128,8 @@ class MSAConv2d(nn.Module):
                  attn_stride=1, conv_dilation=None, backend: str | None = None, device=None, dtype=None):
         super().__init__()
         cls = "MSAConv2d"
-        self.in_channels = _check_channels(cls, "in_channels", in_channels)
-        self.out_channels = _check_channels(cls, "out_channels", out_channels)
+        self.in_channels = check_int(cls, "in_channels", in_channels)
+        self.out_channels = check_int(cls, "out_channels", out_channels)
         self.attn = _QKVAttention(cls, in_channels, num_heads, kernel_size, dilation, attn_stride, border,
                                   attn_drop, qkv_bias, scale, backend, device, dtype)
         kh, kw = self.attn.kernel_size

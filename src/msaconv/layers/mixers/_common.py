@@ -13,12 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops._checks import unknown_name
-
-
-def check_int(cls: str, arg: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{cls}: {arg} must be an int >= {minimum}, got {value!r}; use e.g. {arg}={max(minimum, 1)}")
-    return int(value)
+from .._checks import check_heads, check_int  # noqa: F401  (re-exported for the mixers)
 
 
 def check_float(cls: str, arg: str, value: object, low: float, high: float, *, high_open: bool = False) -> float:
@@ -41,18 +36,6 @@ def check_choice(cls: str, arg: str, value: object, choices: tuple[str, ...]) ->
     if value not in choices:
         raise unknown_name(cls, arg, value, choices)
     return str(value)
-
-
-def check_heads(cls: str, dim: int, num_heads: object, arg: str = "num_heads") -> int:
-    """``num_heads`` must be a positive int dividing ``dim``; the message lists divisors to choose from."""
-    h = check_int(cls, arg, num_heads)
-    if dim % h:
-        divisors = [d for d in range(1, dim + 1) if dim % d == 0]
-        raise ValueError(
-            f"{cls}: dim={dim} is not divisible by {arg}={h}; choose {arg} from "
-            f"{divisors[:12]}{' ...' if len(divisors) > 12 else ''}"
-        )
-    return h
 
 
 def check_pair(cls: str, arg: str, value: object) -> tuple[int, int]:
