@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                       opset=args.opset)
     print(f"wrote {res.path} (opset {res.opset}, {'dynamic batch/H/W' if res.dynamic else f'fixed 2x{in_chans}x{h}x{w}'})")
     if res.constraints:
-        print("size ranges torch.export kept: " + ", ".join(f"{k} in [{lo}, {hi or 'inf'}]"
+        print("size ranges torch.export kept: " + ", ".join(f"{k} in [{lo}, {'inf' if hi is None else hi}]"
                                                             for k, (lo, hi) in res.constraints.items()))
     if args.no_verify:
         return 0

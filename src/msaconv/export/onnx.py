@@ -43,7 +43,15 @@ class OnnxExport:
     opset: int
     dynamic: bool
     input_name: str
-    constraints: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    constraints: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+
+
+def _as_int(bound: Any) -> int | None:
+    """A sympy range bound as an int, None when unbounded (torch's ``int_oo``)."""
+    try:
+        return int(bound)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
 
 
 def export_onnx(model: nn.Module, path: str | Path, img_size: Sequence[int] = (224, 224), batch: int = 2,
@@ -67,8 +75,7 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: Sequence[int] = (2
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     onx.save(str(out))
-    constraints = {str(s): (int(r.lower), r.upper if r.upper.is_integer else None)
-                   for s, r in ep.range_constraints.items()}
+    constraints = {str(s): (_as_int(r.lower) or 0, _as_int(r.upper)) for s, r in ep.range_constraints.items()}
     names = [str(i.name) for i in onx.model.graph.inputs]
     return OnnxExport(out, opset, dynamic, names[0], constraints)
 
