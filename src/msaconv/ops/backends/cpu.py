@@ -58,6 +58,16 @@ class _CpuFn(torch.autograd.Function):
         return (*BACKEND.backward(dout, q, k, v, extra_k, extra_v, out, lse, ctx.pb), None)
 
 
+def _prepare(pb: Problem, extra_k, extra_v):
+    """``(extension, compute dtype, extra_k, extra_v in it)``; the extension must have built."""
+    ext, reason = _build.extension()
+    if ext is None:
+        raise RuntimeError(f"msa_conv2d: backend 'cpu' is unavailable: {reason}")
+    ct = _compute_dtype(pb.dtype)
+    cast = (lambda t: None if t is None else t.to(ct))
+    return ext, ct, cast(extra_k), cast(extra_v)
+
+
 class CpuBackend:
     name = "cpu"
     layout = "bhdhw"
@@ -72,24 +82,14 @@ class CpuBackend:
 
     def forward_with_stats(self, q, k, v, extra_k, extra_v, pb: Problem) -> tuple[torch.Tensor, torch.Tensor]:
         """``(out [B,h,D,Ho,Wo] in q's dtype, lse [B,h,Ho,Wo] in the compute dtype)``; not differentiable."""
-        ext, reason = _build.extension()
-        if ext is None:
-            raise RuntimeError(f"msa_conv2d: backend 'cpu' is unavailable: {reason}")
-        ct = _compute_dtype(pb.dtype)
-        ek = None if extra_k is None else extra_k.to(ct)
-        ev = None if extra_v is None else extra_v.to(ct)
+        ext, ct, ek, ev = _prepare(pb, extra_k, extra_v)
         with torch.no_grad():
             out, lse = ext.forward(_planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev, *_args(pb))
         return out.to(pb.dtype), lse
 
     def backward(self, dout, q, k, v, extra_k, extra_v, out, lse, pb: Problem):
         """Gradients ``(dq, dk, dv, d_extra_k | None, d_extra_v | None)`` from the saved ``out`` and ``lse``."""
-        ext, reason = _build.extension()
-        if ext is None:
-            raise RuntimeError(f"msa_conv2d: backend 'cpu' is unavailable: {reason}")
-        ct = _compute_dtype(pb.dtype)
-        ek = None if extra_k is None else extra_k.to(ct)
-        ev = None if extra_v is None else extra_v.to(ct)
+        ext, ct, ek, ev = _prepare(pb, extra_k, extra_v)
         with torch.no_grad():
             dq, dk, dv, dek, dev = ext.backward(dout.to(ct), _planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev,
                                                 out.to(ct), lse, *_args(pb))
