@@ -138,7 +138,7 @@ class InterPool:
 
 
 def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)  # no int(): under torch.export a symbolic size stays symbolic
 
 
 def _from_option(fn: str, arg: str, value: object, cls, modes: tuple[str, ...]):
