@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-# command name -> module (imported lazily, so `msaconv info` does not import the training stack)
+# command name -> module; each module keeps its heavy imports inside run(), so building the parser stays cheap
 COMMANDS: dict[str, str] = {
     "info": "msaconv.cli.info",
     "bench": "msaconv.cli.bench",
