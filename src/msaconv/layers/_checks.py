@@ -5,6 +5,8 @@ Each raises a ``ValueError`` that names the module, the argument, the value and 
 
 from __future__ import annotations
 
+import torch
+
 
 def check_int(cls: str, arg: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -22,3 +24,18 @@ def check_heads(cls: str, dim: int, num_heads: object, arg: str = "num_heads", d
             f"{divisors[:12]}{' ...' if len(divisors) > 12 else ''}"
         )
     return h
+
+
+def check_input(cls: str, x: object, dim: int, dim_arg: str = "dim") -> tuple[int, int, int, int]:
+    """``x`` must be ``[B, dim, H, W]`` with H, W >= 1; returns its shape."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{cls}: expected input [B, C, H, W], got {got}; add a batch axis with x[None] for one image")
+    if x.shape[1] != dim:
+        raise ValueError(
+            f"{cls}: expected {dim} input channels, got x of shape {tuple(x.shape)}; "
+            f"build the layer with {dim_arg}={x.shape[1]} or project x to {dim} channels first"
+        )
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{cls}: the input has an empty spatial size {tuple(x.shape[2:])}; H and W must be >= 1")
+    return tuple(x.shape)  # type: ignore[return-value]

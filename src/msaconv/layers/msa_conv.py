@@ -11,20 +11,9 @@ from torch import nn
 
 from ..ops import msa_conv2d, msa_conv2d_weights
 from ..ops._checks import check_border, check_probability, pair
-from ._checks import check_heads, check_int
+from ._checks import check_heads, check_input, check_int
 from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_inter_pool, resolve_shift,
                          shift_heads, shift_input)
-
-
-def _check_input(cls: str, x: torch.Tensor, channels: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{cls}: expected input [B, C, H, W], got {got}; add a batch axis with x[None] for one image")
-    if x.shape[1] != channels:
-        raise ValueError(
-            f"{cls}: expected {channels} input channels, got x of shape {tuple(x.shape)}; "
-            f"build the layer with in_channels={x.shape[1]} or project x to {channels} channels first"
-        )
 
 
 class _QKVAttention(nn.Module):
@@ -196,7 +185,7 @@ class MSAConv2d(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("MSAConv2d", x, self.in_channels)
+        check_input("MSAConv2d", x, self.in_channels, "in_channels")
         sh, sw = self.attn.attn_stride
         self._check_conv_fits((x.shape[-2] - 1) // sh + 1, (x.shape[-1] - 1) // sw + 1)
         a = self.attn(x)
@@ -295,13 +284,13 @@ class MSAttention2d(nn.Module):
         return self.proj_drop(self.proj(o.reshape(B, h * D, H, W)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("MSAttention2d", x, self.dim)
+        check_input("MSAttention2d", x, self.dim)
         return self.proj_drop(self.proj(self.attn(x)))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Weights ``[B, heads, H_out, W_out, K + M]`` of this mixer for input ``x``: K window slots, then
         the M pooled tokens of ``inter_pool='grid'`` (M = 0 otherwise)."""
-        _check_input("MSAttention2d", x, self.dim)
+        check_input("MSAttention2d", x, self.dim)
         return self.attn.attention_weights(x)
 
     def extra_repr(self) -> str:

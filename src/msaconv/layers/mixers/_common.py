@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops._checks import unknown_name
-from .._checks import check_heads, check_int  # noqa: F401  (re-exported for the mixers)
+from .._checks import check_heads, check_input, check_int  # noqa: F401  (re-exported for the mixers)
 
 
 def check_float(cls: str, arg: str, value: object, low: float, high: float, *, high_open: bool = False) -> float:
@@ -46,21 +46,6 @@ def check_pair(cls: str, arg: str, value: object) -> tuple[int, int]:
         raise ValueError(f"{cls}: {arg} must be a positive int or a pair (H, W) of positive ints, got {value!r}; "
                          f"use e.g. {arg}=(14, 14)")
     return int(value[0]), int(value[1])
-
-
-def check_input(cls: str, x: object, dim: int) -> tuple[int, int, int, int]:
-    """``x`` must be ``[B, dim, H, W]``; returns its shape."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{cls}: expected input [B, C, H, W], got {got}; add a batch axis with x[None] for one image")
-    if x.shape[1] != dim:
-        raise ValueError(
-            f"{cls}: expected {dim} input channels, got x of shape {tuple(x.shape)}; "
-            f"build the mixer with dim={x.shape[1]} or project x to {dim} channels first"
-        )
-    if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"{cls}: the input has an empty spatial size {tuple(x.shape[2:])}; H and W must be >= 1")
-    return tuple(x.shape)  # type: ignore[return-value]
 
 
 def pad_to_multiple(x: torch.Tensor, mh: int, mw: int) -> tuple[torch.Tensor, int, int]:
