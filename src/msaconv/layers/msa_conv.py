@@ -6,6 +6,8 @@ channels-first ``'bhdhw'`` layout, which is a free view of the projection's NCHW
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -14,6 +16,8 @@ from ..ops._checks import check_border, check_probability, pair
 from ._checks import check_heads, check_input, check_int
 from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_inter_pool, resolve_shift,
                          shift_heads, shift_input)
+
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]  # nn.Conv2d's padding_mode values
 
 
 class _QKVAttention(nn.Module):
@@ -112,7 +116,7 @@ class MSAConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=None, dilation=1,
-                 groups: int = 1, bias: bool = False, padding_mode: str = "zeros", num_heads: int = 1,
+                 groups: int = 1, bias: bool = False, padding_mode: PaddingMode = "zeros", num_heads: int = 1,
                  attn_drop: float = 0.0, border: str = "zeros", qkv_bias: bool = True, scale: float | None = None,
                  attn_stride=1, conv_dilation=None, backend: str | None = None, device=None, dtype=None):
         super().__init__()
@@ -170,10 +174,10 @@ class MSAConv2d(nn.Module):
 
     def _check_conv_fits(self, height: int, width: int) -> None:
         """The trailing convolution needs its padded input to hold one (dilated) kernel along each axis."""
-        pad = self.conv.padding
-        if pad == "same":
+        padding = self.conv.padding
+        if padding == "same":
             return
-        pad = (0, 0) if pad == "valid" else pad
+        pad = (0, 0) if isinstance(padding, str) else padding  # the other string is "valid"
         for axis, size, k, d, p in (("H", height, self.conv.kernel_size[0], self.conv.dilation[0], pad[0]),
                                     ("W", width, self.conv.kernel_size[1], self.conv.dilation[1], pad[1])):
             reach = d * (k - 1) + 1

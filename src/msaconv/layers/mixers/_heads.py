@@ -20,7 +20,7 @@ so that scaling head ``i`` of ``o`` by ``g_i`` gives ``sum_i g_i H_i W_O^i + b``
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 import torch
 from torch import nn
@@ -42,11 +42,11 @@ class HeadStructured(Protocol):
     def merge_heads(self, o: torch.Tensor) -> torch.Tensor: ...
 
 
-def is_head_structured(m: object) -> bool:
+def is_head_structured(m: object) -> TypeGuard[HeadStructured]:
     return all(callable(getattr(m, a, None)) for a in _METHODS) and hasattr(m, "num_heads")
 
 
-def as_head_structured(m: nn.Module, wrapper: str):
+def as_head_structured(m: nn.Module, wrapper: str) -> HeadStructured:
     """``m`` itself if it implements the protocol and keeps the map size, else a ValueError."""
     from ..msa_conv import MSAttention2d
 

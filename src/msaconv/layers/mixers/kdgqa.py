@@ -30,7 +30,7 @@ from torch import nn
 
 from ..registry import register_token_mixer
 from ._common import check_choice, check_float, check_input, check_int
-from ._heads import as_head_structured, build_inner
+from ._heads import HeadStructured, as_head_structured, build_inner
 
 MODES = ("kd", "ema", "diff")
 
@@ -52,6 +52,11 @@ def allocate(weights: torch.Tensor, heads: int) -> torch.Tensor:
 
 class KDGQAWrapper(nn.Module):
     """Key-driven grouped-query attention around a head-structured token mixer."""
+
+    _heads: HeadStructured  # set with object.__setattr__ (not a registered submodule)
+    allocation: torch.Tensor  # the buffers registered in __init__
+    norm_state: torch.Tensor
+    steps: torch.Tensor
 
     def __init__(self, dim: int, num_heads: int = 8, inner="global", kv_heads: int | None = None, mode: str = "kd",
                  window_size: int = 1, momentum: float = 0.9, device=None, dtype=None, **inner_options):
@@ -112,7 +117,7 @@ class KDGQAWrapper(nn.Module):
         self.allocation.copy_(a)
         group_of = torch.repeat_interleave(torch.arange(self.kv_heads, device=a.device), a.to(a.device))
         k, v = k.index_select(1, group_of.to(k.device)), v.index_select(1, group_of.to(v.device))
-        return hs.merge_heads(hs.attend_heads(q, k, v, x.shape[-2:]))
+        return hs.merge_heads(hs.attend_heads(q, k, v, (x.shape[-2], x.shape[-1])))
 
     def extra_repr(self) -> str:
         s = f"num_heads={self.num_heads}, kv_heads={self.kv_heads}, mode={self.mode!r}"

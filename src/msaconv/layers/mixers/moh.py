@@ -26,11 +26,13 @@ from torch import nn
 
 from ..registry import register_token_mixer
 from ._common import check_input, check_int
-from ._heads import as_head_structured, build_inner
+from ._heads import HeadStructured, as_head_structured, build_inner
 
 
 class MoHWrapper(nn.Module):
     """Mixture-of-Head routing around a head-structured token mixer."""
+
+    _heads: HeadStructured  # set with object.__setattr__ (not a registered submodule)
 
     def __init__(self, dim: int, num_heads: int = 8, inner="global", shared_heads: int | None = None,
                  top_k: int | None = None, device=None, dtype=None, **inner_options):
@@ -80,6 +82,7 @@ class MoHWrapper(nn.Module):
             shared = self.shared_router(x).softmax(dim=1) * self.shared_heads
         else:
             shared = torch.ones_like(routed[:, :1])
+        assert self.mix_router is not None  # built whenever shared_heads > 0
         a = self.mix_router(x).softmax(dim=1) * 2                           # [B, 2, H, W]
         return torch.cat([shared * a[:, :1], routed * a[:, 1:]], dim=1)
 
@@ -92,7 +95,7 @@ class MoHWrapper(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("MoHWrapper", x, self.dim)
         hs = self._heads
-        o = hs.attend_heads(*hs.qkv_heads(x), x.shape[-2:])               # [B, h, d, H, W]
+        o = hs.attend_heads(*hs.qkv_heads(x), (x.shape[-2], x.shape[-1]))  # [B, h, d, H, W]
         return hs.merge_heads(o * self.gates(x)[:, :, None])
 
     def extra_repr(self) -> str:

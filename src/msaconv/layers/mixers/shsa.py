@@ -34,9 +34,10 @@ class ConvBN(nn.Sequential):
     def __init__(self, cin: int, cout: int, bn_weight_init: float = 1.0, device=None, dtype=None):
         super().__init__()
         self.add_module("c", nn.Conv2d(cin, cout, 1, bias=False, device=device, dtype=dtype))
-        self.add_module("bn", nn.BatchNorm2d(cout, device=device, dtype=dtype))
-        nn.init.constant_(self.bn.weight, bn_weight_init)
-        nn.init.zeros_(self.bn.bias)
+        bn = nn.BatchNorm2d(cout, device=device, dtype=dtype)
+        self.add_module("bn", bn)
+        nn.init.constant_(bn.weight, bn_weight_init)
+        nn.init.zeros_(bn.bias)
 
 
 class SHSA2d(nn.Module):

@@ -12,8 +12,11 @@ adds the key and value gradients back into the padded (or flat) buffers. Memory 
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .. import shapes
 from .._attn import dropout_keep, safe_softmax
@@ -129,7 +132,8 @@ def _window_weights(a: torch.Tensor, plan: _Plan) -> torch.Tensor:
     return a_win.masked_fill(~plan.valid, 0.0) if plan.any_invalid else a_win
 
 
-def _forward(plan: _Plan, qs, k, v, extra_k, extra_v, keep):
+def _forward(plan: _Plan, qs: Tensor, k: Tensor, v: Tensor, extra_k: Tensor | None, extra_v: Tensor | None,
+             keep: Tensor | None) -> tuple[Tensor, Tensor]:
     """``(out [B,h,Ho,Wo,D], attn [B,h,Ho,Wo,K+M])``; ``attn`` is before dropout."""
     attn = safe_softmax(_logits(qs, _Tiles(k, plan), plan, extra_k))
     a = attn * keep if keep is not None else attn
@@ -202,12 +206,16 @@ class _PortableMSAConv(torch.autograd.Function):
         return (*_backward(ctx.plan, qs, k, v, extra_k, extra_v, attn, keep, dout), None, None)
 
 
-def _prepare(q, k, v, extra_k, extra_v, pb: Problem):
+def _prepare(q: Tensor, k: Tensor, v: Tensor | None, extra_k: Tensor | None, extra_v: Tensor | None,
+             pb: Problem) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     ct = _compute_dtype(pb.dtype)
     sh, sw = pb.window.stride
     qs = q[:, :, ::sh, ::sw].to(ct)
-    cast = (lambda t: None if t is None else t.to(ct))
-    return qs, cast(k), cast(v), cast(extra_k), cast(extra_v)
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(ct)
+
+    return qs, k.to(ct), cast(v), cast(extra_k), cast(extra_v)
 
 
 class PortableBackend:
@@ -227,7 +235,8 @@ class PortableBackend:
         ``[B, heads, H_out, W_out]`` zeros (the backward recomputes the weights from q and k)."""
         plan = _Plan(pb, q.device)
         with torch.no_grad():
-            out, _ = _forward(plan, *_prepare(q, k, v, extra_k, extra_v, pb), None)
+            qs, kc, vc, ek, ev = _prepare(q, k, v, extra_k, extra_v, pb)
+            out, _ = _forward(plan, qs, kc, typing.cast(Tensor, vc), ek, ev, None)  # v given: vc is a tensor
         return out.to(pb.dtype), q.new_zeros((pb.batch, pb.heads) + pb.out_size, dtype=_compute_dtype(pb.dtype))
 
     def backward(self, dout, q, k, v, extra_k, extra_v, out, stats, pb: Problem):
