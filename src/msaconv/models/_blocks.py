@@ -3,6 +3,8 @@ downsampling. The token mixer of a block is any ``[B, C, H, W] -> [B, C, H, W]``
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,7 +127,7 @@ def make_downsample(kind: str, in_dim: int, out_dim: int, kernel: int, num_heads
     """
     norm = LayerNorm2d(in_dim)
     if kind == "msa_conv":
-        op = MSAConv2d(in_dim, out_dim, kernel, stride=2, num_heads=num_heads, border=border, bias=True)
+        op: nn.Module = MSAConv2d(in_dim, out_dim, kernel, stride=2, num_heads=num_heads, border=border, bias=True)
     else:
         op = nn.Conv2d(in_dim, out_dim, kernel, 2, kernel // 2)
     return nn.Sequential(norm, op)
@@ -134,7 +136,7 @@ def make_downsample(kind: str, in_dim: int, out_dim: int, kernel: int, num_heads
 class Stage(nn.Module):
     """``downsample`` (or identity for the first stage) then a sequence of blocks, with optional gradient checkpointing."""
 
-    def __init__(self, downsample: nn.Module | None, blocks: list[nn.Module]):
+    def __init__(self, downsample: nn.Module | None, blocks: Sequence[nn.Module]):
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*blocks)

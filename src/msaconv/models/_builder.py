@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
-from ._blocks import check_image
+from ._blocks import Stage, check_image
+
+if TYPE_CHECKING:
+    from .hier import HierNet
 
 # keyword arguments timm's create_model passes to every entry point; msaconv reads or ignores them
 _TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "scriptable", "exportable", "no_jit")
@@ -54,13 +57,14 @@ class FeatureNet(nn.Module):
     """``features_only=True``: the stem and the stages up to the last wanted one; ``forward`` returns the
     list of stage maps at ``out_indices`` (NCHW). ``feature_info`` describes the returned maps."""
 
-    def __init__(self, model: nn.Module, out_indices: Any = None):
+    def __init__(self, model: HierNet, out_indices: Any = None):
         super().__init__()
         n = len(model.stages)
         self.out_indices = tuple(check_out_indices("features_only", out_indices, n))
         last = max(self.out_indices)
         self.stem = model.stem
-        self.stages = model.stages[: last + 1]
+        # cast: torch's stubs type a slice of an nn.Sequential as Module, it is an nn.Sequential
+        self.stages = cast(nn.Sequential, model.stages[: last + 1])
         self.feature_info = FeatureInfoList(copy.deepcopy(model.feature_info[i]) for i in self.out_indices)
         for f, i in zip(self.feature_info, self.out_indices):
             f["index"] = i
@@ -81,7 +85,7 @@ class FeatureNet(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:
-            s.grad_checkpointing = bool(enable)
+            cast(Stage, s).grad_checkpointing = bool(enable)
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -202,7 +206,7 @@ def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs
     return model
 
 
-def _timm_feature_net(model: nn.Module, feature_cls: Any, out_indices: Any) -> nn.Module:
+def _timm_feature_net(model: HierNet, feature_cls: Any, out_indices: Any) -> nn.Module:
     """``feature_cls`` ('list', 'dict', 'hook', 'getter' or a class): timm's own feature wrappers."""
     try:
         from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet

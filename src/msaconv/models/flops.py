@@ -59,7 +59,7 @@ def count_flops(model: nn.Module, input_size: tuple[int, ...] | None = None, bat
     x = torch.zeros(batch_size, *input_size, device=p.device if p is not None else None,
                     dtype=p.dtype if p is not None else None)
 
-    analytic: list[int] = []
+    analytic: list[tuple[int, int]] = []  # (id of the attention core, its 4*B*Ho*Wo*(K+M)*C)
     names: dict[int, str] = {}
 
     def hook(mod: _QKVAttention, inputs, out):

@@ -13,7 +13,7 @@ for every token mixer registered when :mod:`msaconv.models` is imported (tic_nan
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -231,9 +231,9 @@ class HierNet(nn.Module):
             stages.append(Stage(ds, blocks))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]
-        self.feature_info = [dict(num_chs=d, reduction=r, module=f"stages.{i}")
+        self.feature_info: list[dict[str, Any]] = [dict(num_chs=d, reduction=r, module=f"stages.{i}")
                              for i, (d, r) in enumerate(zip(dims, cfg.reductions()))]
-        self.head_norm = nn.LayerNorm(dims[-1])
+        self.head_norm: nn.Module = nn.LayerNorm(dims[-1])
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
@@ -293,7 +293,7 @@ class HierNet(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:
-            s.grad_checkpointing = bool(enable)
+            cast(Stage, s).grad_checkpointing = bool(enable)
 
     def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -310,7 +310,8 @@ class HierNet(nn.Module):
         take = check_out_indices("forward_intermediates", indices, len(self.stages))
         self.check_input(x)
         x = self.stem(x)
-        stages = self.stages[: max(take) + 1] if stop_early or intermediates_only else self.stages
+        # cast: torch's stubs type a slice of an nn.Sequential as Module, it is an nn.Sequential
+        stages = cast(nn.Sequential, self.stages[: max(take) + 1]) if stop_early or intermediates_only else self.stages
         out = []
         for i, stage in enumerate(stages):
             x = stage(x)
@@ -323,7 +324,7 @@ class HierNet(nn.Module):
         take = check_out_indices("prune_intermediate_layers", indices, len(self.stages))
         last = max(take)
         if last < len(self.stages) - 1:
-            self.stages = self.stages[: last + 1]
+            self.stages = cast(nn.Sequential, self.stages[: last + 1])  # see forward_intermediates
             self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
             self.feature_info = self.feature_info[: last + 1]
             self.head_norm = nn.Identity()
@@ -360,7 +361,7 @@ def pretrained_cfg_for(cfg: HierConfig, **extra) -> dict:
 # ---- registered variants ---------------------------------------------------------------------------
 
 # tic_nano's body (see msaconv.models.tic) with another mixer; 32 px CIFAR-size images, 10 classes.
-NANO_BODY = dict(dims=(64, 128, 256), depths=(1, 2, 1), head_dim=16, mlp_ratio=3.0, stem="conv",
+NANO_BODY: dict[str, Any] = dict(dims=(64, 128, 256), depths=(1, 2, 1), head_dim=16, mlp_ratio=3.0, stem="conv",
                  stem_stride=4, downsample="conv", num_classes=10, img_size=32)
 
 VARIANTS: dict[str, HierConfig] = {
@@ -370,7 +371,7 @@ VARIANTS: dict[str, HierConfig] = {
 }
 # mixers built for one map size get it from the config, and adapt their weights to other sizes by their
 # own documented option (spectral: resize='kernel', the same circular convolution at any size)
-_MIXER_VARIANT_OPTIONS = {"spectral": dict(mixer_size=True, mixer_options={"resize": "kernel"})}
+_MIXER_VARIANT_OPTIONS: dict[str, dict[str, Any]] = {"spectral": dict(mixer_size=True, mixer_options={"resize": "kernel"})}
 for _mixer in list_token_mixers():
     VARIANTS[f"hier_nano_{_mixer}"] = HierConfig(token_mixer=_mixer, **{**NANO_BODY, **_MIXER_VARIANT_OPTIONS.get(_mixer, {})})
 

@@ -124,7 +124,7 @@ class TiCConfig(HierConfig):
 
 # ---- the family --------------------------------------------------------------------------------------
 
-_SMALL_IMAGES = dict(stem_stride=2, num_classes=10, img_size=32, mean=(0.4914, 0.4822, 0.4465),
+_SMALL_IMAGES: dict[str, Any] = dict(stem_stride=2, num_classes=10, img_size=32, mean=(0.4914, 0.4822, 0.4465),
                      std=(0.2470, 0.2435, 0.2616))
 
 CONFIGS: dict[str, TiCConfig] = {
@@ -148,30 +148,30 @@ default_cfgs = {name: pretrained_cfg_for(c, paper_ids="arXiv:2310.04134", paper_
 
 
 @register_model
-def tic_nano(pretrained: bool = False, **kwargs) -> HierNet:
+def tic_nano(pretrained: bool = False, **kwargs) -> nn.Module:
     """TiC-Nano, ~1.4M params, 32 px (CIFAR-size) images, CPU-trainable in minutes."""
     return build_model(HierNet, "tic_nano", CONFIGS["tic_nano"], pretrained, **kwargs)
 
 
 @register_model
-def tic_micro(pretrained: bool = False, **kwargs) -> HierNet:
+def tic_micro(pretrained: bool = False, **kwargs) -> nn.Module:
     """TiC-Micro, ~5.7M params, 32-96 px images (default 64)."""
     return build_model(HierNet, "tic_micro", CONFIGS["tic_micro"], pretrained, **kwargs)
 
 
 @register_model
-def tic_tiny(pretrained: bool = False, **kwargs) -> HierNet:
+def tic_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
     """TiC-Tiny, ~20M params (NAT-Mini's size), 224 px."""
     return build_model(HierNet, "tic_tiny", CONFIGS["tic_tiny"], pretrained, **kwargs)
 
 
 @register_model
-def tic_small(pretrained: bool = False, **kwargs) -> HierNet:
+def tic_small(pretrained: bool = False, **kwargs) -> nn.Module:
     """TiC-Small, ~28M params (NAT-Tiny's size), 224 px."""
     return build_model(HierNet, "tic_small", CONFIGS["tic_small"], pretrained, **kwargs)
 
 
 @register_model
-def tic_base(pretrained: bool = False, **kwargs) -> HierNet:
+def tic_base(pretrained: bool = False, **kwargs) -> nn.Module:
     """TiC-Base, ~51M params (NAT-Small's size), 224 px."""
     return build_model(HierNet, "tic_base", CONFIGS["tic_base"], pretrained, **kwargs)
