@@ -190,7 +190,7 @@ def decode_image(data: bytes, what: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         img.load()
         if img.mode.startswith("I;16") or img.mode == "I":
             # 16-bit grayscale: convert("RGB") would clip every value above 255 to white; keep the top 8 bits

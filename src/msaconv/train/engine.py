@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ContextManager, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,10 @@ class Split:
     skipped: int = 0
 
     def __len__(self) -> int:
-        return len(self.stream) if self.stream is not None else self.images.shape[0]
+        if self.stream is not None:
+            return len(self.stream)
+        assert self.images is not None  # a split holds either a stream or images
+        return self.images.shape[0]
 
 
 def _resolve_paths(cfg: TrainConfig) -> tuple[str, str | None]:
@@ -107,8 +111,10 @@ def batches(split: Split, order: torch.Tensor, batch_size: int, cfg: TrainConfig
     """Yield ``(uint8 images, labels, n_bad)`` for consecutive ``batch_size`` chunks of ``order``."""
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if split.stream is None:
+        images, labels = split.images, split.labels
+        assert images is not None and labels is not None  # a split holds either a stream or images and labels
         for idx in chunks:
-            yield split.images[idx], split.labels[idx], 0
+            yield images[idx], labels[idx], 0
         return
     split.stream.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(split.stream, batch_sampler=[c.tolist() for c in chunks],
@@ -133,8 +139,9 @@ def model_kwargs(kw: dict) -> dict:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms (1-D) and the model's ``no_weight_decay()`` names."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    skip = set(cast(Any, model).no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -349,7 +356,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(tr.classes)).to(info.device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # cast: torch's stubs leave out Module.to's memory_format keyword (torch accepts it)
+        model = cast(Any, model).to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = make_optimizer(cfg, model)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -450,11 +458,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                 bad_total += nbad
                 if len(y) == 0:
                     continue
-                g = generator(cfg.seed, epoch, it, m, info.rank)
+                gen = generator(cfg.seed, epoch, it, m, info.rank)
                 if cfg.crop_pad or cfg.hflip:
-                    x = random_crop_flip(x, g, cfg.crop_pad, cfg.hflip)
+                    x = random_crop_flip(x, gen, cfg.crop_pad, cfg.hflip)
                 if cfg.rand_augment_n:
-                    x = rand_augment(x, g, cfg.rand_augment_n, cfg.rand_augment_m)
+                    x = rand_augment(x, gen, cfg.rand_augment_n, cfg.rand_augment_m)
                 x = normalize(resize(x, cfg.img_size), cfg.mean, cfg.std)
                 x, target = mixup_cutmix(x, y, len(tr.classes), random.Random(derive_seed(cfg.seed, epoch, it, m, info.rank, 7)),
                                          cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing)
@@ -462,7 +470,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 sync = (m == cfg.grad_accum - 1) or not info.enabled
-                ctx = ddp.no_sync() if (info.enabled and not sync) else _null()
+                ctx: ContextManager[Any]
+                if info.enabled and not sync:  # info.enabled: ddp is the DistributedDataParallel wrapper
+                    ctx = cast(torch.nn.parallel.DistributedDataParallel, ddp).no_sync()
+                else:
+                    ctx = _null()
                 with ctx:
                     with _autocast(cfg, info):
                         out = ddp(x)

@@ -54,7 +54,11 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
     m, cfg, classes = load_model_from_checkpoint(path, model, sets)
     cfg = apply_overrides(cfg, {"eval_batch_size": batch_size, "skip_bad": skip_bad, "limit_val": limit}, "eval")
     if data == "embedded":
-        val_path = _resolve_paths(apply_overrides(cfg, {"data": "embedded"}, "eval"))[1]
+        resolved = _resolve_paths(apply_overrides(cfg, {"data": "embedded"}, "eval"))[1]
+        if resolved is None:
+            raise ValueError(f"--data embedded: the checkpoint's config sets val_data={cfg.val_data!r}, so there is "
+                             f"no validation set to evaluate on; pass --data with a folder of <class> images")
+        val_path = resolved
     else:
         p = Path(data)
         val_path = str(p / "val") if p.is_dir() and (p / "val").is_dir() else data
