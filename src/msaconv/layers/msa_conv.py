@@ -17,8 +17,6 @@ from ._checks import check_heads, check_input, check_int
 from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_inter_pool, resolve_shift,
                          shift_heads, shift_input)
 
-PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]  # nn.Conv2d's padding_mode values
-
 
 class _QKVAttention(nn.Module):
     """1x1 qkv projection + MSA-Conv core, shared by both modules. NCHW in, NCHW (attention output) out.
@@ -116,7 +114,8 @@ class MSAConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=None, dilation=1,
-                 groups: int = 1, bias: bool = False, padding_mode: PaddingMode = "zeros", num_heads: int = 1,
+                 groups: int = 1, bias: bool = False,
+                 padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros", num_heads: int = 1,
                  attn_drop: float = 0.0, border: str = "zeros", qkv_bias: bool = True, scale: float | None = None,
                  attn_stride=1, conv_dilation=None, backend: str | None = None, device=None, dtype=None):
         super().__init__()
