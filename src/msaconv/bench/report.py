@@ -49,19 +49,19 @@ def _summary(ops: list[dict], mems: list[dict]) -> list[str]:
     for impl in sorted({r["impl"] for r in ops if r["impl"] not in ("sdpa_global",) + LOCAL_PEERS}):
         parts = []
         for mode, limit in (("fwd", 4.0), ("fwdbwd", 5.0)):
-            r = by.get((impl, mode, tk))
-            if r is None or "median_ms" not in r:
+            cur = by.get((impl, mode, tk))
+            if cur is None or "median_ms" not in cur:
                 continue
             g = glob.get((mode, TARGET["height"], TARGET["width"]))
-            speed = (f", {g['median_ms'] / r['median_ms']:.1f}x faster than global SDPA "
+            speed = (f", {g['median_ms'] / cur['median_ms']:.1f}x faster than global SDPA "
                      f"({g['median_ms']:.0f} ms{', timed once' if g.get('runs') == 1 else ''}; target >= 10x)"
                      if g else ", global SDPA not timed here")
-            p10 = f", p10 {r['p10_ms'] / r['bound_ms']:.2f}x" if r.get("runs", 0) > 1 else ""
-            if "ratio_to_local_bound" in r:
-                p10 += (f"; {r['ratio_to_local_bound']:.2f}x the bound measured just before this case, "
-                        f"{r['local_bound_ms']:.2f} ms")
-            parts.append(f"{mode} {r['median_ms']:.2f} ms = {r['ratio_to_bound']:.2f}x its bound "
-                         f"({r['bound_ms']:.2f} ms{p10}; target <= {limit:g}x){speed}")
+            p10 = f", p10 {cur['p10_ms'] / cur['bound_ms']:.2f}x" if cur.get("runs", 0) > 1 else ""
+            if "ratio_to_local_bound" in cur:
+                p10 += (f"; {cur['ratio_to_local_bound']:.2f}x the bound measured just before this case, "
+                        f"{cur['local_bound_ms']:.2f} ms")
+            parts.append(f"{mode} {cur['median_ms']:.2f} ms = {cur['ratio_to_bound']:.2f}x its bound "
+                         f"({cur['bound_ms']:.2f} ms{p10}; target <= {limit:g}x){speed}")
         m = [x for x in mems if x["impl"] == impl and _key(x) == tk and "extra_over_output" in x]
         if m:
             parts.append(f"peak memory above inputs and output during forward = {m[0]['extra_over_output']:.2f}x "
