@@ -70,7 +70,7 @@ def _build() -> ModuleType:
             # file is from a build that died, and would make torch wait forever.
             (build_dir / "lock").unlink(missing_ok=True)
             if not (build_dir / f"{name}.so").exists():
-                print(f"msaconv: compiling the fused CPU kernels into {build_dir} (first use only, about a "
+                print(f"msaconv: compiling the fused CPU kernels into {build_dir} (first use only, under a "
                       f"minute) ...", file=sys.stderr, flush=True)
             return load(name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CFLAGS,
                         extra_ldflags=LDFLAGS, build_directory=str(build_dir), verbose=False)

@@ -16,8 +16,14 @@
 // Vectors are GCC vector extensions (AVX-512, AVX2 or SSE, whatever -march=native gives); float has a
 // vectorised exp, double (used by the tests) calls std::exp.
 
-#include <torch/extension.h>
+// Only the headers the kernels use: <torch/extension.h> (all of libtorch's C++ API) alone took half of
+// the ~60 s first-use build; these take about a fifth of it.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <atomic>
