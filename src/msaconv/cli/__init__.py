@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "eval": "msaconv.cli.eval",
     "export": "msaconv.cli.export",
     "analyze": "msaconv.cli.analyze",
+    "experiment": "msaconv.cli.experiment",
 }
 
 DEFAULT_COMMAND = "train"  # a bare `msaconv` runs the main job

@@ -1,0 +1,251 @@
+"""``msaconv experiment erf``: effective receptive field and attention distance with MDCSM / IPM on and off.
+
+The paper says the cyclic shift (MDCSM) and inter-pooling (IPM) "establish long-distance connections
+between tokens and enlarge the effective receptive field". This measures it on tic_nano-sized models
+trained by the ablation (its ``default``, ``mdcsm_off``, ``ipm_off`` and ``mdcsm_ipm_off`` runs, every seed
+found; missing ones are trained with the same budget), and on the same architectures at initialisation:
+
+- ERF (:func:`msaconv.analysis.effective_receptive_field`): the mean |gradient| of each stage's centre
+  feature with respect to the input image; summarised by the radius (image pixels) holding 50% / 90% of
+  its mass, at the training size and at 2x (where a 3x3 window cannot reach the whole image by itself);
+- mean attention distance per layer (:func:`msaconv.analysis.mean_attention_distance`, exact over the
+  window weights, the MDCSM roll and the IPM cells), in image pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import _common as C
+
+HELP = "ERF radius and attention distance of tic_nano with MDCSM / IPM on and off (the ablation's checkpoints)"
+
+CONFIGS = ("default", "mdcsm_off", "ipm_off", "mdcsm_ipm_off")
+SMOKE_CONFIGS = ("default", "mdcsm_ipm_off")
+SHARES = (0.5, 0.9)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    C.add_budget_arguments(p, seeds=3, workers=2)
+    p.add_argument("--images", type=int, default=64, help="test images averaged per ERF (default %(default)s)")
+    p.add_argument("--sizes", default="32,64", help="input sizes of the ERF (default %(default)s)")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="ablation variants (default %(default)s)")
+    p.add_argument("--ablation-records", default=str(C.default_output("ablation")),
+                   help="where to find the checkpoints (default %(default)s)")
+    p.add_argument("--no-init", action="store_true", help="skip the untrained (initialisation) models")
+
+
+def analyse(model, x_by_size: dict, config: str, seed: int, state: str, keep_maps: bool) -> list[dict]:
+    """ERF records (one per stage and size) and attention-distance records (one per layer) of ``model``."""
+    from ..analysis import effective_receptive_field, mean_attention_distance
+
+    out = []
+    for size, x in x_by_size.items():
+        for e in effective_receptive_field(model, x, shares=SHARES):
+            rec = {"kind": "erf", "config": config, "seed": seed, "state": state, "img_size": size, "stage": e.stage,
+                   **{f"radius{int(100 * s)}": r for s, r in e.radius.items()}}
+            if keep_maps:
+                rec["map"] = [[float(f"{v:.4g}") for v in row] for row in e.map.tolist()]
+            out.append(rec)
+        dists = mean_attention_distance(model, x)
+        layers = list(dict.fromkeys(d.layer for d in dists))
+        for layer in layers:
+            hs = [d for d in dists if d.layer == layer]
+            out.append({"kind": "distance", "config": config, "seed": seed, "state": state, "img_size": size,
+                        "layer": layer, "map_size": list(hs[0].map_size), "reduction": hs[0].reduction,
+                        "distance_px": sum(d.distance_px for d in hs) / len(hs),
+                        "heads_px": [round(d.distance_px, 4) for d in hs]})
+    return out
+
+
+def run(args: argparse.Namespace) -> Path:
+    import torch
+
+    from ..data import embedded_path
+    from ..data.transforms import normalize, resize
+    from ..models import create_model
+    from ..train.config import TrainConfig, apply_overrides
+    from ..train.engine import load_split
+    from ..train.evaluate import load_model_from_checkpoint
+    from . import ablation
+
+    budget = C.budget_from_args(args)
+    out = C.output_path(args, "erf")
+    stamp = C.stamp("erf", args.smoke)
+    configs = list(SMOKE_CONFIGS) if args.smoke and args.configs == ",".join(CONFIGS) else \
+        [c.strip() for c in args.configs.split(",") if c.strip()]
+    for c in configs:
+        if c not in ablation.CONFIGS:
+            from ..ops._checks import unknown_name
+
+            raise unknown_name("msaconv experiment erf", "--configs entry", c, list(ablation.CONFIGS))
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    abl = C.read_records(args.ablation_records)
+    found = {c: ablation.checkpoints(abl, c) for c in configs}
+    jobs = [{"experiment": "ablation", "config": c, "seed": s, "model": "tic_nano",
+             "model_kwargs": dict(ablation.CONFIGS[c][1]), "budget": budget.as_dict(),
+             "scratch": str(C.scratch_dir(args, "ablation")), "fresh": args.fresh,
+             "extra": {"group": ablation.CONFIGS[c][0], "description": ablation.CONFIGS[c][2]}}
+            for c in configs for s in range(args.seeds) if s not in found[c]]
+    for rec in C.run_jobs(jobs, args.workers, lambda rec: None):
+        if "checkpoint" in rec:
+            found[rec["config"]][rec["seed"]] = rec["checkpoint"]
+
+    torch.set_num_threads(max(1, budget.threads * max(1, args.workers)))
+    n_images = 8 if args.smoke else args.images
+    tcfg = apply_overrides(TrainConfig(), {"data": "embedded"}, "erf")
+    split = load_split(tcfg, str(embedded_path("test")), False, n_images, lambda s: None)
+    x32 = split.images[:n_images]
+    xs = {s: normalize(resize(x32, s) if s != x32.shape[-1] else x32, tcfg.mean, tcfg.std) for s in sizes}
+    for c in configs:
+        for seed, ck in sorted(found[c].items()):
+            model, _cfg, _ = load_model_from_checkpoint(ck)
+            recs = analyse(model, xs, c, seed, "trained", keep_maps=seed == 0)
+            C.append(out, [{**stamp, "checkpoint": ck, **r} for r in recs])
+            print(f"erf {c} seed {seed}: " + ", ".join(f"{r['stage']}@{r['img_size']} r50 {r['radius50']:.1f}"
+                                                      for r in recs if r["kind"] == "erf"), flush=True)
+        if not args.no_init:
+            torch.manual_seed(0)
+            kw = ablation._model_kwargs(ablation.CONFIGS[c][1])
+            model = create_model("tic_nano", num_classes=10, **kw).eval()
+            C.append(out, [{**stamp, **r} for r in analyse(model, xs, c, 0, "init", keep_maps=True)])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ render
+
+
+def render(records: list[dict], figdir: Path) -> str:
+    figdir = Path(figdir)
+    erf = [r for r in records if r.get("kind") == "erf"]
+    dist = [r for r in records if r.get("kind") == "distance"]
+    parts = ["## ERF: effective receptive field and attention distance", C.provenance(records)]
+    if not erf:
+        return "\n\n".join(parts) + "\n"
+    erf = C.latest_batch(erf, lambda r: (r["config"], r["seed"], r["state"], r["img_size"], r["stage"]))
+    dist = C.latest_batch(dist, lambda r: (r["config"], r["seed"], r["state"], r["img_size"], r["layer"]))
+    configs = list(dict.fromkeys(r["config"] for r in erf))
+    sizes = sorted({r["img_size"] for r in erf})
+    stages = list(dict.fromkeys(r["stage"] for r in erf))
+    seeds = sorted({r["seed"] for r in erf if r["state"] == "trained"})
+    parts.append(
+        f"tic_nano variants (MDCSM = cyclic shift 'kv', IPM = 'grid' pooled keys) trained by the ablation "
+        f"({len(seeds)} seed(s)), and the same architectures at initialisation (seed 0). ERF radius: image pixels "
+        f"from the centre holding 50% (r50) / 90% (r90) of the mean |d centre feature / d input| (mean ± std over "
+        f"seeds); measured at {', '.join(map(str, sizes))} px inputs (weights from 32 px "
+        f"training).")
+    rows = []
+    for state in ("trained", "init"):
+        for c in configs:
+            for s in sizes:
+                row = [c, state, f"{s}"]
+                for st in stages:
+                    rs = [r for r in erf if r["config"] == c and r["state"] == state and r["img_size"] == s and r["stage"] == st]
+                    if not rs:
+                        row.append("-")
+                        continue
+                    a, b = C.mean_spread([r["radius50"] for r in rs]), C.mean_spread([r["radius90"] for r in rs])
+                    row.append(f"{a['mean']:.1f} ± {a['std']:.1f} / {b['mean']:.1f} ± {b['std']:.1f}")
+                ds = [r for r in dist if r["config"] == c and r["state"] == state and r["img_size"] == s]
+                row.append(C.fmt(C.mean_spread([r["distance_px"] for r in ds])["mean"], 1) if ds else "-")
+                rows.append(row)
+    parts.append(C.md_table(["variant", "weights", "input px", *[f"{st} r50 / r90" for st in stages],
+                             "mean attn distance (px, all layers)"], rows, "lll" + "r" * (len(stages) + 1)))
+    parts.append("Findings (computed, trained weights):\n\n" + "\n".join(_findings(erf, dist, configs, sizes, stages)))
+    parts.append("Attention distance per layer (trained, mean over seeds and heads, image px):")
+    layers = list(dict.fromkeys(r["layer"] for r in dist))
+    drows = []
+    for c in configs:
+        for s in sizes:
+            vals = []
+            for layer in layers:
+                ds = [r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
+                      and r["img_size"] == s and r["layer"] == layer]
+                vals.append(C.fmt(C.mean_spread(ds)["mean"], 1) if ds else "-")
+            drows.append([c, s, *vals])
+    parts.append(C.md_table(["variant", "input px", *layers], drows))
+    for png in (_plot_maps(erf, configs, stages, figdir), _plot_radius(erf, configs, stages, sizes, figdir)):
+        if png:
+            parts.append(C.image(figdir, png, png[:-4]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _mean_radius(erf: list[dict], c: str, size: int, stage: str, key: str = "radius50", state: str = "trained") -> float:
+    return C.mean_spread([r[key] for r in erf if r["config"] == c and r["state"] == state and r["img_size"] == size
+                          and r["stage"] == stage])["mean"]
+
+
+def _findings(erf, dist, configs, sizes, stages) -> list[str]:
+    out = []
+    if "default" not in configs:
+        return out
+    last = stages[-1]
+    for s in sizes:
+        base = _mean_radius(erf, "default", s, last)
+        others = {c: _mean_radius(erf, c, s, last) for c in configs}
+        spread = max((C.mean_spread([r["radius50"] for r in erf if r["config"] == c and r["state"] == "trained"
+                                     and r["img_size"] == s and r["stage"] == last])["std"] for c in configs), default=0)
+        order = sorted(others.items(), key=lambda t: -t[1])
+        out.append(f"- {last} at {s} px, r50: " + ", ".join(f"{c} {v:.1f}" for c, v in order)
+                   + f" (largest seed std {spread:.1f}); with MDCSM and IPM on (default) vs both off: "
+                   + (f"{base - others['mdcsm_ipm_off']:+.1f} px" if "mdcsm_ipm_off" in others else "n/a") + ".")
+        dd = {c: C.mean_spread([r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
+                                and r["img_size"] == s])["mean"] for c in configs}
+        out.append(f"- mean attention distance at {s} px (all layers): "
+                   + ", ".join(f"{c} {v:.1f}" for c, v in sorted(dd.items(), key=lambda t: -t[1])) + " px.")
+    return out
+
+
+def _plot_maps(erf, configs, stages, figdir: Path) -> str | None:
+    plt = C.plt()
+    maps = [r for r in erf if "map" in r and r["state"] == "trained" and r["seed"] == 0]
+    if plt is None or not maps:
+        return None
+    import numpy as np
+
+    size = min(r["img_size"] for r in maps)
+    figdir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(len(configs), len(stages), figsize=(2.2 * len(stages), 2.2 * len(configs)), squeeze=False)
+    for i, c in enumerate(configs):
+        for j, st in enumerate(stages):
+            ax = axes[i][j]
+            r = next((r for r in maps if r["config"] == c and r["stage"] == st and r["img_size"] == size), None)
+            if r is not None:
+                m = np.asarray(r["map"])
+                ax.imshow(np.log10(m + 1e-6), cmap="magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(c, fontsize=8)
+            if i == 0:
+                ax.set_title(st, fontsize=8)
+    fig.suptitle(f"ERF (log10 share of |grad|), trained, seed 0, {size} px", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(figdir / "erf_maps.png", dpi=100)
+    plt.close(fig)
+    return "erf_maps.png"
+
+
+def _plot_radius(erf, configs, stages, sizes, figdir: Path) -> str | None:
+    plt = C.plt()
+    if plt is None:
+        return None
+    figdir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.5), squeeze=False)
+    width = 0.8 / max(1, len(configs))
+    for k, s in enumerate(sizes):
+        ax = axes[0][k]
+        for i, c in enumerate(configs):
+            ms = [C.mean_spread([r["radius50"] for r in erf if r["config"] == c and r["state"] == "trained"
+                                 and r["img_size"] == s and r["stage"] == st]) for st in stages]
+            ax.bar([j + i * width for j in range(len(stages))], [m["mean"] for m in ms], width,
+                   yerr=[m["std"] for m in ms], capsize=2, label=c)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(stages))], stages)
+        ax.set_ylabel("ERF r50 (image px)")
+        ax.set_title(f"{s} px input")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figdir / "erf_radius.png", dpi=110)
+    plt.close(fig)
+    return "erf_radius.png"
