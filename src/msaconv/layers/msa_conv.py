@@ -14,6 +14,7 @@ from torch import nn
 from ..ops import msa_conv2d, msa_conv2d_weights
 from ..ops._checks import check_border, check_probability, pair
 from ._checks import check_heads, check_input, check_int
+from .pointwise import Pointwise2d
 from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_inter_pool, resolve_shift,
                          shift_heads, shift_input)
 
@@ -42,7 +43,7 @@ class _QKVAttention(nn.Module):
         self.backend = backend
         self.shift = shift
         self.inter_pool = inter_pool
-        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias, device=device, dtype=dtype)
+        self.qkv = Pointwise2d(dim, 3 * dim, bias=qkv_bias, device=device, dtype=dtype)
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``[B, heads, head_dim, H, W]`` (free views of the projection); MDCSM 'input' rolls x first."""
@@ -248,7 +249,7 @@ class MSAttention2d(nn.Module):
                 f"num_heads >= 2, got num_heads={self.attn.num_heads}; use more heads, shift='input', or "
                 f"shift=dict(mode='kv', local=0) to shift every head"
             )
-        self.proj = nn.Conv2d(dim, dim, 1, device=device, dtype=dtype)
+        self.proj = Pointwise2d(dim, dim, device=device, dtype=dtype)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
 
     @property

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import MSAConv2d
+from ..layers.pointwise import Pointwise2d
 
 
 def check_image(name: str, x: object, in_chans: int, min_size: int, total_stride: int) -> None:
@@ -66,13 +67,13 @@ class LayerScale2d(nn.Module):
 
 
 class Mlp(nn.Module):
-    """1x1 conv -> GELU -> 1x1 conv, NCHW."""
+    """1x1 conv -> GELU -> 1x1 conv, NCHW (the 1x1 convs as ``Pointwise2d``)."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc1 = Pointwise2d(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc2 = Pointwise2d(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
