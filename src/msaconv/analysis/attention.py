@@ -91,12 +91,12 @@ class HeadDistance:
         return asdict(self)
 
 
-def attention_mixers(model: nn.Module) -> dict[str, nn.Module]:
+def attention_mixers(model: nn.Module) -> dict[str, MSAttention2d]:
     """Every module of ``model`` that exposes window attention weights, by qualified name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, MSAttention2d)}
 
 
-def _capture_inputs(model: nn.Module, mixers: dict[str, nn.Module], images: torch.Tensor) -> dict[str, torch.Tensor]:
+def _capture_inputs(model: nn.Module, mixers: dict[str, MSAttention2d], images: torch.Tensor) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: seen.__setitem__(n, args[0].detach()))
              for name, m in mixers.items()]

@@ -62,7 +62,7 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, stages: di
     results = []
     try:
         for name, module in stages.items():
-            captured = {}
+            captured: dict[str, torch.Tensor] = {}
             hook = module.register_forward_hook(lambda m, a, out: captured.__setitem__("f", out))
             x = images.detach().clone().requires_grad_(True)
             try:

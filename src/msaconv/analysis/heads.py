@@ -83,7 +83,7 @@ def head_importance(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
             with _gate(core, heads, gate):
                 for x, y in batches:
                     F.cross_entropy(model(x), y, reduction="sum").backward()
-            grads = gate.grad.abs().tolist()
+            grads = gate.grad.abs().tolist() if gate.grad is not None else [0.0] * heads  # None: no head was reached
             model.zero_grad(set_to_none=True)
             for h in range(heads):
                 mask = torch.ones(heads)

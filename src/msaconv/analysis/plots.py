@@ -62,13 +62,13 @@ def plot_attention_map(image: torch.Tensor, maps: torch.Tensor, pixel: tuple[int
     img = image.detach().float().cpu()
     if mean is not None and std is not None:
         img = img * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    img = img.clamp(0, 1).permute(1, 2, 0).numpy()
+    pixels = img.clamp(0, 1).permute(1, 2, 0).numpy()  # [H, W, 3] for imshow
     H, W = image.shape[-2:]
     up = F.interpolate(maps[None].float(), size=(H, W), mode="nearest")[0]
     heads = maps.shape[0]
     fig, axes = plt.subplots(1, heads, figsize=(2.2 * heads, 2.4), squeeze=False)
     for h, ax in enumerate(axes[0]):
-        ax.imshow(img)
+        ax.imshow(pixels)
         ax.imshow(up[h].numpy(), cmap="jet", alpha=0.5)
         ax.scatter([pixel[1]], [pixel[0]], marker="x", c="white", s=30)
         ax.set_title(f"head {h}", fontsize=8)

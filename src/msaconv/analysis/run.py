@@ -57,6 +57,8 @@ def _images(cfg: AnalysisConfig, tcfg, size: int):
 
     tcfg = apply_overrides(tcfg, {"data": cfg.data, "img_size": size}, "analyze")
     path = _resolve_paths(tcfg)[1] if cfg.data == "embedded" else cfg.data
+    if path is None:
+        raise ValueError(f"msaconv analyze: no evaluation images for --data {cfg.data!r}")
     split = load_split(tcfg, path, False, cfg.images, print)
     order = torch.arange(min(cfg.images, len(split)))
     xs, ys = [], []
@@ -88,7 +90,6 @@ def run_analysis(cfg: AnalysisConfig) -> dict:
         plots.plot_attention_distance([A.HeadDistance(**r) for r in rows], plot, f"{name}: mean attention distance")
     elif cfg.kind == "heads":
         rows = [r.as_dict() for r in Hd.head_importance(model, [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)])]
-        plot = None
     elif cfg.kind == "erf":
         erfs = E.effective_receptive_field(model, x)
         rows = [{"stage": e.stage, **{f"radius{int(100 * s)}": r for s, r in e.radius.items()}} for e in erfs]
@@ -108,4 +109,4 @@ def run_analysis(cfg: AnalysisConfig) -> dict:
     with open(jsonl, "w") as f:
         for r in rows:
             f.write(json.dumps({**meta, **r}) + "\n")
-    return {"rows": rows, "jsonl": jsonl, "plot": plot}
+    return {"rows": rows, "jsonl": jsonl, "plot": None if cfg.kind == "heads" else plot}  # heads: a table only
