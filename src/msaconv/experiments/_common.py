@@ -63,7 +63,7 @@ class Budget:
         return {**asdict(self), "data": self.resolved_data()}
 
 
-SMOKE = dict(epochs=1, limit_train=192, limit_val=96, batch_size=64, data="embedded", threads=1)
+SMOKE: dict[str, Any] = dict(epochs=1, limit_train=192, limit_val=96, batch_size=64, data="embedded", threads=1)
 
 
 def add_budget_arguments(p: argparse.ArgumentParser, seeds: int = 3, workers: int = 2, **defaults) -> None:
@@ -174,7 +174,8 @@ def train_job(job: dict) -> dict:
     from ..train.engine import train
     from . import _models  # noqa: F401  (registers the experiment-only models in this process)
 
-    budget = Budget(**job["budget"])
+    fields: dict[str, Any] = job["budget"]
+    budget = Budget(**fields)
     torch.set_num_threads(budget.threads)
     name = job.get("run_name") or f"{job['config']}-s{job['seed']}"
     cfg = train_config(job["model"], job["model_kwargs"], job["seed"], budget, Path(job["scratch"]), name)

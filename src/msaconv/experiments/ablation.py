@@ -183,6 +183,11 @@ def render(records: list[dict], figdir: Path) -> str:
                           f"{r['img_per_s']['mean']:.0f}"])
         parts.append(C.md_table(["group", "variant", "what", "seeds", "top-1 % (mean ± std)", "top-1 min-max",
                                  "top-5 %", "loss", "params (M)", "train img/s"], table, "lllrrrrrrr"))
+        missing = [n for n in CONFIGS if n not in {r["config"] for r in rows}]
+        few = [r["config"] for r in rows if len(r["seeds"]) < n_seeds]
+        if (missing or few) and not all(r.get("smoke") for r in runs):
+            parts.append("**Not run within the budget**: " + (f"variants {', '.join(missing)}" if missing else "")
+                         + ("; " if missing and few else "") + (f"fewer seeds for {', '.join(few)}" if few else "") + ".")
         parts.append("Findings (computed from the table):\n\n" + "\n".join(findings(rows)))
         png = _plot(rows, figdir)
         if png:

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> Path:
     n_images = 8 if args.smoke else args.images
     tcfg = apply_overrides(TrainConfig(), {"data": "embedded"}, "erf")
     split = load_split(tcfg, str(embedded_path("test")), False, n_images, lambda s: None)
+    assert split.images is not None  # the embedded test set is always loaded into memory
     x32 = split.images[:n_images]
     xs = {s: normalize(resize(x32, s) if s != x32.shape[-1] else x32, tcfg.mean, tcfg.std) for s in sizes}
     for c in configs:
@@ -160,9 +161,9 @@ def render(records: list[dict], figdir: Path) -> str:
         for s in sizes:
             vals = []
             for layer in layers:
-                ds = [r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
+                px = [r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
                       and r["img_size"] == s and r["layer"] == layer]
-                vals.append(C.fmt(C.mean_spread(ds)["mean"], 1) if ds else "-")
+                vals.append(C.fmt(C.mean_spread(px)["mean"], 1) if px else "-")
             drows.append([c, s, *vals])
     parts.append(C.md_table(["variant", "input px", *layers], drows))
     for png in (_plot_maps(erf, configs, stages, figdir), _plot_radius(erf, configs, stages, sizes, figdir)):
@@ -176,8 +177,8 @@ def _mean_radius(erf: list[dict], c: str, size: int, stage: str, key: str = "rad
                           and r["stage"] == stage])["mean"]
 
 
-def _findings(erf, dist, configs, sizes, stages) -> list[str]:
-    out = []
+def _findings(erf: list[dict], dist: list[dict], configs: list[str], sizes: list[int], stages: list[str]) -> list[str]:
+    out: list[str] = []
     if "default" not in configs:
         return out
     last = stages[-1]

@@ -226,6 +226,11 @@ def render(records: list[dict], figdir: Path) -> str:
                           C.fmt(r["train_img_s"], 0)])
         parts.append(C.md_table(["mixer", "top-1 %", "top-5 %", "params (M)", "MLP ratio", "MMACs", "loop img/s",
                                  "infer img/s (vs tic_nano)", "train-step img/s"], table))
+        from ..layers import list_token_mixers
+
+        missing = [m for m in list_token_mixers() if m not in {r["config"] for r in rows}]
+        if missing and not all(r.get("smoke") for r in trains):
+            parts.append(f"**Not run within the budget**: {', '.join(missing)}.")
         png = _plot(rows, figdir)
         if png:
             parts.append(C.image(figdir, png, "mixers: top-1 vs MACs"))
