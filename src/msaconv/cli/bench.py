@@ -10,7 +10,8 @@ import argparse
 import shlex
 import sys
 
-HELP = "benchmarks: `msaconv bench op` (the operator against its peers and the roofline)"
+HELP = ("benchmarks: `msaconv bench op` (the operator against its peers and the roofline), `msaconv bench model` "
+        "(timm benchmark.py's columns and peak memory for any models)")
 
 
 def _int_list(text: str) -> list[int]:
@@ -122,9 +123,62 @@ def _run_op(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model(p: argparse.ArgumentParser) -> None:
+    # defaults of msaconv.bench.model.ModelBenchConfig, written out: building the parser imports no torch
+    g = p.add_argument_group("models")
+    g.add_argument("--models", type=_str_list, default=None,
+                   help="comma-separated model names: msaconv's (msaconv.list_models()), and timm's with a 'timm:' "
+                        "prefix or by a name msaconv does not have, when timm is installed (e.g. "
+                        "tic_nano,hier_nano_global,timm:resnet50)")
+    g.add_argument("--img-size", type=int, default=None, help="image side in px (default: each model's own input size)")
+    g.add_argument("--batch-size", type=int, default=32)
+    t = p.add_argument_group("timing")
+    t.add_argument("--runs", type=int, default=5, help="timed steps per model and mode; the median is reported")
+    t.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--no-train", action="store_true", help="inference only")
+    t.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", default=None, help="JSON lines file to append the records to")
+    o.add_argument("--markdown", default=None, help="write the table (markdown) here")
+    o.add_argument("--from", dest="from_file", default=None,
+                   help="do not run: make --markdown from an existing JSON lines file")
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..bench import common
+    from ..bench import model as bench_model
+
+    if args.from_file:
+        records = list(common.read_jsonl(args.from_file))
+    else:
+        if not args.models:
+            raise ValueError("msaconv bench model: give --models, e.g. --models tic_nano,tic_micro,hier_nano_global")
+        cfg = bench_model.ModelBenchConfig(models=args.models, img_size=args.img_size, batch_size=args.batch_size,
+                                           runs=args.runs, warmup=args.warmup, train=not args.no_train,
+                                           memory=not args.no_memory, threads=args.threads)
+        command = "msaconv " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
+            "msaconv bench model"
+        records = bench_model.run_model_bench(cfg, command=command, output=args.output)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        source = args.from_file or args.output
+        regen = (f"Regenerate this file from the JSON lines: `msaconv bench model --from {source} --markdown "
+                 f"{args.markdown}`\n\n") if source else ""
+        Path(args.markdown).write_text("# Model benchmark\n\n" + regen + bench_model.markdown(records))
+        print(f"wrote {args.markdown}")
+    if args.output and not args.from_file:
+        print(f"appended {len(records)} records to {args.output}")
+    return 0
+
+
 SUBCOMMANDS = {
     "op": ("time msa_conv2d's backends beside global/masked SDPA and FlexAttention, with the roofline",
            _add_op, _run_op),
+    "model": ("timm benchmark.py's columns (samples/s, step time, params, GMACs) and peak memory for any models",
+              _add_model, _run_model),
 }
 
 
