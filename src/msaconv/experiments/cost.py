@@ -1,0 +1,467 @@
+"""``msaconv experiment cost``: how inference time and peak memory grow with the image, MSA-Conv vs global attention.
+
+The paper's claim (issue 8, design/benchmarks.md §2): MSA-Conv is cheaper than global attention as images
+grow. Measured here: for each model and square image size (default 64, 128, 256, 512, 768, 1024 px),
+batch 1, eval mode under ``no_grad``:
+
+- the median time of a forward (:func:`msaconv.bench.common.time_fn`: ``--runs`` timed calls after
+  ``--warmup``; a call slower than ``--once-above-s`` is timed once);
+- the peak memory of one forward above the memory before it (RSS high-water mark in a fresh child
+  process per model and size, :mod:`msaconv.bench.memory`);
+- GMACs per image from :func:`msaconv.models.count_flops` on a ``meta``-device copy (no compute, so also
+  for the sizes that are skipped).
+
+A size is skipped, with the reason in its record, when the time predicted from the model's smaller sizes
+exceeds ``--max-call-s`` or the predicted memory exceeds ``--max-mem-gb`` (prediction: the last measured
+value scaled by pixels to the power of the last two points' log-log slope, clamped to [1, 2]; 2 from a
+single point), and every larger size of that model is skipped too.
+
+The exponent ``a`` of ``time ~ pixels^a`` is the least-squares slope in log-log over the sizes whose time
+is at least ``--overhead-factor`` (default 4) times the model's time at its smallest size (at small
+images a forward is mostly fixed per-layer overhead, which would pull the slope toward 0); the points used
+are reported. Fewer than two such points: the two largest measured sizes, and the table says so.
+
+The models (``--models``; any registered name works too):
+
+- ``tic_tiny``: the TiC model (MSA-Conv, 7x7 windows, four stages, stem stride 4), 20.2M params;
+- ``vit_s16_global``: an isotropic global-attention ViT shaped like DeiT-S (patch 16, 384 wide, 12 blocks,
+  6 heads, MLP ratio 4; a depthwise-conv position encoding instead of a fixed-size embedding, so it runs at
+  any size), 22.0M params (+9% vs tic_tiny): similar params, different body and 16x16 tokens;
+- ``tic_tiny_global``: tic_tiny's body (dims, depths, heads, MLP, stem) with global attention in every
+  block and strided-conv downsampling, 19.96M params (-1.3%): the same tokens, only the mixer differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+HELP = ("cost growth: inference time and peak memory of tic_tiny vs global-attention models of similar params "
+        "at 64-1024 px; fitted exponent of time vs pixel count; log-log plots")
+
+DEFAULT_OUTPUT = Path("results/cost/records.jsonl")
+DEFAULT_MODELS = ("tic_tiny", "vit_s16_global", "tic_tiny_global")
+DEFAULT_SIZES = (64, 128, 256, 512, 768, 1024)
+SMOKE_MODELS = ("tic_nano", "vit_nano_global")
+SMOKE_SIZES = (32, 64)
+FIGURE = "cost_time_memory.png"
+
+
+# ---- the models ---------------------------------------------------------------------------------------
+
+def _vit_s16_global():
+    from ..models import HierConfig, HierNet
+    from ..models._blocks import make_stem
+
+    cfg = HierConfig(dims=(384,), depths=(12,), head_dim=64, token_mixer="global", mlp_ratio=4.0, stem="patch",
+                     stem_stride=4, pos_conv=True, num_classes=1000, img_size=224)
+    model = HierNet(cfg)
+    model.stem = make_stem("patch", 3, 384, 16)  # HierConfig's stems stop at stride 4; ViT patches are 16 px
+    model.min_input_size = 16
+    return model
+
+
+def _tic_tiny_global():
+    from ..models import HierConfig, HierNet
+    from ..models.tic import CONFIGS
+
+    t = CONFIGS["tic_tiny"]
+    cfg = HierConfig(dims=t.dims, depths=t.depths, head_dim=t.head_dim, token_mixer="global",
+                     mlp_ratio=t.mlp_ratio, stem=t.stem, stem_stride=t.stem_stride, downsample="conv",
+                     num_classes=t.num_classes, img_size=t.img_size)
+    return HierNet(cfg)
+
+
+BUILDERS: dict[str, tuple[Callable, str]] = {
+    "vit_s16_global": (_vit_s16_global, "isotropic global-attention ViT shaped like DeiT-S: patch 16, 384 wide, "
+                                        "12 blocks, 6 heads, MLP 4, depthwise-conv position encoding"),
+    "tic_tiny_global": (_tic_tiny_global, "tic_tiny's body with global attention in every block, conv downsampling"),
+}
+
+
+def build_model(name: str):
+    """A model of this experiment (:data:`BUILDERS`) or any registered one (:func:`msaconv.create_model`)."""
+    if name in BUILDERS:
+        return BUILDERS[name][0]()
+    from ..models import create_model, list_models
+
+    if name not in list_models():
+        from ..ops._checks import did_you_mean
+
+        names = list(BUILDERS) + list_models()
+        raise ValueError(f"msaconv experiment cost: unknown model {name!r};{did_you_mean(name, names)} use one of "
+                         f"{', '.join(BUILDERS)} or a registered model (msaconv.list_models())")
+    return create_model(name)
+
+
+def describe(name: str) -> str:
+    if name in BUILDERS:
+        return BUILDERS[name][1]
+    return "registered model (msaconv.create_model)"
+
+
+def uses_global_attention(model) -> bool:
+    from ..layers.mixers.global_attn import GlobalAttention2d
+
+    return any(isinstance(m, GlobalAttention2d) for m in model.modules())
+
+
+def forward_setup(name: str, img_size: int, batch_size: int = 1, seed: int = 0):
+    """The memory child's entry point: one eval forward of ``name`` on a random ``img_size`` batch."""
+    import torch
+
+    model = build_model(name).eval()
+    x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed))
+
+    def call():
+        with torch.no_grad():
+            return model(x)
+
+    return call, {"img_size": img_size}
+
+
+def gmacs_at(name: str, img_size: int) -> dict:
+    """count_flops of a ``meta``-device copy of the model at ``img_size`` (counts without computing)."""
+    import torch
+
+    from ..models import count_flops
+
+    with torch.device("meta"):
+        model = build_model(name)
+    r = count_flops(model, (3, img_size, img_size), batch_size=1)
+    return {"gmacs": r["gmacs"], "flops": r["flops"], "msa_core": r["msa_core"]}
+
+
+# ---- predictions and fits -----------------------------------------------------------------------------
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log x``."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den > 0 else float("nan")
+
+
+def predict(points: list[tuple[float, float]], x: float) -> float | None:
+    """The value at ``x`` extrapolated from measured ``(x, y)`` points (last value times (x/x_last)^e,
+    e = last two points' slope clamped to [1, 2]; 2 from a single point); None without points."""
+    pts = sorted(p for p in points if p[1] > 0)
+    if not pts:
+        return None
+    e = 2.0 if len(pts) < 2 else min(2.0, max(1.0, slope([pts[-2][0], pts[-1][0]], [pts[-2][1], pts[-1][1]])))
+    return pts[-1][1] * (x / pts[-1][0]) ** e
+
+
+def fit(records: list[dict], key: str = "median_ms", overhead_factor: float = 4.0) -> dict[str, dict]:
+    """Per model: the exponent of ``key`` against pixels over the sizes where it is at least
+    ``overhead_factor`` times its value at the model's smallest size (else the two largest sizes)."""
+    out: dict[str, dict] = {}
+    for model in _models(records):
+        pts = sorted((r["pixels"], r[key], r["img_size"], r.get("gmacs")) for r in records
+                     if r.get("kind") == "cost" and r["model"] == model and r.get(key) and r[key] > 0)
+        if len(pts) < 2:
+            out[model] = {"exponent": None, "sizes": [p[2] for p in pts],
+                          "note": f"{len(pts)} measured size(s): no fit"}
+            continue
+        floor = pts[0][1]
+        used = [p for p in pts if p[1] >= overhead_factor * floor]
+        note = f"sizes with {key} >= {overhead_factor:g}x the smallest size's"
+        if len(used) < 2:
+            used = pts[-2:]
+            note = f"fewer than 2 sizes reach {overhead_factor:g}x the smallest size's {key}: the two largest"
+        res = {"exponent": slope([p[0] for p in used], [p[1] for p in used]), "sizes": [p[2] for p in used],
+               "exponent_all": slope([p[0] for p in pts], [p[1] for p in pts]), "sizes_all": [p[2] for p in pts],
+               "local_exponent_largest": slope([p[0] for p in pts[-2:]], [p[1] for p in pts[-2:]]), "note": note}
+        gm = [float(p[3]) for p in used if p[3]]
+        if len(gm) == len(used):
+            res["gmacs_exponent"] = slope([p[0] for p in used], gm)
+        out[model] = res
+    return out
+
+
+def _models(records: list[dict]) -> list[str]:
+    seen: list[str] = []
+    for r in records:
+        if r.get("kind") == "cost" and r["model"] not in seen:
+            seen.append(r["model"])
+    return seen
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def _str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", type=_str_list, default=None,
+                   help=f"comma-separated models (default {','.join(DEFAULT_MODELS)}; {', '.join(BUILDERS)} are "
+                        "built here, any registered name works)")
+    p.add_argument("--sizes", type=_int_list, default=None,
+                   help=f"square image sizes in px (default {','.join(map(str, DEFAULT_SIZES))})")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--runs", type=int, default=5, help="timed forwards per size (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--once-above-s", type=float, default=2.0,
+                   help="a forward slower than this is timed once (after one warm-up call)")
+    p.add_argument("--max-call-s", type=float, default=30.0,
+                   help="skip a size whose predicted forward time exceeds this (and the larger sizes)")
+    p.add_argument("--max-mem-gb", type=float, default=4.0,
+                   help="skip a size whose predicted peak memory exceeds this (and the larger sizes)")
+    p.add_argument("--overhead-factor", type=float, default=4.0,
+                   help="fit the exponent over sizes whose time is >= this times the smallest size's")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON lines to append to (default {DEFAULT_OUTPUT})")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"a tiny run: {','.join(SMOKE_MODELS)} at {','.join(map(str, SMOKE_SIZES))} px, 2 runs")
+
+
+def _command() -> str:
+    argv = sys.argv[1:]
+    if argv[:2] == ["experiment", "cost"] or argv[:1] == ["cost"]:
+        return "msaconv " + " ".join(shlex.quote(a) for a in argv)
+    return "msaconv experiment cost"
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Measure every model at every size; append the records to ``args.output``; return its path."""
+    import torch
+
+    from ..bench import common, memory
+
+    models = list(args.models or (SMOKE_MODELS if args.smoke else DEFAULT_MODELS))
+    sizes = sorted(args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES))
+    runs = min(args.runs, 2) if args.smoke else args.runs
+    for arg, v in (("--batch-size", args.batch_size), ("--runs", runs)):
+        if v < 1:
+            raise ValueError(f"msaconv experiment cost: {arg} must be >= 1, got {v}")
+    for name in models:  # unknown names fail before anything is timed
+        if name not in BUILDERS:
+            build_model(name)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    env = common.environment(_command())
+    out = Path(args.output)
+    budget_mem = args.max_mem_gb * 2 ** 30
+    for name in models:
+        model = build_model(name).eval()
+        params = sum(p.numel() for p in model.parameters())
+        glob = uses_global_attention(model)
+        times: list[tuple[float, float]] = []
+        mems: list[tuple[float, float]] = []
+        stop: str | None = None
+        print(f"{name}: {params / 1e6:.2f}M params, {'global attention' if glob else 'no global attention'}")
+        for size in sizes:
+            px = size * size
+            rec: dict = {**env, "loadavg_1m": common.load_average(), "kind": "cost", "model": name,
+                         "description": describe(name), "params": params, "global_attention": glob,
+                         "img_size": size, "pixels": px, "batch_size": args.batch_size,
+                         "overhead_factor": args.overhead_factor, "smoke": bool(args.smoke)}
+            try:
+                rec.update(gmacs_at(name, size))
+            except Exception as e:  # e.g. below the model's minimum size
+                rec["gmacs_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            pt, pm = predict(times, px), predict(mems, px)
+            if pt is not None:
+                rec["predicted_s"] = pt / 1e3
+            if pm is not None:
+                rec["predicted_mem_gb"] = pm * 2 ** 20 / 2 ** 30
+            if stop is not None:
+                rec["skipped"] = stop
+            elif pt is not None and pt / 1e3 > args.max_call_s:
+                rec["skipped"] = stop = (f"predicted {pt / 1e3:.0f} s per forward at {size} px > --max-call-s "
+                                         f"{args.max_call_s:g}")
+            elif pm is not None and pm * 2 ** 20 > budget_mem:
+                rec["skipped"] = stop = (f"predicted {pm / 1024:.1f} GB peak at {size} px > --max-mem-gb "
+                                         f"{args.max_mem_gb:g}")
+            if "skipped" not in rec and not args.no_memory:
+                res = memory.measure_in_child([{"target": "msaconv.experiments.cost:forward_setup",
+                                                "kwargs": {"name": name, "img_size": size,
+                                                           "batch_size": args.batch_size}}],
+                                              torch.get_num_threads())[0]
+                if "error" in res:
+                    rec["memory_error"] = res["error"]
+                    if res["error"].startswith("memory child failed"):  # e.g. killed: do not run it in here
+                        rec["skipped"] = stop = f"the memory child failed at {size} px: {res['error']}"[:300]
+                else:
+                    rec["peak_mb"] = res["peak_bytes_above_inputs"] / 2 ** 20
+                    mems.append((px, max(rec["peak_mb"], 1e-3)))
+            if "skipped" not in rec:
+                try:
+                    x = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+                    def call(x=x):
+                        with torch.no_grad():
+                            return model(x)
+
+                    t = common.time_fn(call, args.warmup, runs, args.once_above_s)
+                    rec.update(t.as_ms())
+                    times.append((px, rec["median_ms"]))
+                except (RuntimeError, ValueError, MemoryError) as e:
+                    rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                    rec["skipped"] = stop = f"failed at {size} px: {rec['error']}"
+            common.write_jsonl(out, [rec])
+            shown = (f"{rec['median_ms']:10.1f} ms" + (f"  peak {rec['peak_mb']:8.1f} MB" if "peak_mb" in rec else "")
+                     if "median_ms" in rec else rec.get("skipped", ""))
+            print(f"  {size:>5} px  {shown}", flush=True)
+        del model
+    recs = [r for r in common.read_jsonl(out) if r.get("kind") == "cost" and r["model"] in models]
+    for name, f in fit(_latest(recs), overhead_factor=args.overhead_factor).items():
+        if f["exponent"] is not None:
+            print(f"{name}: time ~ pixels^{f['exponent']:.2f} over {f['sizes']} px")
+    print(f"appended to {out}")
+    return out
+
+
+# ---- the report -------------------------------------------------------------------------------------
+
+def _latest(records: list[dict]) -> list[dict]:
+    """The newest record of each (model, size, batch): a file appended to by several runs shows the last."""
+    by: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("kind") == "cost":
+            by[(r["model"], r["img_size"], r["batch_size"])] = r
+    return list(by.values())
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def plot(records: list[dict], path: Path) -> Path:
+    """Log-log: forward time and peak memory against pixels, one line per model, slope-1 and -2 guides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "median_ms", "forward time (ms, median)"),
+                           (axes[1], "peak_mb", "peak memory above inputs (MB)")):
+        anchor = None
+        for i, model in enumerate(_models(records)):
+            pts = sorted((r["pixels"], r[key]) for r in records if r["model"] == model and r.get(key))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i % 10}", label=model)
+                if anchor is None:
+                    anchor = pts[0]
+        if anchor is not None:
+            xs = sorted({r["pixels"] for r in records})
+            for e, style in ((1, ":"), (2, "--")):
+                ax.plot(xs, [anchor[1] * (x / anchor[0]) ** e for x in xs], "k" + style, lw=0.8,
+                        label=f"slope {e} (pixels^{e})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("pixels per image (H*W)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        if anchor is not None:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    if records:
+        r = records[0]
+        fig.suptitle(f"batch {r['batch_size']}, eval forward, torch {r['torch']}, {r['threads']} threads, {r['cpu']}",
+                     fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render(records: list[dict], figdir: Path) -> str:
+    """The markdown section (tables of the measurements and the fitted exponents) and the plot in ``figdir``."""
+    recs = [r for r in records if r.get("kind") == "cost"]
+    if any(not r.get("smoke") for r in recs):  # a real run's records hide the smoke runs' in the same file
+        recs = [r for r in recs if not r.get("smoke")]
+    recs = _latest(recs)
+    if not recs:
+        return "## Cost growth\n\n(no cost records)\n"
+    models = _models(recs)
+    sizes = sorted({r["img_size"] for r in recs})
+    by = {(r["model"], r["img_size"]): r for r in recs}
+    first = recs[0]
+    params = {m: next(r["params"] for r in recs if r["model"] == m) for m in models}
+    out = ["## Cost growth: time and memory against image size", "",
+           f"Command: `{first['command']}`; torch {first['torch']}, {first['cpu']}, {first['threads']} threads, "
+           f"commit {first['git_commit']}, {first['time_utc']}; batch {first['batch_size']}, eval forward under "
+           f"`no_grad`.", "", "| model | params (M) | vs first | global attention | what it is |", "|---|---:|---:|---|---|"]
+    for m in models:
+        r = next(r for r in recs if r["model"] == m)
+        out.append(f"| {m} | {params[m] / 1e6:.2f} | {params[m] / params[models[0]] - 1:+.1%} | "
+                   f"{'yes' if r.get('global_attention') else 'no'} | {r.get('description', '')} |")
+    loads = [r["loadavg_1m"] for r in recs if r.get("loadavg_1m") is not None]
+    if loads:
+        out += ["", f"Machine load during the run (1-minute load average on {first.get('cpu_count', '?')} CPUs): "
+                    f"{min(loads):.1f} to {max(loads):.1f}."]
+    out += ["", "### Forward time (ms, median; `*` = timed once) and peak memory above the inputs (MB)", "",
+            "| size (px) | pixels | " + " | ".join(f"{m} ms | {m} MB | {m} GMACs" for m in models) + " |",
+            "|---:|---:|" + "---:|---:|---:|" * len(models)]
+    reasons: list[str] = []
+    for s in sizes:
+        cells = []
+        for m in models:
+            cur = by.get((m, s))
+            if cur is None:
+                cells += ["", "", ""]
+                continue
+            r = cur
+            g = _fmt(r.get("gmacs"))
+            if "median_ms" in r:
+                t = _fmt(r["median_ms"]) + ("*" if r.get("runs") == 1 else "")
+                cells += [t, _fmt(r.get("peak_mb")) or ("err" if "memory_error" in r else ""), g]
+            else:
+                why = r.get("skipped", r.get("error", "not run"))
+                if why not in reasons:
+                    reasons.append(why)
+                cells += [f"skipped ({reasons.index(why) + 1})", "", g]
+        out.append(f"| {s} | {s * s} | " + " | ".join(cells) + " |")
+    if reasons:
+        out += [""] + [f"({i + 1}) {why}" for i, why in enumerate(reasons)]
+    factor = float(first.get("overhead_factor", 4.0))
+    fits = fit(recs, overhead_factor=factor)
+    mfits = fit(recs, key="peak_mb", overhead_factor=factor)
+    out += ["", "### Fitted exponent a of time ~ pixels^a (least squares in log-log)", "",
+            f"Fitted over the sizes whose time is at least {factor:g}x the model's time at its smallest size (below "
+            "that a forward is mostly fixed per-layer overhead). For comparison: the slope over all measured sizes, "
+            "the local slope between the two largest measured sizes, the GMACs slope over the fitted sizes (what "
+            "the arithmetic alone predicts), and the same fit for peak memory.", "",
+            "| model | time exponent | fitted sizes (px) | all sizes | two largest | GMACs exponent | memory exponent "
+            "| memory sizes (px) |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    for m in models:
+        f, mf = fits.get(m, {}), mfits.get(m, {})
+
+        def num(d: dict, k: str) -> str:
+            v = d.get(k)
+            return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+        sz = ", ".join(map(str, f.get("sizes", [])))
+        if "two largest" in f.get("note", ""):
+            sz += " (two largest: too few above overhead)"
+        out.append(f"| {m} | {num(f, 'exponent')} | {sz} | {num(f, 'exponent_all')} | "
+                   f"{num(f, 'local_exponent_largest')} | {num(f, 'gmacs_exponent')} | {num(mf, 'exponent')} | "
+                   f"{', '.join(map(str, mf.get('sizes', [])))} |")
+    png = plot(recs, Path(figdir) / FIGURE)
+    out += ["", f"![time and peak memory against pixels, log-log]({Path(figdir).as_posix()}/{png.name})", "",
+            "Reading: an exponent near 1 means cost proportional to the number of pixels (local windows), near 2 "
+            "quadratic (every token attends to every token); a model's exponent sits between the two when the "
+            "per-pixel parts (projections, MLPs, convolutions) are still a large share at the sizes measured."]
+    return "\n".join(out) + "\n"
