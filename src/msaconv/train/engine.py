@@ -338,7 +338,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
         ckpt.atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
     D.barrier(info)
 
-    # -- data
+    # -- data (a first-use compile of the CPU kernels runs meanwhile, in a thread)
+    if torch.device(info.device).type == "cpu":
+        from ..ops.backends._build import build_in_background
+
+        build_in_background()
     train_path, val_path = _resolve_paths(cfg)
     t0 = time.perf_counter()
     tr = load_split(cfg, train_path, True, cfg.limit_train, say)

@@ -100,3 +100,13 @@ def reset() -> None:
     """Forget the cached build result (tests simulate a missing toolchain with it)."""
     with _lock:
         _state.clear()
+
+
+def build_in_background() -> threading.Thread | None:
+    """Start :func:`extension` in a daemon thread, so a first-use compile overlaps other start-up work
+    (the trainer loads its data meanwhile). ``None`` when it is already built or known not to build."""
+    if "module" in _state or "reason" in _state:
+        return None
+    t = threading.Thread(target=extension, name="msaconv-build", daemon=True)
+    t.start()
+    return t
