@@ -31,7 +31,7 @@ def test_smoke_records(smoke):
     assert {(r["model"], r["img_size"]) for r in records} == {(m, s) for m in cost.SMOKE_MODELS for s in cost.SMOKE_SIZES}
     for r in records:
         assert r["kind"] == "cost" and r["pixels"] == r["img_size"] ** 2 and r["batch_size"] == 1
-        assert r["median_ms"] > 0 and r["peak_mb"] >= 0 and r["gmacs"] > 0 and r["params"] > 0
+        assert r["median_ms"] > 0 and r["cpu_ms"] > 0 and r["peak_mb"] >= 0 and r["clock"] == "cpu" and r["gmacs"] > 0 and r["params"] > 0
         for key in ("torch", "cpu", "threads", "git_commit", "command"):
             assert key in r, key
     glob = {r["model"]: r["global_attention"] for r in records}
@@ -56,7 +56,7 @@ def test_exponents_are_computed(smoke):
 def test_render_writes_tables_and_plot(smoke, tmp_path):
     _, records = smoke
     text = cost.render(records, tmp_path / "figs")
-    assert "| size (px) | pixels |" in text and "| model | time exponent |" in text
+    assert "| size (px) | pixels |" in text and "| model | exponent |" in text
     for m in cost.SMOKE_MODELS:
         assert f"| {m} |" in text
     assert (tmp_path / "figs" / cost.FIGURE).stat().st_size > 0

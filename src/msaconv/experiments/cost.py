@@ -136,6 +136,42 @@ def gmacs_at(name: str, img_size: int) -> dict:
     return {"gmacs": r["gmacs"], "flops": r["flops"], "msa_core": r["msa_core"]}
 
 
+# ---- timing -------------------------------------------------------------------------------------------
+
+def time_call(call: Callable[[], object], warmup: int = 1, runs: int = 5, once_above_s: float | None = None) -> dict:
+    """Wall time (``time.perf_counter``) and CPU time of this process (``time.process_time``, every thread)
+    of ``call``: medians and p10/p90 of ``runs`` timed calls after ``warmup``; a call slower (wall) than
+    ``once_above_s`` right after the first is the only one timed. The CPU time is what the call computed,
+    whatever else the machine runs: on a shared machine its growth is the honest one."""
+    import statistics
+    import time
+
+    from ..bench.common import percentile
+
+    def one() -> tuple[float, float]:
+        w0, c0 = time.perf_counter(), time.process_time()
+        call()
+        return time.perf_counter() - w0, time.process_time() - c0
+
+    first = one()[0]
+    timed: list[tuple[float, float]] = []
+    if once_above_s is not None:
+        timed.append(one())
+        if timed[0][0] > once_above_s:
+            runs = 1
+        else:
+            timed.clear()
+    for _ in range(max(0, warmup - 1 - (once_above_s is not None and runs > 1))):
+        one()
+    while len(timed) < runs:
+        timed.append(one())
+    w = [t[0] * 1e3 for t in timed]
+    c = [t[1] * 1e3 for t in timed]
+    return {"median_ms": statistics.median(w), "p10_ms": percentile(w, 10), "p90_ms": percentile(w, 90),
+            "cpu_ms": statistics.median(c), "cpu_p10_ms": percentile(c, 10), "cpu_p90_ms": percentile(c, 90),
+            "runs": len(timed), "first_call_ms": first * 1e3}
+
+
 # ---- predictions and fits -----------------------------------------------------------------------------
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -224,6 +260,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip a size whose predicted peak memory exceeds this (and the larger sizes)")
     p.add_argument("--overhead-factor", type=float, default=4.0,
                    help="fit the exponent over sizes whose time is >= this times the smallest size's")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="what the budget and the fit use: 'cpu' (CPU time of this process, robust to other jobs on "
+                        "a shared machine; default) or 'wall' (both are recorded)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON lines to append to (default {DEFAULT_OUTPUT})")
@@ -258,20 +297,35 @@ def run(args: argparse.Namespace) -> Path:
     env = common.environment(_command())
     out = Path(args.output)
     budget_mem = args.max_mem_gb * 2 ** 30
+    clock = {"cpu": "cpu_ms", "wall": "median_ms"}[args.clock]
+
+    def case(name: str, size: int) -> dict:
+        return {"target": "msaconv.experiments.cost:forward_setup",
+                "kwargs": {"name": name, "img_size": size, "batch_size": args.batch_size}}
+
+    state: dict[str, dict] = {}
     for name in models:
         model = build_model(name).eval()
-        params = sum(p.numel() for p in model.parameters())
-        glob = uses_global_attention(model)
-        times: list[tuple[float, float]] = []
-        mems: list[tuple[float, float]] = []
-        stop: str | None = None
-        print(f"{name}: {params / 1e6:.2f}M params, {'global attention' if glob else 'no global attention'}")
-        for size in sizes:
+        st: dict = {"model": model, "params": sum(p.numel() for p in model.parameters()),
+                    "global": uses_global_attention(model), "times": [], "mems": [], "stop": None, "pre": {}}
+        if args.smoke and not args.no_memory:  # tiny sizes: one child for all of them (a child per size elsewhere)
+            st["pre"] = dict(zip(sizes, memory.measure_in_child([case(name, s) for s in sizes],
+                                                                torch.get_num_threads())))
+        state[name] = st
+        print(f"{name}: {st['params'] / 1e6:.2f}M params, "
+              f"{'global attention' if st['global'] else 'no global attention'}")
+    # size by size, every model at each size: a run stopped early still compares the models
+    for size in sizes:
+        for name in models:
+            st = state[name]
+            model, params, glob = st["model"], st["params"], st["global"]
+            times, mems, pre = st["times"], st["mems"], st["pre"]
+            stop = st["stop"]
             px = size * size
             rec: dict = {**env, "loadavg_1m": common.load_average(), "kind": "cost", "model": name,
                          "description": describe(name), "params": params, "global_attention": glob,
                          "img_size": size, "pixels": px, "batch_size": args.batch_size,
-                         "overhead_factor": args.overhead_factor, "smoke": bool(args.smoke)}
+                         "overhead_factor": args.overhead_factor, "smoke": bool(args.smoke), "clock": args.clock}
             try:
                 rec.update(gmacs_at(name, size))
             except Exception as e:  # e.g. below the model's minimum size
@@ -284,16 +338,14 @@ def run(args: argparse.Namespace) -> Path:
             if stop is not None:
                 rec["skipped"] = stop
             elif pt is not None and pt / 1e3 > args.max_call_s:
-                rec["skipped"] = stop = (f"predicted {pt / 1e3:.0f} s per forward at {size} px > --max-call-s "
-                                         f"{args.max_call_s:g}")
+                rec["skipped"] = stop = (f"predicted {pt / 1e3:.0f} s ({args.clock} time) per forward at {size} px "
+                                         f"> --max-call-s {args.max_call_s:g}")
             elif pm is not None and pm * 2 ** 20 > budget_mem:
                 rec["skipped"] = stop = (f"predicted {pm / 1024:.1f} GB peak at {size} px > --max-mem-gb "
                                          f"{args.max_mem_gb:g}")
             if "skipped" not in rec and not args.no_memory:
-                res = memory.measure_in_child([{"target": "msaconv.experiments.cost:forward_setup",
-                                                "kwargs": {"name": name, "img_size": size,
-                                                           "batch_size": args.batch_size}}],
-                                              torch.get_num_threads())[0]
+                res = pre[size] if size in pre else memory.measure_in_child([case(name, size)],
+                                                                             torch.get_num_threads())[0]
                 if "error" in res:
                     rec["memory_error"] = res["error"]
                     if res["error"].startswith("memory child failed"):  # e.g. killed: do not run it in here
@@ -309,19 +361,21 @@ def run(args: argparse.Namespace) -> Path:
                         with torch.no_grad():
                             return model(x)
 
-                    t = common.time_fn(call, args.warmup, runs, args.once_above_s)
-                    rec.update(t.as_ms())
-                    times.append((px, rec["median_ms"]))
+                    rec.update(time_call(call, args.warmup, runs, args.once_above_s))
+                    times.append((px, rec[clock]))
                 except (RuntimeError, ValueError, MemoryError) as e:
                     rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                     rec["skipped"] = stop = f"failed at {size} px: {rec['error']}"
             common.write_jsonl(out, [rec])
-            shown = (f"{rec['median_ms']:10.1f} ms" + (f"  peak {rec['peak_mb']:8.1f} MB" if "peak_mb" in rec else "")
-                     if "median_ms" in rec else rec.get("skipped", ""))
-            print(f"  {size:>5} px  {shown}", flush=True)
-        del model
+            shown = rec.get("skipped", "")
+            if "median_ms" in rec:
+                shown = f"{rec['median_ms']:10.1f} ms wall {rec['cpu_ms']:10.1f} ms CPU"
+                shown += f"  peak {rec['peak_mb']:8.1f} MB" if "peak_mb" in rec else ""
+            st["stop"] = stop
+            print(f"  {name:<18} {size:>5} px  {shown}", flush=True)
+    state.clear()
     recs = [r for r in common.read_jsonl(out) if r.get("kind") == "cost" and r["model"] in models]
-    for name, f in fit(_latest(recs), overhead_factor=args.overhead_factor).items():
+    for name, f in fit(_latest(recs), key=clock, overhead_factor=args.overhead_factor).items():
         if f["exponent"] is not None:
             print(f"{name}: time ~ pixels^{f['exponent']:.2f} over {f['sizes']} px")
     print(f"appended to {out}")
@@ -339,6 +393,12 @@ def _latest(records: list[dict]) -> list[dict]:
     return list(by.values())
 
 
+def _clock_key(records: list[dict]) -> str:
+    """The time the records' run budgeted and fitted on: ``cpu_ms`` or ``median_ms`` (wall)."""
+    clocks = {r.get("clock", "wall") for r in records}
+    return "cpu_ms" if clocks == {"cpu"} else "median_ms"
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return ""
@@ -352,8 +412,9 @@ def plot(records: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    clock = _clock_key(records)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in ((axes[0], "median_ms", "forward time (ms, median)"),
+    for ax, key, label in ((axes[0], clock, f"forward {'CPU' if clock == 'cpu_ms' else 'wall'} time (ms, median)"),
                            (axes[1], "peak_mb", "peak memory above inputs (MB)")):
         anchor = None
         for i, model in enumerate(_models(records)):
@@ -362,6 +423,11 @@ def plot(records: list[dict], path: Path) -> Path:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i % 10}", label=model)
                 if anchor is None:
                     anchor = pts[0]
+            if key == "cpu_ms":  # the wall time beside it, faint
+                wall = sorted((r["pixels"], r["median_ms"]) for r in records if r["model"] == model and r.get(key))
+                if wall:
+                    ax.plot([p[0] for p in wall], [p[1] for p in wall], ":", color=f"C{i % 10}", alpha=0.5,
+                            label=f"{model} (wall)")
         if anchor is not None:
             xs = sorted({r["pixels"] for r in records})
             for e, style in ((1, ":"), (2, "--")):
@@ -401,6 +467,8 @@ def render(records: list[dict], figdir: Path) -> str:
     first = recs[0]
     params = {m: next(r["params"] for r in recs if r["model"] == m) for m in models}
     out = ["## Cost growth: time and memory against image size", "",
+           "Does MSA-Conv stay cheaper than global attention as images grow (the paper's claim)? Inference of "
+           "each model at each size, batch as below; records in the JSON lines, this section made from them.", "",
            f"Command: `{first['command']}`; torch {first['torch']}, {first['cpu']}, {first['threads']} threads, "
            f"commit {first['git_commit']}, {first['time_utc']}; batch {first['batch_size']}, eval forward under "
            f"`no_grad`.", "", "| model | params (M) | vs first | global attention | what it is |", "|---|---:|---:|---|---|"]
@@ -412,42 +480,55 @@ def render(records: list[dict], figdir: Path) -> str:
     if loads:
         out += ["", f"Machine load during the run (1-minute load average on {first.get('cpu_count', '?')} CPUs): "
                     f"{min(loads):.1f} to {max(loads):.1f}."]
-    out += ["", "### Forward time (ms, median; `*` = timed once) and peak memory above the inputs (MB)", "",
-            "| size (px) | pixels | " + " | ".join(f"{m} ms | {m} MB | {m} GMACs" for m in models) + " |",
-            "|---:|---:|" + "---:|---:|---:|" * len(models)]
+    clock = _clock_key(recs)
+    cpu = clock == "cpu_ms"
+    out += ["", "### Forward time (ms, median; `*` = timed once) and peak memory above the inputs (MB)", ""]
+    if cpu:
+        out += ["Time is the CPU time of the measuring process (all its threads) per forward: what the forward "
+                "computed, unaffected by other jobs on the machine; wall time (also recorded) grows with the "
+                "machine's load as well. The budget and the fit use the CPU time.", ""]
+    cols = ["CPU ms", "wall ms", "MB", "GMACs"] if cpu else ["ms", "MB", "GMACs"]
+    out += ["| size (px) | pixels | " + " | ".join(f"{m} {c}" for m in models for c in cols) + " |",
+            "|---:|---:|" + "---:|" * (len(cols) * len(models))]
     reasons: list[str] = []
     for s in sizes:
         cells = []
         for m in models:
             cur = by.get((m, s))
             if cur is None:
-                cells += ["", "", ""]
+                cells += [""] * len(cols)
                 continue
             r = cur
             g = _fmt(r.get("gmacs"))
             if "median_ms" in r:
-                t = _fmt(r["median_ms"]) + ("*" if r.get("runs") == 1 else "")
-                cells += [t, _fmt(r.get("peak_mb")) or ("err" if "memory_error" in r else ""), g]
+                once = "*" if r.get("runs") == 1 else ""
+                mem = _fmt(r.get("peak_mb")) or ("err" if "memory_error" in r else "")
+                times = [_fmt(r.get("cpu_ms")) + once, _fmt(r["median_ms"]) + once] if cpu else [_fmt(r["median_ms"]) + once]
+                cells += times + [mem, g]
             else:
                 why = r.get("skipped", r.get("error", "not run"))
                 if why not in reasons:
                     reasons.append(why)
-                cells += [f"skipped ({reasons.index(why) + 1})", "", g]
+                cells += [f"skipped ({reasons.index(why) + 1})"] + [""] * (len(cols) - 2) + [g]
         out.append(f"| {s} | {s * s} | " + " | ".join(cells) + " |")
     if reasons:
         out += [""] + [f"({i + 1}) {why}" for i, why in enumerate(reasons)]
     factor = float(first.get("overhead_factor", 4.0))
-    fits = fit(recs, overhead_factor=factor)
+    fits = fit(recs, key=clock, overhead_factor=factor)
+    wfits = fit(recs, key="median_ms", overhead_factor=factor)
     mfits = fit(recs, key="peak_mb", overhead_factor=factor)
-    out += ["", "### Fitted exponent a of time ~ pixels^a (least squares in log-log)", "",
-            f"Fitted over the sizes whose time is at least {factor:g}x the model's time at its smallest size (below "
+    what = "CPU time" if cpu else "time"
+    out += ["", f"### Fitted exponent a of {what} ~ pixels^a (least squares in log-log)", "",
+            f"Fitted over the sizes whose {what} is at least {factor:g}x the model's at its smallest size (below "
             "that a forward is mostly fixed per-layer overhead). For comparison: the slope over all measured sizes, "
             "the local slope between the two largest measured sizes, the GMACs slope over the fitted sizes (what "
-            "the arithmetic alone predicts), and the same fit for peak memory.", "",
-            "| model | time exponent | fitted sizes (px) | all sizes | two largest | GMACs exponent | memory exponent "
-            "| memory sizes (px) |", "|---|---:|---|---:|---:|---:|---:|---|"]
+            "the arithmetic alone predicts)" + (", the same fit of the wall time" if cpu else "") +
+            " and of the peak memory.", "",
+            "| model | exponent | fitted sizes (px) | all sizes | two largest | GMACs exponent | "
+            + ("wall-time exponent | " if cpu else "") + "memory exponent | memory sizes (px) |",
+            "|---|---:|---|---:|---:|---:|" + ("---:|" if cpu else "") + "---:|---|"]
     for m in models:
-        f, mf = fits.get(m, {}), mfits.get(m, {})
+        f, wf, mf = fits.get(m, {}), wfits.get(m, {}), mfits.get(m, {})
 
         def num(d: dict, k: str) -> str:
             v = d.get(k)
@@ -457,8 +538,9 @@ def render(records: list[dict], figdir: Path) -> str:
         if "two largest" in f.get("note", ""):
             sz += " (two largest: too few above overhead)"
         out.append(f"| {m} | {num(f, 'exponent')} | {sz} | {num(f, 'exponent_all')} | "
-                   f"{num(f, 'local_exponent_largest')} | {num(f, 'gmacs_exponent')} | {num(mf, 'exponent')} | "
-                   f"{', '.join(map(str, mf.get('sizes', [])))} |")
+                   f"{num(f, 'local_exponent_largest')} | {num(f, 'gmacs_exponent')} | "
+                   + (f"{num(wf, 'exponent')} | " if cpu else "") +
+                   f"{num(mf, 'exponent')} | {', '.join(map(str, mf.get('sizes', [])))} |")
     png = plot(recs, Path(figdir) / FIGURE)
     out += ["", f"![time and peak memory against pixels, log-log]({Path(figdir).as_posix()}/{png.name})", "",
             "Reading: an exponent near 1 means cost proportional to the number of pixels (local windows), near 2 "
