@@ -119,6 +119,7 @@ def checkpoints(records: list[dict], config: str) -> dict[int, str]:
 def summarise(records: list[dict]) -> list[dict]:
     """One row per variant: mean and spread of top-1 over its seeds (latest record per config and seed)."""
     runs = C.latest_batch([r for r in records if "top1" in r], lambda r: (r["config"], r["seed"]))
+    base = {r["seed"]: r["top1"] for r in runs if r["config"] == "default"}
     rows = []
     for name in [*CONFIGS, *sorted({r["config"] for r in runs} - set(CONFIGS))]:
         rs = [r for r in runs if r["config"] == name]
@@ -129,32 +130,41 @@ def summarise(records: list[dict]) -> list[dict]:
                      "seeds": sorted(r["seed"] for r in rs), "top1": top1,
                      "top5": C.mean_spread([r["top5"] for r in rs]), "loss": C.mean_spread([r["loss"] for r in rs]),
                      "params": rs[0]["params"], "img_per_s": C.mean_spread([r["img_per_s"] for r in rs]),
-                     "train_seconds": C.mean_spread([r["train_seconds"] for r in rs])})
+                     "train_seconds": C.mean_spread([r["train_seconds"] for r in rs]),
+                     # paired by seed: the same training subset, augmentation stream and test images as the default
+                     "delta": C.mean_spread([r["top1"] - base[r["seed"]] for r in rs if r["seed"] in base])})
     return rows
 
 
-def findings(rows: list[dict]) -> list[str]:
-    """Per group: the best variant and whether its lead over the default exceeds the seeds' spread."""
+def findings(rows: list[dict], val_images: int) -> list[str]:
+    """Per group: the best variant, and whether its lead over the runner-up exceeds the noise.
+
+    Noise: the largest of the std of the paired per-seed differences, the default's std over seeds, and
+    the binomial standard error of one top-1 on ``val_images`` test images (a floor: two or three seeds
+    cannot estimate a spread by themselves). "Clear" means a lead of more than twice that.
+    """
+    import math
+
     base = next((r for r in rows if r["config"] == "default"), None)
     if base is None:
         return []
+    p = base["top1"]["mean"] / 100
+    se = 100 * math.sqrt(max(p * (1 - p), 1e-9) / max(val_images, 1))
     out = []
     for group in GROUP_ORDER[1:]:
         members = [base] + [r for r in rows if r["group"] == group]
         if len(members) < 2:
             continue
-        best = max(members, key=lambda r: r["top1"]["mean"])
-        delta = best["top1"]["mean"] - base["top1"]["mean"]
-        noise = max(best["top1"]["std"], base["top1"]["std"])
+        ranked = sorted(members, key=lambda r: -r["top1"]["mean"])
+        best, second = ranked[0], ranked[1]
+        lead = best["top1"]["mean"] - second["top1"]["mean"]
+        paired = [r["delta"]["std"] for r in (best, second) if r is not base and r["delta"]["n"] > 1]
+        noise = max([se, base["top1"]["std"], *paired])
         others = ", ".join(f"{r['config']} {r['top1']['mean']:.2f}" for r in members)
-        if best is base:
-            verdict = f"the default wins ({others})"
-        else:
-            verdict = (f"**{best['config']}** is best, {delta:+.2f} points over the default "
-                       + ("(larger than the seeds' spread, std {:.2f})".format(noise) if abs(delta) > 2 * noise
-                          else "(within about two seed standard deviations, {:.2f}: not a clear win)".format(noise))
-                       + f" ({others})")
-        out.append(f"- {group}: {verdict}.")
+        clear = lead > 2 * noise
+        out.append(f"- {group}: {'**' + best['config'] + '**' if clear else best['config']} ranks first, "
+                   f"{lead:.2f} points ahead of {second['config']}; noise {noise:.2f} points, so "
+                   + ("a clear lead" if clear else "not a clear difference") + f" ({others}).")
     return out
 
 
@@ -177,18 +187,23 @@ def render(records: list[dict], figdir: Path) -> str:
         table = []
         for r in rows:
             t = r["top1"]
+            d = r["delta"]
             table.append([r["group"], r["config"], r["description"], len(r["seeds"]),
                           f"{t['mean']:.2f} ± {t['std']:.2f}", f"{t['min']:.2f}-{t['max']:.2f}",
+                          "-" if r["config"] == "default" or not d["n"] else f"{d['mean']:+.2f} ± {d['std']:.2f}",
                           f"{r['top5']['mean']:.2f}", f"{r['loss']['mean']:.3f}", f"{r['params'] / 1e6:.3f}",
                           f"{r['img_per_s']['mean']:.0f}"])
         parts.append(C.md_table(["group", "variant", "what", "seeds", "top-1 % (mean ± std)", "top-1 min-max",
-                                 "top-5 %", "loss", "params (M)", "train img/s"], table, "lllrrrrrrr"))
+                                 "Δ top-1 vs default, paired by seed", "top-5 %", "loss", "params (M)", "train img/s"],
+                                table, "lllrrrrrrrr"))
         missing = [n for n in CONFIGS if n not in {r["config"] for r in rows}]
         few = [r["config"] for r in rows if len(r["seeds"]) < n_seeds]
         if (missing or few) and not all(r.get("smoke") for r in runs):
             parts.append("**Not run within the budget**: " + (f"variants {', '.join(missing)}" if missing else "")
                          + ("; " if missing and few else "") + (f"fewer seeds for {', '.join(few)}" if few else "") + ".")
-        parts.append("Findings (computed from the table):\n\n" + "\n".join(findings(rows)))
+        parts.append("Findings (computed from the table; 'noise' is defined in `ablation.findings`: the largest of "
+                     "the paired per-seed spread, the default's spread and the binomial standard error of one "
+                     "top-1 on the test images):\n\n" + "\n".join(findings(rows, runs[-1]["val_images"])))
         png = _plot(rows, figdir)
         if png:
             parts.append(C.image(figdir, png, "ablation top-1"))
