@@ -173,8 +173,19 @@ def memory_setup(name: str, img_size: int | None, batch_size: int, mode: str, se
 
 
 def _first_line(e: BaseException) -> str:
+    """``Type: first line``; a bare ``assert`` has no message, so then where it failed."""
     msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+    if msg:
+        return f"{type(e).__name__}: {msg[0]}"[:300]
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    outside = [f for f in frames if "/torch/" not in f.filename.replace("\\", "/")]  # not torch's _assert helper
+    where = ""
+    if outside or frames:
+        f = (outside or frames)[-1]
+        where = f" (raised at {Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno}: {f.line})"
+    return f"{type(e).__name__}{where}"[:300]
 
 
 def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: str | Path | None = None,
@@ -281,7 +292,8 @@ def markdown(records: Iterable[dict]) -> str:
         return "(no model records)\n"
     first = rows[0]
     loads = [r["loadavg_1m"] for r in rows if r.get("loadavg_1m") is not None]
-    out = [f"Run: `{first['command']}`", "",
+    commands = list(dict.fromkeys(r["command"] for r in rows))
+    out = [("Runs: " if len(commands) > 1 else "Run: ") + "; ".join(f"`{c}`" for c in commands), "",
            f"torch {first['torch']}" + (f", timm {first['timm']}" if first.get("timm") else "") +
            f", msaconv {first['msaconv']} (commit {first['git_commit']}), {first['cpu']} "
            f"({first.get('cpu_capability', '?')}), {first['threads']} threads, {first['time_utc']}."]
