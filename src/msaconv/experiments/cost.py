@@ -98,9 +98,16 @@ def build_model(name: str):
     return create_model(name)
 
 
+DESCRIPTIONS = {"tic_tiny": "TiC: MSA-Conv with 7x7 windows in every block (MDCSM on every second block, IPM's "
+                            "4x4 pooled keys in every block), 4 stages 64-512 wide, depths 3, 4, 6, 5, stem stride 4, "
+                            "MSA-Conv downsampling"}
+
+
 def describe(name: str) -> str:
     if name in BUILDERS:
         return BUILDERS[name][1]
+    if name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
     return "registered model (msaconv.create_model)"
 
 
@@ -417,8 +424,10 @@ def plot(records: list[dict], path: Path) -> Path:
     for ax, key, label in ((axes[0], clock, f"forward {'CPU' if clock == 'cpu_ms' else 'wall'} time (ms, median)"),
                            (axes[1], "peak_mb", "peak memory above inputs (MB)")):
         anchor = None
+        ys: list[float] = []
         for i, model in enumerate(_models(records)):
             pts = sorted((r["pixels"], r[key]) for r in records if r["model"] == model and r.get(key))
+            ys += [p[1] for p in pts]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i % 10}", label=model)
                 if anchor is None:
@@ -429,6 +438,8 @@ def plot(records: list[dict], path: Path) -> Path:
                     ax.plot([p[0] for p in wall], [p[1] for p in wall], ":", color=f"C{i % 10}", alpha=0.5,
                             label=f"{model} (wall)")
         if anchor is not None:
+            ax.set_ylim(min(ys) / 2, max(ys) * 2)  # the guides must not set the scale
+            ax.set_autoscaley_on(False)
             xs = sorted({r["pixels"] for r in records})
             for e, style in ((1, ":"), (2, "--")):
                 ax.plot(xs, [anchor[1] * (x / anchor[0]) ** e for x in xs], "k" + style, lw=0.8,
@@ -466,16 +477,20 @@ def render(records: list[dict], figdir: Path) -> str:
     by = {(r["model"], r["img_size"]): r for r in recs}
     first = recs[0]
     params = {m: next(r["params"] for r in recs if r["model"] == m) for m in models}
+    commands = list(dict.fromkeys(r["command"] for r in recs))
     out = ["## Cost growth: time and memory against image size", "",
            "Does MSA-Conv stay cheaper than global attention as images grow (the paper's claim)? Inference of "
            "each model at each size, batch as below; records in the JSON lines, this section made from them.", "",
-           f"Command: `{first['command']}`; torch {first['torch']}, {first['cpu']}, {first['threads']} threads, "
+           ("Commands (later runs replace the same model and size): " if len(commands) > 1 else "Command: ")
+           + "; ".join(f"`{c}`" for c in commands)
+           + f"; torch {first['torch']}, {first['cpu']}, {first['threads']} thread{'s' if first['threads'] != 1 else ''}, "
            f"commit {first['git_commit']}, {first['time_utc']}; batch {first['batch_size']}, eval forward under "
            f"`no_grad`.", "", "| model | params (M) | vs first | global attention | what it is |", "|---|---:|---:|---|---|"]
     for m in models:
         r = next(r for r in recs if r["model"] == m)
         out.append(f"| {m} | {params[m] / 1e6:.2f} | {params[m] / params[models[0]] - 1:+.1%} | "
-                   f"{'yes' if r.get('global_attention') else 'no'} | {r.get('description', '')} |")
+                   f"{'yes' if r.get('global_attention') else 'no'} | "
+                   f"{describe(m) if m in BUILDERS or m in DESCRIPTIONS else r.get('description', '')} |")
     loads = [r["loadavg_1m"] for r in recs if r.get("loadavg_1m") is not None]
     if loads:
         out += ["", f"Machine load during the run (1-minute load average on {first.get('cpu_count', '?')} CPUs): "
