@@ -310,7 +310,7 @@ def markdown(records: Iterable[dict]) -> str:
             out.append(f"| {r['model']} | failed (see below) | | | | {r['batch_size']} | {_fmt(r.get('img_size'))} "
                        f"| | | | |")
             continue
-        src = " (timm)" if r.get("source") == "timm" else ""
+        src = " (timm)" if r.get("source") == "timm" and not r["model"].startswith(TIMM_PREFIX) else ""
         out.append("| " + " | ".join([
             r["model"] + src, _fmt(r["infer_samples_per_sec"]), _fmt(r["infer_step_time"]),
             _fmt(r.get("train_samples_per_sec")), _fmt(r.get("train_step_time")), str(r["batch_size"]),
