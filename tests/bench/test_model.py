@@ -30,7 +30,7 @@ def test_records_have_timms_columns_and_context(tiny_run):
         for col in bench_model.COLUMNS:
             assert col in r, col
         for col in ("infer_samples_per_sec", "infer_step_time", "train_samples_per_sec", "train_step_time",
-                    "param_count", "gmacs", "infer_peak_mb", "train_peak_mb"):
+                    "param_count", "gmacs", "infer_peak_mb", "train_peak_mb", "infer_cpu_ms", "train_cpu_ms"):
             assert r[col] > 0, col
         assert r["batch_size"] == 2 and r["img_size"] == 32 and r["source"] == "msaconv"
         assert r["infer_samples_per_sec"] == pytest.approx(2 / (r["infer_step_time"] / 1e3))

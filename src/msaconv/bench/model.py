@@ -22,6 +22,8 @@ records the error instead of stopping the run; an unknown name stops it before a
 from __future__ import annotations
 
 import importlib.util
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -172,6 +174,17 @@ def memory_setup(name: str, img_size: int | None, batch_size: int, mode: str, se
     return (infer if mode == "infer" else train), {"mode": mode}
 
 
+def _cpu_timed(step: Callable[[], object], into: list[float]) -> Callable[[], object]:
+    """``step`` that also appends the CPU time of this process (every thread) of each call to ``into``: on a
+    shared machine the wall time swings with the other jobs, the CPU time much less."""
+    def call() -> object:
+        c0 = time.process_time()
+        out = step()
+        into.append(time.process_time() - c0)
+        return out
+    return call
+
+
 def _first_line(e: BaseException) -> str:
     """``Type: first line``; a bare ``assert`` has no message, so then where it failed."""
     msg = str(e).strip().splitlines()
@@ -227,15 +240,19 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             rec.update(param_count=round(fl["params"] / 1e6, 3), params=fl["params"], gmacs=fl["gmacs"],
                        msa_core=fl["msa_core"])
             infer, train = _steps(model, input_size, cfg.batch_size, cfg.seed, cfg.lr)
-            t = common.time_fn(infer, cfg.warmup, cfg.runs)
+            cpu: list[float] = []
+            t = common.time_fn(_cpu_timed(infer, cpu), cfg.warmup, cfg.runs)
             rec.update(infer_step_time=t.median_s * 1e3, infer_step_time_p10=t.p10_s * 1e3,
                        infer_step_time_p90=t.p90_s * 1e3, infer_samples_per_sec=cfg.batch_size / t.median_s,
-                       infer_first_call_ms=t.first_call_s * 1e3)
+                       infer_first_call_ms=t.first_call_s * 1e3,
+                       infer_cpu_ms=statistics.median(cpu[-t.runs:]) * 1e3)
             if cfg.train:
-                t = common.time_fn(train, cfg.warmup, cfg.runs)
+                cpu = []
+                t = common.time_fn(_cpu_timed(train, cpu), cfg.warmup, cfg.runs)
                 rec.update(train_step_time=t.median_s * 1e3, train_step_time_p10=t.p10_s * 1e3,
                            train_step_time_p90=t.p90_s * 1e3, train_samples_per_sec=cfg.batch_size / t.median_s,
-                           train_first_call_ms=t.first_call_s * 1e3)
+                           train_first_call_ms=t.first_call_s * 1e3,
+                           train_cpu_ms=statistics.median(cpu[-t.runs:]) * 1e3)
             del model, infer, train
         except Exception as e:  # a model that cannot run here records why; the others go on
             rec["error"] = _first_line(e)
@@ -301,14 +318,14 @@ def markdown(records: Iterable[dict]) -> str:
         out.append(f"Machine load (1-minute load average on {first.get('cpu_count', '?')} CPUs): {min(loads):.1f} "
                    f"to {max(loads):.1f}; other jobs shared the cores, so compare models within a run.")
     out += ["", "| model | infer samples/s | infer step ms | train samples/s | train step ms | batch | img | "
-                "params (M) | GMACs | infer peak MB | train peak MB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "params (M) | GMACs | infer peak MB | train peak MB | infer CPU ms | train CPU ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     errors = []
     for r in rows:
         if "error" in r:
             errors.append(r)
             out.append(f"| {r['model']} | failed (see below) | | | | {r['batch_size']} | {_fmt(r.get('img_size'))} "
-                       f"| | | | |")
+                       f"| | | | | | |")
             continue
         src = " (timm)" if r.get("source") == "timm" and not r["model"].startswith(TIMM_PREFIX) else ""
         out.append("| " + " | ".join([
@@ -316,13 +333,16 @@ def markdown(records: Iterable[dict]) -> str:
             _fmt(r.get("train_samples_per_sec")), _fmt(r.get("train_step_time")), str(r["batch_size"]),
             str(r["img_size"]), f"{r['param_count']:.2f}", _fmt(r["gmacs"]),
             _fmt(r.get("infer_peak_mb")) or r.get("infer_peak_error", "")[:40],
-            _fmt(r.get("train_peak_mb")) or r.get("train_peak_error", "")[:40]]) + " |")
+            _fmt(r.get("train_peak_mb")) or r.get("train_peak_error", "")[:40],
+            _fmt(r.get("infer_cpu_ms")), _fmt(r.get("train_cpu_ms"))]) + " |")
     out += ["", "How to read: step times are medians of the timed steps after warm-up (p10/p90 in the JSON lines); "
             "samples/s = batch / median step time. Inference: eval mode under `no_grad`. Train: one SGD step "
             "(momentum 0.9) on cross-entropy against random targets, gradients set to None each step. GMACs are per "
             "image, forward, counted by `msaconv.models.count_flops` (torch's FLOP counter, with `msa_conv2d` counted "
             "by its registered formula). Peak MB: RSS high-water mark of one step above the RSS just before it, in a "
-            "fresh child process per model: activations, gradients and outputs, not weights or optimizer state."]
+            "fresh child process per model: activations, gradients and outputs, not weights or optimizer state. "
+            "CPU ms: median CPU time of this process (every thread) per timed step; on a machine shared with other "
+            "jobs the wall times swing with their load, the CPU times much less."]
     if errors:
         out += ["", "Models that could not run:", ""]
         out += [f"- {r['model']}: {r['error']}" for r in errors]
