@@ -178,19 +178,17 @@ def _mean_radius(erf: list[dict], c: str, size: int, stage: str, key: str = "rad
 
 
 def _findings(erf: list[dict], dist: list[dict], configs: list[str], sizes: list[int], stages: list[str]) -> list[str]:
+    """Per input size: each stage's r90 (and r50 of the last) for every variant, then the attention distance."""
     out: list[str] = []
-    if "default" not in configs:
-        return out
-    last = stages[-1]
     for s in sizes:
-        base = _mean_radius(erf, "default", s, last)
-        others = {c: _mean_radius(erf, c, s, last) for c in configs}
-        spread = max((C.mean_spread([r["radius50"] for r in erf if r["config"] == c and r["state"] == "trained"
-                                     and r["img_size"] == s and r["stage"] == last])["std"] for c in configs), default=0)
-        order = sorted(others.items(), key=lambda t: -t[1])
-        out.append(f"- {last} at {s} px, r50: " + ", ".join(f"{c} {v:.1f}" for c, v in order)
-                   + f" (largest seed std {spread:.1f}); with MDCSM and IPM on (default) vs both off: "
-                   + (f"{base - others['mdcsm_ipm_off']:+.1f} px" if "mdcsm_ipm_off" in others else "n/a") + ".")
+        for st in stages:
+            for key in ("radius90", "radius50") if st == stages[-1] else ("radius90",):
+                vals = {c: C.mean_spread([r[key] for r in erf if r["config"] == c and r["state"] == "trained"
+                                          and r["img_size"] == s and r["stage"] == st]) for c in configs}
+                std = max((v["std"] for v in vals.values() if v["n"]), default=0.0)
+                out.append(f"- {st} at {s} px, {key.replace('radius', 'r')}: "
+                           + ", ".join(f"{c} {v['mean']:.1f}" for c, v in sorted(vals.items(), key=lambda t: -t[1]["mean"]))
+                           + f" px (largest seed std {std:.1f}).")
         dd = {c: C.mean_spread([r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
                                 and r["img_size"] == s])["mean"] for c in configs}
         out.append(f"- mean attention distance at {s} px (all layers): "
