@@ -203,6 +203,11 @@ def render(records: list[dict], figdir: Path) -> str:
 
 def _findings(cell: dict, models: list[str], train: int, small: int, big: int) -> list[str]:
     out = []
+    sizes = sorted({s for (_m, s) in cell})
+    means = {s: C.mean_spread([cell[(m, s)]["top1"] for m in models if "top1" in cell.get((m, s), {})]) for s in sizes}
+    out.append("- Mean top-1 over all models per size: " + ", ".join(f"{s} px {v['mean']:.1f}" for s, v in means.items()
+                                                                  if v["n"])
+               + " (the hierarchical models have total stride 16: other sizes give ragged stage maps).")
     for s in (small, big):
         if s == train:
             continue
