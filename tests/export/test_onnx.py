@@ -52,12 +52,18 @@ def test_onnx_msa_conv2d_all_borders_dynamic_hw(tmp_path):
         assert c.max_abs_diff < 1e-5, c
 
 
-# TiC models with shift='kv' (MDCSM) round their shift with int() in layers/shift_pool.py, which torch.export
-# specialises: the export is exact while every stage's rounded shift matches the traced one (for tic_nano
-# traced at 32 px: H, W in 25..32). The sizes below stay inside that range.
+# One export per model, traced at `size`, checked at 3 input shapes (batch, H and W all differ from the
+# trace). The MDCSM shift stays symbolic (layers/shift_pool.py), but the IPM grid clamp min(4, H_stage) is
+# decided at trace time: a stage map below 4 px keeps H_stage (symbolic), one of 4 px or more keeps the
+# constant 4. Both agree at exactly 4 px, so the file is exact while every stage stays on its traced side
+# of 4 px or at 4 px. tic_nano traced at 32 px has stage maps 8, 4, 2. tic_tiny (a 224-px model) is traced
+# at 64 px (maps 16, 8, 4, 2): 64, 96 and 128 px give last-stage maps of 2, 3 and 4 px, all of the range
+# where its grid is the map itself, while the first three stages stay at 4 px or more. Tracing tic_tiny
+# at 224 would make all four grids the constant 4 and bar the small sizes that keep this test affordable.
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size,shapes", [
     ("tic_nano", 32, [(1, 3, 32, 32), (3, 3, 28, 30), (2, 3, 25, 32)]),
+    ("tic_tiny", 64, [(1, 3, 64, 64), (2, 3, 96, 128), (1, 3, 128, 96)]),
 ])
 def test_onnx_tic_round_trip(tmp_path, name, size, shapes):
     torch.manual_seed(0)

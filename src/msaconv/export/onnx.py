@@ -5,12 +5,18 @@ How: ``torch.export.export`` with dynamic batch/H/W -> ``run_decompositions`` wi
 adaptive pool becomes size-exact matrices) -> ``torch.onnx.export`` of that program (dynamo exporter,
 opset >= 18). The decomposition builds its window tables from the symbolic H and W for all four border
 modes (zeros, mask, clamp, circular), strides, dilations and extra keys, so the op itself never fixes a
-size. A model can still fix sizes: a range guard (``min(grid, H)``, a window that must fit) becomes a
-range constraint, returned by :func:`export_onnx`; but a size the model's Python turns into an int
-(``int(round(f*H))``) is baked into the graph as the traced value, and the ONNX file is then exact only
-at sizes that give the same int. The TiC models with ``shift='kv'`` (MDCSM; tic_nano, tic_micro) round
-their shift so: until ``layers/shift_pool.py`` keeps it symbolic, verify them inside that range (tic_nano
-traced at 32 px: H, W in 25..32). :func:`verify_onnx` is the judge: it runs onnxruntime at given sizes.
+size. A model can still fix sizes: a range guard (a window that must fit) becomes a range constraint,
+returned by :func:`export_onnx`; but a comparison the model's Python decides on a size is baked into the
+graph as the traced outcome. The TiC models' IPM grid clamp ``min(grid, H_stage)``
+(``layers/shift_pool.py``) is such a case: a stage map smaller than the grid at the traced size keeps the
+map size (symbolic), a larger one keeps the constant grid, and the file is exact while every stage stays
+on its traced side (or equals the grid). Traced at the default 224 px, tic_tiny is exact for inputs whose
+last stage is at least 4 px (about 97 px and up); traced at 64 px, at 64 to 128 px (the last stage at 2
+to 4 px; tested). :func:`verify_onnx` is the judge: it runs onnxruntime at given sizes.
+
+Cost: the model is traced with symbolic sizes three times (``torch.export``, ``run_decompositions``, the
+ONNX exporter's own decomposition pass), then onnxscript optimises the graph; the symbolic arithmetic of
+the gather tables and pool matrices dominates, and takes minutes for tic_tiny on 2 CPU cores.
 """
 
 from __future__ import annotations
