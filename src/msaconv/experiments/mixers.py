@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timing-batch", type=int, default=128, help="batch of the timing pass (default %(default)s)")
     p.add_argument("--timing-runs", type=int, default=5, help="timed calls per model (default %(default)s)")
     p.add_argument("--timing-threads", type=int, default=1, help="torch threads of the timing pass (default %(default)s)")
+    p.add_argument("--no-timing", action="store_true",
+                   help="skip the timing pass (e.g. when adding seeds: the earlier pass's records stay the peers)")
 
 
 def selected(args: argparse.Namespace) -> list[str]:
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> Path:
     C.run_jobs(jobs, args.workers, lambda rec: C.append(out, [{**stamp, "kind": "train", **rec}]))
     # the timing pass: peers one after another in this process
     batch, runs = (16, 2) if args.smoke else (args.timing_batch, args.timing_runs)
-    for j in [j for j in jobs if j["seed"] == 0]:
+    for j in [j for j in jobs if j["seed"] == 0 and not args.no_timing]:
         try:
             t = timing(j["model"], j["model_kwargs"], batch, runs, args.timing_threads, budget.img_size)
         except Exception as e:  # noqa: BLE001 - recorded
@@ -198,13 +200,13 @@ def render(records: list[dict], figdir: Path) -> str:
     if trains:
         b = trains[-1]["budget"]
         tim = next((r for r in records if r.get("kind") == "timing" and "timing_batch" in r), {})
-        seeds = max(r["seeds"] for r in rows)
+        seeds = min(r["seeds"] for r in rows if not r["error"])
         parts.append(
             f"Every mixer in `hier_nano_<mixer>` (tic_nano's body), parameters matched to tic_nano's "
             f"({rows[0]['target'] / 1e6:.3f}M) by the MLP ratio (the only width that changes; the count is linear "
             f"in it, two probes solve for it; column 'MLP ratio'). Same budget for all: {b['limit_train'] or 'all'} "
             f"training images x {b['epochs']} epochs, batch {b['batch_size']}, tic_nano's recipe scaled down; "
-            f"top-1 on {trains[-1]['val_images']} test images at {b['img_size']} px. **{seeds} seed(s)** per model"
+            f"top-1 on {trains[-1]['val_images']} test images at {b['img_size']} px. **{seeds} seed(s)** per model at least (column 'seeds')"
             + (" (time did not allow more: differences of about a point are within seed noise; see the ablation's "
                "spread for the size of that noise)." if seeds == 1 else ".")
             + f" GMACs per 32 px image from `msaconv.models.count_flops`. Images/s: 'loop' is the training loop's "
@@ -216,15 +218,16 @@ def render(records: list[dict], figdir: Path) -> str:
         table = []
         for r in sorted(rows, key=lambda r: -(r["top1"]["mean"] if r["top1"]["n"] else -1)):
             if r["error"]:
-                table.append([r["config"], f"failed: {r['error']}", "", "", "", "", "", "", ""])
+                table.append([r["config"], f"failed: {r['error']}", "", "", "", "", "", "", "", ""])
                 continue
             rel = (f"{r['infer_img_s'] / ref['infer_img_s']:.2f}x" if ref and ref.get("infer_img_s") and r.get("infer_img_s")
                    else "-")
-            table.append([r["config"], C.fmt(r["top1"]["mean"]), C.fmt(r["top5"]["mean"]), f"{r['params'] / 1e6:.3f}",
+            top1 = C.fmt(r["top1"]["mean"]) + (f" ± {r['top1']['std']:.2f}" if r["seeds"] > 1 else "")
+            table.append([r["config"], top1, r["seeds"], C.fmt(r["top5"]["mean"]), f"{r['params'] / 1e6:.3f}",
                           C.fmt(r["mlp_ratio"], 3), C.fmt(r["gmacs"] * 1e3 if r["gmacs"] is not None else None, 1),
                           C.fmt(r["loop_img_s"]["mean"], 0), C.fmt(r["infer_img_s"], 0) + f" ({rel})",
                           C.fmt(r["train_img_s"], 0)])
-        parts.append(C.md_table(["mixer", "top-1 %", "top-5 %", "params (M)", "MLP ratio", "MMACs", "loop img/s",
+        parts.append(C.md_table(["mixer", "top-1 % (mean ± std over seeds)", "seeds", "top-5 %", "params (M)", "MLP ratio", "MMACs", "loop img/s",
                                  "infer img/s (vs tic_nano)", "train-step img/s"], table))
         from ..layers import list_token_mixers
 
