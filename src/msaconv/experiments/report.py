@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build(results: Path, output: Path) -> tuple[str, list[str], list[str]]:
     """(markdown, rendered experiment names, missing experiment names); PNGs go beside each records file."""
     results, output = Path(results), Path(output)
-    sections, done, missing = [], [], []
+    sections, done, missing, anchors = [], [], [], {}
     for name, module in EXPERIMENTS.items():
         path = results / name / "records.jsonl"
         records = C.read_records(path)
@@ -41,6 +41,8 @@ def build(results: Path, output: Path) -> tuple[str, list[str], list[str]]:
             continue
         figdir = results / name
         text = mod.render(records, figdir)
+        title = next((line[3:] for line in text.splitlines() if line.startswith("## ")), name)
+        anchors[name] = _anchor(title)
         rel = Path(os.path.relpath(figdir.resolve(), output.resolve().parent)).as_posix()
         text = text.replace(f"]({figdir.as_posix()}/", f"]({rel}/")
         records_rel = Path(os.path.relpath(path.resolve(), output.resolve().parent)).as_posix()
@@ -51,20 +53,22 @@ def build(results: Path, output: Path) -> tuple[str, list[str], list[str]]:
             f"`{results.as_posix()}/`; do not edit by hand (rerun the experiments and the report instead). "
             "Each section names the command that produced its records. Dataset: CIFAR-10 (Krizhevsky 2009), "
             "the JPEG copy in `../shared/data/cifar10` / the embedded subset; accuracies are on its 10,000 test "
-            "images and are not comparable with published CIFAR-10 numbers.", ""]
+            "images or a fixed subset of them (each section gives the count) and are not comparable with "
+            "published CIFAR-10 numbers.", ""]
     if missing:
         head.append("Not run yet (no records): " + ", ".join(f"`{m}` (`msaconv experiment {m}`)" for m in missing) + ".")
         head.append("")
     if done:
-        head.append("Sections: " + ", ".join(f"[{n}](#{_anchor(n)})" for n in done) + ".")
+        head.append("Sections: " + ", ".join(f"[{n}](#{anchors.get(n, n)})" for n in done) + ".")
         head.append("")
     return "\n".join(head) + "\n" + "\n".join(sections), done, missing
 
 
-def _anchor(name: str) -> str:
-    return {"ablation": "ablation-msa-conv-variants-of-tic_nano", "mixers": "mixers-the-zoo-in-one-backbone",
-            "resolution": "resolution-unchanged-weights-at-other-image-sizes",
-            "erf": "erf-effective-receptive-field-and-attention-distance"}.get(name, name)
+def _anchor(title: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (but - and _), spaces to hyphens."""
+    import re
+
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
 
 
 def run(args: argparse.Namespace) -> Path:
