@@ -63,7 +63,9 @@ def test_onnx_msa_conv2d_all_borders_dynamic_hw(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size,shapes", [
     ("tic_nano", 32, [(1, 3, 32, 32), (3, 3, 28, 30), (2, 3, 25, 32)]),
-    ("tic_tiny", 64, [(1, 3, 64, 64), (2, 3, 96, 128), (1, 3, 128, 96)]),
+    # tic_tiny's export takes ~14 CPU-minutes here (symbolic tracing, see msaconv/export/onnx.py): too long
+    # for the README's test command, so it is `heavy` and runs in its own CI stage
+    pytest.param("tic_tiny", 64, [(1, 3, 64, 64), (2, 3, 96, 128), (1, 3, 128, 96)], marks=pytest.mark.heavy),
 ])
 def test_onnx_tic_round_trip(tmp_path, name, size, shapes):
     torch.manual_seed(0)
