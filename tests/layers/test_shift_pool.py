@@ -152,3 +152,23 @@ def test_kv_shift_needs_two_heads():
         MSAttention2d(8, num_heads=1, shift="kv")
     MSAttention2d(8, num_heads=1, shift=dict(mode="kv", local=0))  # every head shifted: allowed
     MSAttention2d(8, num_heads=1, shift="input")
+
+
+@pytest.mark.parametrize("shape,dim,shift", [
+    ((3, 8, 5, 6, 7), 1, CyclicShift()),  # k or v [B, heads, D, H, W]
+    ((2, 9, 5, 4), 1, CyclicShift(mode="input", directions=8, fraction=0.25)),  # x [B, C, H, W]
+    ((2, 4, 3, 1, 9), 1, CyclicShift(local=0.0)),
+])
+def test_eager_permutation_equals_the_rolls_forward_and_backward(shape, dim, shift):
+    """roll_groups' cached-permutation gather (eager) and its roll-and-concatenate form (traced) agree
+    exactly, on a non-contiguous input too, and so do their gradients."""
+    from msaconv.layers.shift_pool import _roll_groups_by_parts, roll_groups
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=g, dtype=torch.float64)
+    t = base.transpose(-1, -2).requires_grad_()  # a strided view, as the q/k/v of a projection are
+    bounds, offsets = shift.groups(shape[dim]), shift.offsets(shape[-2], shape[-1])
+    fast, slow = roll_groups(t, dim, bounds, offsets), _roll_groups_by_parts(t, dim, bounds, offsets)
+    assert torch.equal(fast, slow)
+    up = torch.randn(fast.shape, generator=g, dtype=torch.float64)
+    assert torch.equal(torch.autograd.grad(fast, t, up)[0], torch.autograd.grad(slow, t, up)[0])
