@@ -63,7 +63,7 @@ def choose_op_backend(pb: Problem, backend: str) -> _backends.Backend:
         return be
     reasons = []
     for name, be in _backends.BACKENDS.items():
-        reason = be.can_run(pb) if has_explicit_backward(be) else "autograd-only backend"
+        reason = _backends.auto_reason(be, pb) if has_explicit_backward(be) else "autograd-only backend"
         if reason is None:
             return be
         reasons.append(f"{name}: {reason}")

@@ -38,7 +38,7 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = _FN) -> _backends
         return table[backend]
     reasons = []
     for name, be in table.items():
-        reason = be.can_run(pb)
+        reason = _backends.auto_reason(be, pb)
         if reason is None:
             return be
         reasons.append(f"{name}: {reason}")

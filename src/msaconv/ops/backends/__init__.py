@@ -17,7 +17,12 @@ Optionally, a backend that computes its own gradients also has
 Such backends run inside the ``msaconv::msa_conv2d`` custom op (:mod:`msaconv.ops.library`), which is what
 ``torch.compile`` sees; ``backend=None`` picks among them. The others (``reference``) are called directly.
 
-``BACKENDS`` lists them in order of preference: ``backend=None`` takes the first that can run.
+A backend may also have ``declines(problem) -> None | reason``: ``backend=None`` passes over it where
+it gives a reason (it runs there when named, but another backend is faster), as ``dense`` does on
+maps of more than 16 pixels.
+
+``BACKENDS`` lists them in order of preference: ``backend=None`` takes the first that can run and does
+not decline.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Protocol
 import torch
 
 from .._checks import Problem
-from . import cpu, portable, reference
+from . import cpu, dense, portable, reference
 
 
 class Backend(Protocol):
@@ -41,6 +46,7 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, Backend] = {
+    "dense": dense.BACKEND,
     "cpu": cpu.BACKEND,
     "portable": portable.BACKEND,
     "reference": reference.BACKEND,
@@ -59,3 +65,10 @@ def register_backend(backend: Backend, first: bool = False) -> None:
 def backend_reasons(pb: Problem) -> dict[str, str | None]:
     """Every backend's answer to ``can_run`` for this problem (None means it can run)."""
     return {name: be.can_run(pb) for name, be in BACKENDS.items()}
+
+
+def auto_reason(be: Backend, pb: Problem) -> str | None:
+    """Why ``backend=None`` passes over ``be`` for this problem (it cannot run it, or declines it), or None."""
+    reason = be.can_run(pb)
+    declines = getattr(be, "declines", None)
+    return declines(pb) if reason is None and declines is not None else reason
