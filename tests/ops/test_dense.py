@@ -108,3 +108,37 @@ def test_runs_inside_the_custom_op_by_automatic_choice():
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("border", ["zeros", "mask", "circular", "clamp"])
+def test_a_key_outside_the_window_with_a_huge_logit_changes_nothing(border):
+    """Dense logits cover the whole map: a key no window slot reaches may sit 1e4 above the window's
+    largest logit (trained weights do that). Its weight must stay exactly 0, not exp(overflow) * 0 = NaN."""
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 5, 5, 4, generator=g, dtype=torch.float32) for _ in range(3))
+    k[:, :, 4, 4] = q[:, :, 0, 0] * 1e4  # far from query (0, 0)'s 3x3 window, huge logit for it
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    outs = []
+    for backend in ("dense", "reference"):
+        out = msa_conv2d(q, k, v, 3, border=border, backend=backend)
+        outs.append((out, torch.autograd.grad(out.sum(), (q, k, v))))
+    assert torch.isfinite(outs[0][0]).all()
+    torch.testing.assert_close(outs[0][0][:, :, 0, 0], outs[1][0][:, :, 0, 0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert torch.isfinite(a).all()
+
+
+def test_all_window_logits_far_below_zero_stay_finite():
+    """Under 'zeros', a row with every slot inside and logits ~-200 (m = -200) must not overflow the
+    zero-key term exp(-m) of the rows that have no zero keys."""
+    u = torch.ones(4)
+    k = (u + 0.01 * torch.randn(1, 2, 5, 5, 4, generator=torch.Generator().manual_seed(2))).requires_grad_()
+    q = (-100 * u).expand(1, 2, 5, 5, 4).clone().requires_grad_()
+    v = torch.randn(1, 2, 5, 5, 4, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    outs = []
+    for backend in ("dense", "reference"):
+        out = msa_conv2d(q, k, v, 3, backend=backend)
+        outs.append((out, torch.autograd.grad(out.sum(), (q, k, v))))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -38,7 +38,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 #: exponents are clamped here from below: ``exp`` of far-negative floats leaves ATen's vector path (up to
-#: 10x slower) and ``exp(-80) ~ 2e-35`` is nothing next to the row's largest weight, 1.
+#: 10x slower) and ``exp(-80) ~ 2e-35`` is nothing next to the row's largest weight, 1. (From above at 0.)
 _EXP_FLOOR = -80.0
 
 
@@ -93,8 +93,10 @@ class _Plane:
     def weights(self, s: Tensor, e: Tensor | None, m: Tensor) -> tuple[Tensor, Tensor | None]:
         """``count * exp(s - m)`` and ``exp(e - m)`` for row offsets ``m [BH, P]`` (in place on s, e)."""
         m = m.unsqueeze(-1)
-        a = s.sub_(m).clamp_min_(_EXP_FLOOR).exp_().mul_(self.count)
-        return a, None if e is None else e.sub_(m).clamp_min_(_EXP_FLOOR).exp_()
+        # ``m`` bounds the logits of the window's keys only: a key outside the window may lie far above it,
+        # and exp would overflow to inf (inf * count 0 = NaN); the cap at 0 is exact for every counted key
+        a = s.sub_(m).clamp_(_EXP_FLOOR, 0.0).exp_().mul_(self.count)
+        return a, None if e is None else e.sub_(m).clamp_(_EXP_FLOOR, 0.0).exp_()
 
 
 def _finite_or_zero(t: Tensor) -> Tensor:
@@ -115,7 +117,7 @@ def _forward(pl: _Plane) -> tuple[Tensor, Tensor]:
     if ae is not None:
         denom += ae.sum(-1)
     if pl.outside is not None:
-        denom += pl.outside * m.neg().clamp_min(_EXP_FLOOR).exp()
+        denom += pl.outside * m.neg().clamp_(_EXP_FLOOR, 0.0).exp()  # exact where outside > 0 (then m >= 0)
     lse = m + denom.log()  # -inf for a row without any key
     inv = denom.reciprocal().nan_to_num_(posinf=0.0).unsqueeze(-1)  # such a row's weights stay 0
     a.mul_(inv)
