@@ -127,9 +127,21 @@ def batches(split: Split, order: torch.Tensor, batch_size: int, cfg: TrainConfig
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    from ..models import create_model
+    return create_from_config(cfg.model, num_classes, cfg.model_kwargs)
 
-    return create_model(cfg.model, num_classes=num_classes, **model_kwargs(cfg.model_kwargs))
+
+def create_from_config(name: str, num_classes: int | None, kw: dict) -> torch.nn.Module:
+    """``create_model(name, num_classes=..., **kw)``, except that a ``null`` of the config reaches the model
+    config as None (``model_kwargs.shift=null`` turns MDCSM off, ``layer_scale_init: null`` removes layer
+    scale) where create_model, by timm's rule, would drop it and keep the default."""
+    from ..models import create_model, model_entrypoint
+
+    kwargs = model_kwargs(kw)
+    if not any(v is None for v in kwargs.values()):
+        return create_model(name, num_classes=num_classes, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return model_entrypoint(name)(**kwargs)
 
 
 def model_kwargs(kw: dict) -> dict:

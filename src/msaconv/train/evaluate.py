@@ -34,11 +34,9 @@ def load_model_from_checkpoint(path: str, model: str | None = None, sets: list[s
     if num_classes is None:
         head = [v for k, v in weights.items() if k.endswith("weight") and v.ndim == 2]
         num_classes = head[-1].shape[0] if head else 1000
-    from ..models import create_model
+    from .engine import create_from_config
 
-    from .engine import model_kwargs
-
-    m = create_model(name, num_classes=num_classes, **model_kwargs(kwargs))
+    m = create_from_config(name, num_classes, kwargs)
     missing, unexpected = m.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"--checkpoint: {path!r} does not fit {name} (missing {list(missing)[:4]}, unexpected "
