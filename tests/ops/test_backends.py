@@ -74,7 +74,8 @@ def test_dropout_draws_the_same_mask_as_the_reference(case, backend):
 
 @pytest.mark.parametrize("backend", ["reference", *FAST])
 def test_output_is_contiguous_in_the_requested_layout(backend):
-    case = CASES[3]
+    case = CASES[3] if CASES[3].height * CASES[3].width <= 1024 else CASES[1]  # one that 'dense' runs too
+    assert case.height * case.width <= 1024
     for layout in ("bhwd", "bhdhw"):
         q, k, v, ek, ev = case.tensors(torch.float64, requires_grad=False, layout=layout)
         from msaconv.ops import msa_conv2d

@@ -41,10 +41,10 @@ def test_declining_gives_the_reason_and_naming_it_still_runs():
 
 
 def test_refuses_maps_too_large_for_dense_logits():
-    big = _problem(65, 64)
-    assert "more than 4096" in dense.BACKEND.can_run(big)
-    q = torch.zeros(1, 1, 65, 64, 2)
-    with pytest.raises(ValueError, match=r"backend 'dense' cannot run this call: the map has 4160 keys"):
+    big = _problem(33, 32)
+    assert "more than 1024" in dense.BACKEND.can_run(big)
+    q = torch.zeros(1, 1, 33, 32, 2)
+    with pytest.raises(ValueError, match=r"backend 'dense' cannot run this call: the map has 1056 keys"):
         msa_conv2d(q, q, q, 3, backend="dense")
 
 
@@ -142,3 +142,16 @@ def test_all_window_logits_far_below_zero_stay_finite():
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_runs_under_bf16_autocast():
+    """Inside a bf16 autocast region (the recipes' amp=bf16) the products keep the compute dtype."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 2, 8, 4, 4, generator=g, requires_grad=True) for _ in range(3))
+    ek, ev = (torch.randn(2, 2, 3, 8, generator=g, requires_grad=True) for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = msa_conv2d(q, k, v, 3, extra_k=ek, extra_v=ev, layout="bhdhw", backend="dense")
+    want = msa_conv2d(q, k, v, 3, extra_k=ek, extra_v=ev, layout="bhdhw", backend="reference")
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v, ek, ev))

@@ -30,7 +30,7 @@ from .._checks import Problem
 #: but 6x6 in 1.3; on a 2x2 map the two are even (a batched GEMM of 2x2 tiles is all overhead).
 MIN_KEYS, MAX_KEYS = 9, 25
 #: ``backend='dense'`` runs maps of at most this many keys (the ``[P, N]`` logits per plane grow as ``N**2``).
-FORCED_MAX_KEYS = 4096
+FORCED_MAX_KEYS = 1024
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -145,6 +145,11 @@ def _backward(pl: _Plane, dout: Tensor, out: Tensor, lse: Tensor):
     return dqs, dk, dv, dek, dev
 
 
+def _no_autocast(t: Tensor) -> torch.autocast:
+    """The products run in the compute dtype chosen here, not in an enclosing autocast's (bf16 training)."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
 class _DenseFn(torch.autograd.Function):
     """Autograd for direct calls of :meth:`DenseBackend.forward` (the custom op has its own)."""
 
@@ -184,7 +189,7 @@ class DenseBackend:
 
     def forward_with_stats(self, q, k, v, extra_k, extra_v, pb: Problem) -> tuple[Tensor, Tensor]:
         """``(out [B,h,D,Ho,Wo] in q's dtype, lse [B,h,Ho,Wo] in the compute dtype)``; not differentiable."""
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(q):
             pl = _Plane(q, k, v, extra_k, extra_v, pb)
             out, lse = _forward(pl)
         B, h, D, _, _ = pl.shape
@@ -192,7 +197,7 @@ class DenseBackend:
 
     def backward(self, dout, q, k, v, extra_k, extra_v, out, lse, pb: Problem):
         """Gradients ``(dq, dk, dv, d_extra_k | None, d_extra_v | None)`` from the saved ``out`` and ``lse``."""
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(q):
             pl = _Plane(q, k, v, extra_k, extra_v, pb)
             B, h, D, H, W = pl.shape
             P = pl.Ho * pl.Wo
