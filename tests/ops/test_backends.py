@@ -82,3 +82,17 @@ def test_output_is_contiguous_in_the_requested_layout(backend):
 
         out = msa_conv2d(q, k, v, extra_k=ek, extra_v=ev, backend=backend, layout=layout, **case.kwargs())
         assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", [n for n in FAST if callable(getattr(backends.BACKENDS[n], "backward", None))])
+def test_direct_forward_of_explicit_backward_backends_passes_gradcheck(backend):
+    """``BACKEND.forward`` outside the custom op (shared StatsBackwardFn autograd) has correct gradients."""
+    be = backends.BACKENDS[backend]
+    g = torch.Generator().manual_seed(9)
+    shape = (1, 2, 3, 4, 5) if be.layout == "bhdhw" else (1, 2, 4, 5, 3)  # its native layout, head_dim 3
+    q, k, v = (torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ek, ev = (torch.randn(1, 2, 2, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    pb = check_msa_conv2d("t", q, k, v, 3, 1, (1, 2), "zeros", None, ek, ev, be.layout)
+    if be.can_run(pb) is not None:
+        pytest.skip(be.can_run(pb))
+    assert torch.autograd.gradcheck(lambda *a: be.forward(*a, pb), (q, k, v, ek, ev))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import Problem
+from ._autograd import StatsBackwardFn
 from . import _build
 
 _BORDER_CODE = {"zeros": 0, "mask": 1, "clamp": 2, "circular": 3}  # enum Border of the C++ file
@@ -40,22 +41,6 @@ def _args(pb: Problem) -> tuple:
     w = pb.window
     return (w.kernel[0], w.kernel[1], w.dilation[0], w.dilation[1], w.stride[0], w.stride[1],
             _BORDER_CODE[w.border], float(pb.scale))
-
-
-class _CpuFn(torch.autograd.Function):
-    """Autograd for direct calls of :meth:`CpuBackend.forward` (the custom op has its own)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, extra_k, extra_v, pb):
-        out, lse = BACKEND.forward_with_stats(q, k, v, extra_k, extra_v, pb)
-        ctx.pb = pb
-        ctx.save_for_backward(q, k, v, extra_k, extra_v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, extra_k, extra_v, out, lse = ctx.saved_tensors
-        return (*BACKEND.backward(dout, q, k, v, extra_k, extra_v, out, lse, ctx.pb), None)
 
 
 def _prepare(pb: Problem, extra_k, extra_v):
@@ -101,7 +86,7 @@ class CpuBackend:
         return cast(dq), cast(dk), cast(dv), dek, dev
 
     def forward(self, q, k, v, extra_k, extra_v, pb: Problem):
-        return _CpuFn.apply(q, k, v, extra_k, extra_v, pb)
+        return StatsBackwardFn.apply(self, q, k, v, extra_k, extra_v, pb)
 
     def info(self) -> str:
         """What the kernels were built for (vector width), or why they are unavailable."""

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .. import shapes
 from .._checks import Problem
+from ._autograd import StatsBackwardFn
 
 #: ``backend=None`` picks this backend for maps of ``MIN_KEYS`` to ``MAX_KEYS`` keys (``H*W``): measured
 #: against the fused kernel (training step, 2 cores) it runs a 4x4 map in 0.55-0.9 of the time, 5x5 in 0.8,
@@ -150,22 +151,6 @@ def _no_autocast(t: Tensor) -> torch.autocast:
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
-class _DenseFn(torch.autograd.Function):
-    """Autograd for direct calls of :meth:`DenseBackend.forward` (the custom op has its own)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, extra_k, extra_v, pb):
-        out, lse = BACKEND.forward_with_stats(q, k, v, extra_k, extra_v, pb)
-        ctx.pb = pb
-        ctx.save_for_backward(q, k, v, extra_k, extra_v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, extra_k, extra_v, out, lse = ctx.saved_tensors
-        return (*BACKEND.backward(dout, q, k, v, extra_k, extra_v, out, lse, ctx.pb), None)
-
-
 class DenseBackend:
     name = "dense"
     layout = "bhdhw"
@@ -215,7 +200,7 @@ class DenseBackend:
         return (*res, dek.view(extra_k.shape).to(dt), dev.view(extra_v.shape).to(dt))
 
     def forward(self, q, k, v, extra_k, extra_v, pb: Problem):
-        return _DenseFn.apply(q, k, v, extra_k, extra_v, pb)
+        return StatsBackwardFn.apply(self, q, k, v, extra_k, extra_v, pb)
 
 
 BACKEND = DenseBackend()
