@@ -244,3 +244,26 @@ def test_two_fresh_builds_at_once(tmp_path):
     outs = [p.communicate(timeout=1200)[0].strip() for p in procs]
     assert outs == ["ok", "ok"]
     assert len(list(tmp_path.rglob("*.so"))) == 1
+
+
+def test_prepare_builds_now_or_says_why(no_toolchain):
+    from msaconv.ops import prepare
+
+    assert "no C++ compiler" in prepare()
+    assert prepare(background=True) is None  # the outcome is already known: nothing to start
+
+
+def test_prepare_in_background_then_ready():
+    from msaconv.ops import prepare
+
+    saved = dict(_build._state)
+    _build.reset()
+    try:
+        assert prepare(background=True) is None
+        reason = prepare()  # waits for the background build (the module lock), then reports
+        assert reason is None or isinstance(reason, str)
+        assert reason == cpu.BACKEND.can_run(check_msa_conv2d("t", *(torch.zeros(1, 1, 4, 4, 2),) * 3, 3, 1, 1,
+                                                              "zeros", None, None, None, "bhwd"))
+    finally:
+        _build.reset()
+        _build._state.update(saved)

@@ -17,9 +17,26 @@ __all__ = [
     "msa_conv2d",
     "msa_conv2d_weights",
     "output_size",
+    "prepare",
     "split_heads",
     "window_offsets",
 ]
+
+
+def prepare(background: bool = False) -> str | None:
+    """Build (first use: ~40 s, then cached) and load the fused CPU kernels now rather than at the first call.
+
+    Returns None when they are ready, or the reason they cannot run here (``backend=None`` then uses the
+    other backends). ``background=True`` starts the build in a daemon thread and returns None at once, so a
+    compile overlaps other start-up work (``msaconv train`` loads its data meanwhile); the first call of the
+    operator then waits for it.
+    """
+    from .backends import _build
+
+    if background:
+        _build.build_in_background()
+        return None
+    return _build.extension()[1]
 
 
 def split_heads(x: torch.Tensor, num_heads: int, layout: str = "bhwd") -> torch.Tensor:

@@ -352,9 +352,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
 
     # -- data (a first-use compile of the CPU kernels runs meanwhile, in a thread)
     if torch.device(info.device).type == "cpu":
-        from ..ops.backends._build import build_in_background
+        from ..ops import prepare
 
-        build_in_background()
+        prepare(background=True)
     train_path, val_path = _resolve_paths(cfg)
     t0 = time.perf_counter()
     tr = load_split(cfg, train_path, True, cfg.limit_train, say)
