@@ -207,7 +207,8 @@ def _roll_groups_by_parts(t: torch.Tensor, dim: int, bounds: list[tuple[int, int
     return torch.cat(parts, dim=dim)
 
 
-@functools.lru_cache(maxsize=256)
+# a few entries per model and input size; each holds two int64 tensors of a whole k or v map
+@functools.lru_cache(maxsize=32)
 def _group_roll_permutation(shape: tuple[int, ...], bounds: tuple[tuple[int, int], ...],
                             offsets: tuple[tuple[int, int], ...],
                             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ Such backends run inside the ``msaconv::msa_conv2d`` custom op (:mod:`msaconv.op
 
 A backend may also have ``declines(problem) -> None | reason``: ``backend=None`` passes over it where
 it gives a reason (it runs there when named, but another backend is faster), as ``dense`` does on
-maps of more than 16 pixels.
+maps outside 3x3 to 5x5 (9 to 25 pixels).
 
 ``BACKENDS`` lists them in order of preference: ``backend=None`` takes the first that can run and does
 not decline.

@@ -43,7 +43,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 _EXP_FLOOR = -80.0
 
 
-@functools.lru_cache(maxsize=256)
+# one entry per map size and window: two [P, N] tensors, up to 8 MB each at FORCED_MAX_KEYS in float64
+@functools.lru_cache(maxsize=32)
 def _geometry(height: int, width: int, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int],
               border: str, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(count [P, N], mask [P, N], outside [P] | None)``: how many window slots of query ``p`` land on key
