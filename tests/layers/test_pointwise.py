@@ -35,3 +35,16 @@ def test_is_a_conv2d_and_takes_unbatched_input():
     assert isinstance(pw, nn.Conv2d) and pw.weight.shape == (2, 4, 1, 1)
     x = torch.randn(4, 3, 3)
     torch.testing.assert_close(pw(x), pw(x[None])[0])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_channels_first_matches_conv_and_is_nchw_contiguous(bias):
+    torch.manual_seed(0)
+    pw = Pointwise2d(6, 9, bias=bias, channels_first=True).double()
+    ref = torch.nn.Conv2d(6, 9, 1, bias=bias).double()
+    ref.load_state_dict(pw.state_dict())
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    y = pw(x)
+    assert y.is_contiguous()  # the fused MSA-Conv kernel reads these planes without a copy
+    torch.testing.assert_close(y, ref(x))
+    torch.autograd.gradcheck(pw, (x,))

@@ -19,6 +19,15 @@ from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_
                          shift_heads, shift_input)
 
 
+def _check_shift_heads(cls: str, sh: CyclicShift | None, num_heads: int) -> None:
+    if sh is not None and sh.mode == "kv" and sh.local > 0 and num_heads < 2:
+        raise ValueError(
+            f"{cls}: shift mode 'kv' splits the heads into a local group and shifted groups and needs "
+            f"num_heads >= 2, got num_heads={num_heads}; use more heads, shift='input', or "
+            f"shift=dict(mode='kv', local=0) to shift every head"
+        )
+
+
 class _QKVAttention(nn.Module):
     """1x1 qkv projection + MSA-Conv core, shared by both modules. NCHW in, NCHW (attention output) out.
 
@@ -43,7 +52,7 @@ class _QKVAttention(nn.Module):
         self.backend = backend
         self.shift = shift
         self.inter_pool = inter_pool
-        self.qkv = Pointwise2d(dim, 3 * dim, bias=qkv_bias, device=device, dtype=dtype)
+        self.qkv = Pointwise2d(dim, 3 * dim, bias=qkv_bias, device=device, dtype=dtype, channels_first=True)
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``[B, heads, head_dim, H, W]`` (free views of the projection); MDCSM 'input' rolls x first."""
@@ -116,19 +125,29 @@ class MSAConv2d(nn.Module):
     strided too, a cheaper variant of ours), ``conv_dilation`` (dilation of the trailing convolution;
     None uses ``dilation``, for ``nn.Conv2d``'s output shapes; the authors' layer uses 1) and
     ``backend``.
+
+    TiC's strategies are options here as in :class:`MSAttention2d`: ``shift`` (MDCSM) and ``inter_pool``
+    (IPM) act on the attention's keys and values (or, for ``shift='input'``, on its input) before the
+    trailing convolution; both are off by default (the authors' layer has neither).
+    ``layer_scale_init`` (ours, default None: the authors' layer) multiplies the attention output by a
+    learnable per-channel scale with that initial value (0.0: the layer starts as its plain convolution).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=None, dilation=1,
                  groups: int = 1, bias: bool = False,
                  padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros", num_heads: int = 1,
                  attn_drop: float = 0.0, border: str = "zeros", qkv_bias: bool = True, scale: float | None = None,
-                 attn_stride=1, conv_dilation=None, backend: str | None = None, device=None, dtype=None):
+                 attn_stride=1, conv_dilation=None, backend: str | None = None, shift=None, inter_pool=None,
+                 layer_scale_init: float | None = None, device=None, dtype=None):
         super().__init__()
         cls = "MSAConv2d"
         self.in_channels = check_int(cls, "in_channels", in_channels)
         self.out_channels = check_int(cls, "out_channels", out_channels)
+        sh = resolve_shift(cls, shift)
         self.attn = _QKVAttention(cls, in_channels, num_heads, kernel_size, dilation, attn_stride, border,
-                                  attn_drop, qkv_bias, scale, backend, device, dtype)
+                                  attn_drop, qkv_bias, scale, backend, device, dtype, shift=sh,
+                                  inter_pool=resolve_inter_pool(cls, inter_pool))
+        _check_shift_heads(cls, sh, self.attn.num_heads)
         kh, kw = self.attn.kernel_size
         dh, dw = self.attn.dilation
         cd = pair(cls, "conv_dilation", conv_dilation) if conv_dilation is not None else (dh, dw)
@@ -142,6 +161,11 @@ class MSAConv2d(nn.Module):
             )
         self.conv = nn.Conv2d(in_channels, out_channels, (kh, kw), cstride, padding, cd, groups, bias,
                               padding_mode, device=device, dtype=dtype)
+        self.gamma: nn.Parameter | None = None
+        if layer_scale_init is not None:
+            if isinstance(layer_scale_init, bool) or not isinstance(layer_scale_init, (int, float)):
+                raise ValueError(f"{cls}: layer_scale_init={layer_scale_init!r} must be None or a number, e.g. 0.0")
+            self.gamma = nn.Parameter(torch.full((in_channels,), float(layer_scale_init), device=device, dtype=dtype))
 
     # nn.Conv2d-like read-only attributes
     @property
@@ -199,6 +223,8 @@ class MSAConv2d(nn.Module):
         a = self.attn(x)
         if a.shape[-2:] != x.shape[-2:]:  # attn_stride > 1: the residual is sampled at the queries
             x = x[:, :, ::sh, ::sw]
+        if self.gamma is not None:
+            a = a * self.gamma.view(1, -1, 1, 1)
         return self.conv(x + a)
 
     def extra_repr(self) -> str:
@@ -213,6 +239,10 @@ class MSAConv2d(nn.Module):
             s += f", attn_stride={a.attn_stride}"
         if a.attn_drop:
             s += f", attn_drop={a.attn_drop}"
+        if a.shift is not None:
+            s += f", shift={a.shift}"
+        if a.inter_pool is not None:
+            s += f", inter_pool={a.inter_pool}"
         if self.conv.bias is None:
             s += ", bias=False"
         return s
@@ -247,12 +277,7 @@ class MSAttention2d(nn.Module):
         ip = resolve_inter_pool(cls, inter_pool)
         self.attn = _QKVAttention(cls, dim, num_heads, kernel_size, dilation, stride, border, attn_drop, qkv_bias,
                                   scale, backend, device, dtype, shift=sh, inter_pool=ip)
-        if sh is not None and sh.mode == "kv" and sh.local > 0 and self.attn.num_heads < 2:
-            raise ValueError(
-                f"{cls}: shift mode 'kv' splits the heads into a local group and shifted groups and needs "
-                f"num_heads >= 2, got num_heads={self.attn.num_heads}; use more heads, shift='input', or "
-                f"shift=dict(mode='kv', local=0) to shift every head"
-            )
+        _check_shift_heads(cls, sh, self.attn.num_heads)
         self.proj = Pointwise2d(dim, dim, device=device, dtype=dtype)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
 

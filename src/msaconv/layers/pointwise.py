@@ -16,16 +16,30 @@ from torch import nn
 
 
 class Pointwise2d(nn.Conv2d):
-    """``nn.Conv2d(in_channels, out_channels, 1, bias=bias)`` computed as ``linear`` over channels-last.
+    """``nn.Conv2d(in_channels, out_channels, 1, bias=bias)`` computed as one matrix product.
 
-    The output has channels-last strides (a free view); ops that need NCHW-contiguous memory copy it.
+    ``channels_first=False`` (default): ``linear`` over a channels-last view; the output has channels-last
+    strides (a free view). ``channels_first=True``: ``weight @ x.flatten(2)`` per image, so the output is
+    NCHW-contiguous, which is what a consumer that reads whole ``[C, H, W]`` planes (the fused MSA-Conv
+    kernel reads ``[head_dim, H, W]`` planes of q, k and v) can take without a copy.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 channels_first: bool = False):
         super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
+        self.channels_first = bool(channels_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:  # nn.Conv2d also takes unbatched [C, H, W]
             return super().forward(x)
-        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        w = self.weight.flatten(1)
+        if self.channels_first:
+            B, _, H, W = x.shape
+            # bmm over an expanded (not copied) weight: matmul would fold the batch and transpose back
+            if self.bias is not None:
+                y = torch.baddbmm(self.bias[None, :, None], w.expand(B, -1, -1), x.reshape(B, x.shape[1], H * W))
+            else:
+                y = torch.bmm(w.expand(B, -1, -1), x.reshape(B, x.shape[1], H * W))
+            return y.view(B, w.shape[0], H, W)
+        return F.linear(x.permute(0, 2, 3, 1), w, self.bias).permute(0, 3, 1, 2)
