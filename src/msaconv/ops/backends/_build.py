@@ -2,18 +2,23 @@
 
 The extension is compiled by ``torch.utils.cpp_extension.load`` into torch's extension cache
 (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, torch's own rule) under a name that hashes
-the sources, the flags, torch's and python's versions: a changed source never loads a stale binary.
-An exclusive ``fcntl`` lock around the build serialises concurrent builders (``pytest -n 2``); the
-second process waits, then loads what the first built. Any failure (no compiler, no ninja, a compile
-error) is caught once and kept as the reason the backend cannot run; nothing here raises at import.
+the sources, the flags, torch's and python's versions and what ``-march=native`` resolves to on this CPU
+(:func:`native_target`): a changed source, flag or CPU never loads a stale binary, so a cache shared
+between machines (a home directory on a cluster) never hands an AVX-512 build to an AVX2 node. An
+exclusive ``fcntl`` lock around the build serialises concurrent builders (``pytest -n 2``); the second
+process waits, then loads what the first built. Any failure (no compiler, no ninja, a compile error) is
+caught once and kept as the reason the backend cannot run; nothing here raises at import.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -30,6 +35,33 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}  # "module" or "reason", set once per process
 
 
+NINJA_REASON = ("ninja is not installed, and torch needs it to build the fused CPU kernels: pip install ninja "
+                "(msaconv[train] installs it)")
+
+
+def ninja_available() -> bool:
+    """Whether torch's builder finds ``ninja``. torch runs a bare ``ninja``, so when only the ``ninja`` wheel's
+    copy exists (a venv used without activating it: its ``bin`` is not on PATH) that directory is put on PATH."""
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if is_ninja_available():
+        return True
+    try:
+        import ninja  # the PyPI wheel: its executable lives in ninja.BIN_DIR
+
+        bin_dir = str(ninja.BIN_DIR)
+    except Exception:
+        return False
+    path = os.environ.get("PATH", "")
+    if not os.path.isfile(os.path.join(bin_dir, "ninja")) or bin_dir in path.split(os.pathsep):
+        return False
+    os.environ["PATH"] = bin_dir + os.pathsep + path
+    if is_ninja_available():
+        return True
+    os.environ["PATH"] = path
+    return False
+
+
 def toolchain_reason() -> str | None:
     """Why no C++ extension can be built here (None when a compiler and ninja are found)."""
     if platform.system() == "Windows":
@@ -38,12 +70,53 @@ def toolchain_reason() -> str | None:
     if shutil.which(cxx) is None and shutil.which("g++") is None:
         return f"no C++ compiler found ({cxx!r} or 'g++' on PATH); install g++ to enable it"
     try:
-        from torch.utils.cpp_extension import is_ninja_available
+        import torch.utils.cpp_extension  # noqa: F401
     except ImportError:  # pragma: no cover - very old torch
         return "torch.utils.cpp_extension is unavailable"
-    if not is_ninja_available():
-        return "ninja is not installed (pip install ninja); torch needs it to build C++ extensions"
+    if not ninja_available():
+        return NINJA_REASON
     return None
+
+
+def _output(cmd: list[str]) -> str:
+    """stdout + stderr of a command that succeeded, else ''."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout + r.stderr if r.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=None)
+def native_target() -> str:
+    """What ``-march=native`` means on this CPU, as one line: part of the cache key.
+
+    GCC: the ``-march=`` value and every enabled or valued ``-m`` option of ``-march=native -Q --help=target``;
+    clang: the ``-target-cpu``/``-target-feature`` its driver passes for ``-march=native``; otherwise the CPU's
+    instruction-set flags from ``/proc/cpuinfo``, or the machine name.
+    """
+    cxx = os.environ.get("CXX", "c++")
+    out = _output([cxx, "-march=native", "-Q", "--help=target"])
+    march = re.findall(r"^\s*-march=\s+(\S+)\s*$", out, flags=re.M)
+    if march:
+        opts = []
+        for line in out.splitlines():
+            m = re.match(r"^\s+(-m\S+)\s+(\S.*?)\s*$", line)
+            if m and m.group(2) != "[disabled]":
+                opts.append(m.group(1) if m.group(2) == "[enabled]" else f"{m.group(1)}{m.group(2)}")
+        return "gcc " + " ".join(sorted(set(opts)))
+    out = _output([cxx, "-march=native", "-###", "-x", "c++", "-c", os.devnull, "-o", os.devnull])
+    feats = re.findall(r'"-target-(?:cpu|feature)" "([^"]+)"', out)
+    if feats:
+        return "clang " + " ".join(feats)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return "cpuinfo " + " ".join(sorted(set(line.split(":", 1)[1].split())))
+    except OSError:
+        pass
+    return f"machine {platform.machine()} {platform.processor()}"
 
 
 def _ext_name() -> str:
@@ -53,6 +126,7 @@ def _ext_name() -> str:
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(torch.__version__.encode())
     h.update(sys.version.encode())
+    h.update(native_target().encode())
     return f"msaconv_cpu_{h.hexdigest()[:12]}"
 
 
@@ -78,6 +152,15 @@ def _build() -> ModuleType:
             fcntl.flock(lockf, fcntl.LOCK_UN)
 
 
+def _error_line(msg: str) -> str:
+    """The line of a build error worth a log line: the compiler's first ``error:``, else the first line."""
+    lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if re.search(r"\berror\b:", ln, flags=re.I) and not ln.startswith("Error building extension"):
+            return ln[:300]
+    return lines[0][:300] if lines else ""
+
+
 def extension() -> tuple[ModuleType | None, str | None]:
     """``(module, None)`` once built and loaded, else ``(None, reason)``; tried once per process."""
     if "module" in _state or "reason" in _state:
@@ -89,8 +172,7 @@ def extension() -> tuple[ModuleType | None, str | None]:
                 try:
                     _state["module"] = _build()
                 except Exception as e:  # a compile or load error: keep it as the reason, never crash
-                    msg = str(e).strip().splitlines()
-                    _state["reason"] = f"building the C++ kernels failed ({type(e).__name__}: {msg[-1] if msg else ''})"
+                    _state["reason"] = f"building the C++ kernels failed ({type(e).__name__}: {_error_line(str(e))})"
             else:
                 _state["reason"] = reason
     return _state.get("module"), _state.get("reason")  # type: ignore[return-value]
