@@ -12,6 +12,7 @@ __all__ = [
     "BORDERS",
     "LAYOUTS",
     "available_backends",
+    "backend_report",
     "choose_backend",
     "merge_heads",
     "msa_conv2d",
@@ -37,6 +38,34 @@ def prepare(background: bool = False) -> str | None:
         _build.build_in_background()
         return None
     return _build.extension()[1]
+
+
+def backend_report() -> str:
+    """One line for a log: which backend ``msa_conv2d(backend=None)`` runs on CPU tensors here and, when it is
+    not the fused kernels ('cpu'), why (no ninja, no compiler, a compile error's first line, ...).
+
+    It loads the fused kernels first: it waits for a build in progress (``prepare(background=True)``) and,
+    on first use, builds them (see :func:`prepare`).
+    """
+    from . import backends
+    from ._checks import check_msa_conv2d
+    from .backends import dense
+
+    q = torch.zeros(1, 1, 16, 16, 8)  # a typical map: 256 keys, past the whole-map 'dense' backend's range
+    pb = check_msa_conv2d("backend_report", q, q, q, 3, 1, 1, "zeros", None, None, None, "bhwd")
+    try:
+        chosen = choose_backend(pb, None, "backend_report").name
+    except ValueError as e:
+        return f"msa_conv2d on CPU: no backend can run ({e})"
+    small = (f" ('dense' on maps of {dense.MIN_KEYS} to {dense.MAX_KEYS} pixels)"
+             if "dense" in backends.BACKENDS and chosen != "dense" else "")
+    if chosen == "cpu":
+        return f"msa_conv2d on CPU: backend 'cpu', the fused C++/OpenMP kernels{small}"
+    cpu = backends.BACKENDS.get("cpu")
+    reason = backends.auto_reason(cpu, pb) if cpu is not None else "not registered"
+    why = (f"the fused kernels ('cpu') are unavailable: {reason}" if reason is not None
+           else "registered ahead of the fused kernels ('cpu')")
+    return f"msa_conv2d on CPU: backend {chosen!r}{small}; {why}"
 
 
 def split_heads(x: torch.Tensor, num_heads: int, layout: str = "bhwd") -> torch.Tensor:
