@@ -116,7 +116,7 @@ def test_features_only_shapes_and_reductions(name):
         maps = fmodel(torch.randn(2, 3, h, w))
     assert len(maps) == n == len(fmodel.feature_info)
     assert fmodel.feature_info.channels() == list(base.cfg.dims)
-    assert fmodel.feature_info.reduction() == [base.cfg.stem_stride * 2 ** i for i in range(n)]
+    assert fmodel.feature_info.reduction() == base.cfg.reductions()
     for i, t in enumerate(maps):
         assert t.shape == (2, base.cfg.dims[i]) + _expected_map(base.cfg, h, w, i)
         assert torch.isfinite(t).all()

@@ -19,9 +19,11 @@ def test_top_level_exports():
 
 
 def test_list_models_patterns():
-    assert list_models("tic_*") == ["tic_base", "tic_micro", "tic_nano", "tic_small", "tic_tiny"]
+    assert list_models("tic_*") == ["tic_base", "tic_conv_nano", "tic_conv_tiny", "tic_micro", "tic_nano", "tic_small",
+                                    "tic_tiny"]
     assert list_models(["tic_n*", "vit_*"]) == ["tic_nano", "vit_nano_global"]
-    assert list_models("tic_*", exclude_filters="*_b*") == ["tic_micro", "tic_nano", "tic_small", "tic_tiny"]
+    assert list_models("tic_*", exclude_filters=["*_b*", "*conv*"]) == ["tic_micro", "tic_nano", "tic_small", "tic_tiny"]
+    assert list_models("convnet_*") == ["convnet_nano", "convnet_tiny"]
     # one generic-backbone variant per token mixer of the zoo
     assert {f"hier_nano_{m}" for m in list_token_mixers()} <= set(list_models("hier_nano_*"))
     assert list_models() == sorted(list_models())
@@ -49,9 +51,10 @@ def test_unknown_model_did_you_mean():
     assert is_model("tic_nano") and not is_model("tic_tinny")
 
 
-def test_pretrained_true_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"pretrained=True for 'tic_nano', but msaconv ships no pretrained weights "
-                                         r"and never downloads any; .*checkpoint_path="):
+def test_pretrained_true_without_shipped_weights_is_a_clear_error():
+    assert "tic_nano" not in msaconv.list_pretrained()
+    with pytest.raises(ValueError, match=r"pretrained=True for 'tic_nano', but no weights ship for it and msaconv "
+                                         r"never downloads any; .*list_pretrained\(\).*checkpoint_path="):
         msaconv.create_model("tic_nano", pretrained=True)
 
 

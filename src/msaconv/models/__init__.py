@@ -8,15 +8,19 @@ also registered into timm's registry on import (``timm.create_model("tic_tiny")`
 from __future__ import annotations
 
 from ._builder import FeatureNet, load_checkpoint
-from ._registry import create_model, get_pretrained_cfg, is_model, list_models, model_entrypoint, register_model
+from ._registry import (create_model, get_pretrained_cfg, is_model, list_models, list_pretrained, model_entrypoint,
+                        register_model)
 from .flops import count_flops, count_params
 from .hier import HierConfig, HierNet
 from .tic import TiCConfig
+from .tic_conv import ConvNet, ConvNetConfig
 from ._timm import register_into_timm, timm_status
 
 register_into_timm()
 
 __all__ = [
+    "ConvNet",
+    "ConvNetConfig",
     "FeatureNet",
     "HierConfig",
     "HierNet",
@@ -27,6 +31,7 @@ __all__ = [
     "get_pretrained_cfg",
     "is_model",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
     "model_entrypoint",
     "register_into_timm",

@@ -1,5 +1,6 @@
-"""From an entry point's config and the user's keyword arguments to a model: overrides, checkpoint loading,
-``features_only`` wrapping. No weights ship with msaconv and nothing is ever downloaded."""
+"""From an entry point's config and the user's keyword arguments to a model: overrides, checkpoint loading
+(shipped weights for ``pretrained=True``, checked against their SHA-256), ``features_only`` wrapping.
+Nothing is ever downloaded."""
 
 from __future__ import annotations
 
@@ -150,10 +151,33 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     return model
 
 
+def shipped_weights(variant: str, pcfg: dict) -> str:
+    """The path of the weights that ship inside the package for ``variant`` (``pretrained_cfg['file']``), after
+    checking their SHA-256 against ``pretrained_cfg['sha256']``. Nothing is ever downloaded."""
+    path = pcfg.get("file")
+    if not path:
+        raise ValueError(f"create_model: pretrained=True for {variant!r}, but no weights ship for it and msaconv never "
+                         f"downloads any; use pretrained=False (models with shipped weights: see "
+                         f"msaconv.models.list_pretrained()), or checkpoint_path='my_weights.safetensors'")
+    if not os.path.isfile(path):
+        raise ValueError(f"create_model: the shipped weights of {variant!r} are missing at {path!r}; reinstall msaconv")
+    want = pcfg.get("sha256")
+    if want:
+        import hashlib
+
+        with open(path, "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+        if got != want:
+            raise ValueError(f"create_model: the shipped weights {path!r} of {variant!r} have SHA-256 {got}, not the "
+                             f"recorded {want}; the file is damaged: reinstall msaconv")
+    return path
+
+
 def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs) -> nn.Module:
     """Build ``model_cls(cfg.override(**kwargs))`` for the registered ``variant``.
 
-    Handles: ``pretrained`` (True raises: no weights ship), ``checkpoint_path``, ``features_only`` with
+    Handles: ``pretrained`` (True loads the weights shipped in the package, see :func:`shipped_weights`;
+    a model without them raises), ``checkpoint_path``, ``features_only`` with
     ``out_indices`` (and timm's ``feature_cls`` when timm is installed), ``global_pool`` ('avg' only),
     ``device``/``dtype``, and timm's bookkeeping arguments (``pretrained_cfg`` as a dict, and
     ``pretrained_cfg_overlay``, are merged into the model's ``pretrained_cfg``; ``cache_dir`` is unused
@@ -161,10 +185,6 @@ def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs
     """
     from ._registry import get_pretrained_cfg
 
-    if pretrained:
-        raise ValueError(f"create_model: pretrained=True for {variant!r}, but msaconv ships no pretrained weights and "
-                         f"never downloads any; use pretrained=False, and checkpoint_path='my_weights.safetensors' "
-                         f"to load weights you trained")
     given_cfg = kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
     for k in _TIMM_KWARGS:
@@ -194,6 +214,8 @@ def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs
                 input_size=(cfg.in_chans,) + tuple(pcfg.get("input_size", (3, cfg.img_size, cfg.img_size)))[1:])
     model.pretrained_cfg = model.default_cfg = pcfg
 
+    if pretrained and checkpoint_path is None:
+        load_checkpoint(model, shipped_weights(variant, pcfg))
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
     if features_only:

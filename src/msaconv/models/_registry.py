@@ -78,6 +78,11 @@ def list_models(filter: str | Iterable[str] | None = None, exclude_filters: str 
     return names
 
 
+def list_pretrained(filter: str | Iterable[str] | None = None) -> list[str]:
+    """Sorted names of the models whose weights ship inside the package (``pretrained=True`` loads them)."""
+    return [n for n in list_models(filter) if _PRETRAINED_CFGS[n].get("file")]
+
+
 def is_model(name: str) -> bool:
     return name in _ENTRYPOINTS
 
@@ -105,7 +110,8 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
                  checkpoint_path: str | None = None, **kwargs) -> nn.Module:
     """Build a registered model: ``create_model('tic_tiny', num_classes=10, drop_path_rate=0.1)``.
 
-    ``pretrained=True`` raises (no weights ship, nothing is downloaded); ``checkpoint_path`` loads a
+    ``pretrained=True`` loads the weights shipped in the package (:func:`list_pretrained`; nothing is ever
+    downloaded, a model without shipped weights raises); ``checkpoint_path`` loads a
     .safetensors (or .pt via ``torch.load(weights_only=True)``) state dict; ``features_only=True`` with
     ``out_indices`` returns a feature extractor; every other keyword overrides a field of the model's
     config dataclass (unknown ones get a did-you-mean). As in timm, keywords set to None are dropped.

@@ -1,0 +1,395 @@
+"""TiC read as "Transformer in Convolution": a ConvNet whose convolutions are ``MSAConv2d`` layers.
+
+The authors' only released layer (``MSA_Conv_2d``: 1x1 qkv -> k x k window attention -> + x -> k x k
+convolution) has the signature of ``nn.Conv2d``, so this family takes a plain ConvNet skeleton with
+BatchNorm and puts that layer in place of every convolution but the stem's (attention over 3 RGB
+channels would be meaningless). ``convnet_*`` is the same skeleton with ``nn.Conv2d`` in every place
+(same widths, same recipe): the matched baseline that every claim about the family is compared with.
+
+Skeleton (:class:`ConvNetConfig`): a 3x3 conv stem at full resolution, then one stage per entry of
+``dims``. The first conv of a stage changes the width and is followed by a 2x2 max-pool (the
+``downsample='maxpool'`` default; ``'stride'`` strides that conv instead), then BatchNorm and the
+activation; each further conv of the stage keeps the width (``residual=True`` adds a skip around it).
+Head: global average (or max) pool, optional dropout, linear.
+
+Variants of the abstract ("standard, dilated and depthwise"): ``dilation`` per stage (the attention
+window and the trailing conv dilated alike), ``depthwise`` per stage (a depthwise MSA-Conv, one head per
+channel and a depthwise trailing conv, followed by a 1x1 conv for the change of width; the baseline
+then uses a depthwise-separable conv). MDCSM (``shift``) and IPM (``inter_pool``) are per-stage options
+of every ``MSAConv2d`` of the stage; :meth:`ConvNetConfig.layer_maps` says at which map size each layer
+runs, and :meth:`ConvNetConfig.mechanism_notes` whether a mechanism is alive there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import MSAConv2d
+from ..layers.pointwise import Pointwise2d
+from ..layers.shift_pool import resolve_inter_pool, resolve_shift
+from ..ops._checks import BORDERS, did_you_mean, pair
+from ._blocks import check_image
+from ._builder import build_model, check_out_indices
+from ._registry import register_model
+from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, _err, per_stage
+
+CONVS = ("msa", "plain")
+DOWNSAMPLES = ("maxpool", "stride")
+ACTS = {"gelu": nn.GELU, "relu": nn.ReLU}
+HEAD_POOLS = ("avg", "max")
+
+
+@dataclass
+class ConvNetConfig:
+    """Config of :class:`ConvNet`. Per-stage fields take a tuple (one entry per stage) or one shared value.
+
+    ``conv``: 'msa' (``MSAConv2d``, TiC) or 'plain' (``nn.Conv2d``, the matched baseline); ``stem_width``,
+    ``stem_stride`` (1 for 32 px images, 4 for 224 px: a 7x7 stride-2 conv and a 3x3 max-pool as ResNet's);
+    ``dims``, ``depths`` (convs per stage); ``kernel_size``, ``dilation``, ``depthwise``, ``shift``,
+    ``inter_pool`` (per stage); ``head_dim`` (heads = max(1, in_channels // head_dim) in each MSAConv2d);
+    ``border``, ``qkv_bias``, ``attn_drop``, ``backend``, ``layer_scale_init`` (shared; see ``MSAConv2d``); ``downsample``, ``residual``, ``act``,
+    ``head_pool``, ``drop_rate``; ``in_chans``, ``num_classes``, ``img_size``, ``mean``, ``std``.
+    """
+
+    conv: str = "msa"
+    stem_width: int = 32
+    stem_stride: int = 1
+    dims: tuple[int, ...] = (64, 128, 256)
+    depths: tuple[int, ...] = (2, 2, 2)
+    kernel_size: Any = 3
+    dilation: Any = 1
+    depthwise: Any = False
+    shift: Any = None
+    inter_pool: Any = None
+    head_dim: int = 32
+    border: str = "zeros"
+    qkv_bias: bool = True
+    attn_drop: float = 0.0
+    backend: str | None = None
+    layer_scale_init: float | None = None
+    downsample: str = "maxpool"
+    residual: bool = False
+    act: str = "gelu"
+    head_pool: str = "avg"
+    drop_rate: float = 0.0
+    in_chans: int = 3
+    num_classes: int = 10
+    img_size: int = 32
+    mean: tuple[float, float, float] = CIFAR_MEAN
+    std: tuple[float, float, float] = CIFAR_STD
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.dims)
+
+    def reductions(self) -> list[int]:
+        return [self.stem_stride * 2 ** (i + 1) for i in range(self.num_stages)]
+
+    def min_input_size(self) -> int:
+        return self.reductions()[-1]
+
+    def stage(self, name: str) -> list:
+        return per_stage(self, name, getattr(self, name), self.num_stages)
+
+    def _after_stem(self, img_size: int) -> int:
+        s = img_size
+        for _ in range({1: 0, 2: 1, 4: 2}[self.stem_stride]):
+            s = -(-s // 2)  # stride-2 convs / max-pool with "same" padding round up
+        return s
+
+    def stage_sizes(self, img_size: int) -> list[int]:
+        """Side of each stage's output map for a square ``img_size`` input."""
+        s, out = self._after_stem(img_size), []
+        for _ in self.dims:
+            s = s // 2 if self.downsample == "maxpool" else -(-s // 2)
+            out.append(s)
+        return out
+
+    def layer_maps(self, img_size: int) -> list[list[int]]:
+        """The side of the map each conv of each stage *reads* for a square ``img_size`` input."""
+        s = self._after_stem(img_size)
+        out = []
+        for d in self.depths:
+            first = s
+            s = s // 2 if self.downsample == "maxpool" else -(-s // 2)
+            out.append([first] + [s] * (d - 1))
+        return out
+
+    def mechanism_notes(self, img_size: int) -> list[str]:
+        """For each MSA-Conv layer with MDCSM or IPM on, whether it acts at ``img_size`` (a no-op is named)."""
+        notes = []
+        maps = self.layer_maps(img_size)
+        for i in range(self.num_stages):
+            k = max(a * b for a, b in zip(pair("ConvNetConfig", "kernel_size", self.stage("kernel_size")[i]),
+                                          pair("ConvNetConfig", "dilation", self.stage("dilation")[i])))
+            for j, side in enumerate(maps[i]):
+                if self.stage("shift")[i] is not None:
+                    alive = side > k
+                    notes.append(f"stage {i} conv {j} ({side}x{side}, window {k}): MDCSM "
+                                 + ("rolls keys outside the window" if alive else "is a no-op (window covers the map)"))
+                ip = resolve_inter_pool("ConvNetConfig", self.stage("inter_pool")[i])
+                if ip is not None:
+                    if ip.mode == "grid":
+                        g = pair("InterPool", "grid", ip.grid)
+                        alive = side > max(g)
+                        what = (f"adds {g[0]}x{g[1]} pooled keys" if alive else
+                                "passes the raw map as extra keys (global attention, no pooling)")
+                    else:
+                        alive, what = side > 1, "smooths keys over a 3x3 neighbourhood"
+                    notes.append(f"stage {i} conv {j} ({side}x{side}): IPM {what}")
+        return notes
+
+    def validate(self) -> "ConvNetConfig":
+        n = len(self.dims) if isinstance(self.dims, tuple) else 0
+        if not n or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.dims):
+            raise _err(self, "dims", self.dims, "use a tuple of positive ints, one per stage, e.g. (64, 128, 256)")
+        if not isinstance(self.depths, tuple) or len(self.depths) != n or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.depths):
+            raise _err(self, "depths", self.depths, f"use a tuple of {n} positive ints, e.g. {(2,) * n}")
+        for arg, allowed in (("conv", CONVS), ("downsample", DOWNSAMPLES), ("act", tuple(ACTS)),
+                             ("head_pool", HEAD_POOLS), ("border", BORDERS)):
+            v = getattr(self, arg)
+            if v not in allowed:
+                raise _err(self, arg, v, f"choose one of {allowed}{did_you_mean(str(v), allowed)}")
+        if self.stem_stride not in (1, 2, 4) or isinstance(self.stem_stride, bool):
+            raise _err(self, "stem_stride", self.stem_stride, "use 1 (32 px images), 2 or 4 (224 px images)")
+        for arg in ("kernel_size", "dilation"):
+            for v in self.stage(arg):
+                pair(f"ConvNetConfig.{arg}", arg, v)
+        for v in self.stage("depthwise"):
+            if not isinstance(v, bool):
+                raise _err(self, "depthwise", self.depthwise, "use True/False, or a tuple of them per stage")
+        for v in self.stage("shift"):
+            resolve_shift("ConvNetConfig.shift", v)
+        for v in self.stage("inter_pool"):
+            resolve_inter_pool("ConvNetConfig.inter_pool", v)
+        for arg in ("stem_width", "head_dim", "in_chans", "img_size"):
+            v = getattr(self, arg)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise _err(self, arg, v, "use a positive int")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise _err(self, "num_classes", self.num_classes, "use a positive int, or 0 for pooled features")
+        for arg in ("drop_rate", "attn_drop"):
+            p = getattr(self, arg)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise _err(self, arg, p, "use a probability in [0, 1), e.g. 0.1")
+        return self
+
+    def override(self, **kwargs) -> "ConvNetConfig":
+        """A copy with fields replaced; unknown names get a did-you-mean and the list of fields."""
+        names = [f.name for f in fields(self)]
+        for k in kwargs:
+            if k not in names:
+                raise ValueError(f"{type(self).__name__}: unknown option {k!r};{did_you_mean(k, names)} "
+                                 f"options are {', '.join(names)}")
+        return replace(self, **kwargs)
+
+
+def _conv(cfg: ConvNetConfig, stage: int, cin: int, cout: int, stride: int) -> nn.Module:
+    """One convolution of the skeleton: ``MSAConv2d`` or ``nn.Conv2d``, standard / dilated / depthwise."""
+    k = pair("ConvNetConfig", "kernel_size", cfg.stage("kernel_size")[stage])
+    d = pair("ConvNetConfig", "dilation", cfg.stage("dilation")[stage])
+    pad = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+    dw = cfg.stage("depthwise")[stage]
+    groups, width = (cin, cin) if dw else (1, cout)
+    if cfg.conv == "msa":
+        heads = cin if dw else max(1, cin // cfg.head_dim)
+        op: nn.Module = MSAConv2d(cin, width, k, stride=stride, padding=pad, dilation=d, groups=groups, num_heads=heads,
+                                  border=cfg.border, qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop,
+                                  backend=cfg.backend, shift=cfg.stage("shift")[stage],
+                                  inter_pool=cfg.stage("inter_pool")[stage], layer_scale_init=cfg.layer_scale_init)
+    else:
+        op = nn.Conv2d(cin, width, k, stride, pad, d, groups, bias=False)
+    if dw:
+        return nn.Sequential(op, Pointwise2d(cin, cout, bias=False))
+    return op
+
+
+class ConvUnit(nn.Module):
+    """``conv -> [2x2 max-pool] -> BatchNorm -> activation``, with a skip when the shape is kept and asked for."""
+
+    def __init__(self, conv: nn.Module, cout: int, pool: bool, act: str, residual: bool):
+        super().__init__()
+        self.conv = conv
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.norm = nn.BatchNorm2d(cout)
+        self.act = ACTS[act]()
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.norm(self.pool(self.conv(x))))
+        return x + y if self.residual else y
+
+
+def _stem(cfg: ConvNetConfig) -> nn.Sequential:
+    act = ACTS[cfg.act]
+    if cfg.stem_stride == 1:
+        return nn.Sequential(nn.Conv2d(cfg.in_chans, cfg.stem_width, 3, 1, 1, bias=False),
+                             nn.BatchNorm2d(cfg.stem_width), act())
+    layers: list[nn.Module] = [nn.Conv2d(cfg.in_chans, cfg.stem_width, 7 if cfg.stem_stride == 4 else 3, 2,
+                                         3 if cfg.stem_stride == 4 else 1, bias=False),
+                               nn.BatchNorm2d(cfg.stem_width), act()]
+    if cfg.stem_stride == 4:
+        layers.append(nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(*layers)
+
+
+class ConvNet(nn.Module):
+    """The ConvNet skeleton of :class:`ConvNetConfig`, with timm's model contract (as :class:`HierNet`)."""
+
+    def __init__(self, cfg: ConvNetConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        self.min_input_size = cfg.min_input_size()
+        self.pretrained_cfg: dict = {}
+        self.stem = _stem(cfg)
+        stages, cin = [], cfg.stem_width
+        for i, (w, depth) in enumerate(zip(cfg.dims, cfg.depths)):
+            pool = cfg.downsample == "maxpool"
+            units = [ConvUnit(_conv(cfg, i, cin, w, 1 if pool else 2), w, pool, cfg.act, False)]
+            units += [ConvUnit(_conv(cfg, i, w, w, 1), w, False, cfg.act, cfg.residual) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*units))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = cfg.dims[-1]
+        self.feature_info: list[dict[str, Any]] = [dict(num_chs=w, reduction=r, module=f"stages.{i}")
+                                                   for i, (w, r) in enumerate(zip(cfg.dims, cfg.reductions()))]
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_image(self.pretrained_cfg.get("architecture", type(self).__name__), x, self.in_chans,
+                    self.min_input_size, self.cfg.reductions()[-1])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            for stage in self.stages:
+                x = checkpoint(stage, x, use_reentrant=False)
+            return x
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.amax((2, 3)) if self.cfg.head_pool == "max" else x.mean((2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "avg", "max"):
+            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg', 'max' or None")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"reset_classifier: num_classes must be an int >= 0, got {num_classes!r}")
+        if global_pool is not None:
+            self.cfg = replace(self.cfg, head_pool=global_pool)
+        self.num_classes = num_classes
+        w = next(self.parameters())
+        self.head = (nn.Linear(self.num_features, num_classes).to(device=w.device, dtype=w.dtype)
+                     if num_classes > 0 else nn.Identity())
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = bool(enable)
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Stage outputs at ``indices`` (timm's rule); ``(final_map, maps)`` unless ``intermediates_only``."""
+        if norm:
+            raise ValueError("forward_intermediates: norm=True is not supported, the model has no final norm; "
+                             "use norm=False")
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"forward_intermediates: output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'")
+        take = check_out_indices("forward_intermediates", indices, len(self.stages))
+        self.check_input(x)
+        x = self.stem(x)
+        stages = cast(nn.Sequential, self.stages[: max(take) + 1]) if stop_early or intermediates_only else self.stages
+        out = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                out.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
+        return out if intermediates_only else (x, out)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        take = check_out_indices("prune_intermediate_layers", indices, len(self.stages))
+        last = max(take)
+        if last < len(self.stages) - 1:
+            self.stages = cast(nn.Sequential, self.stages[: last + 1])
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+            self.feature_info = self.feature_info[: last + 1]
+            prune_head = True
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+
+# ---- the family --------------------------------------------------------------------------------------
+
+_TINY: dict[str, Any] = dict(stem_width=64, stem_stride=2, dims=(80, 160, 320, 640), depths=(3, 4, 6, 3),
+                             residual=True, num_classes=1000, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+CONFIGS: dict[str, ConvNetConfig] = {
+    # CIFAR-size (32 px): maps 32 -> 16 -> 8 -> 4; six MSA-Convs after a plain 3x3 stem
+    "tic_conv_nano": ConvNetConfig(conv="msa", dims=(32, 64, 128)),
+    "convnet_nano": ConvNetConfig(conv="plain", dims=(32, 64, 128)),
+    # 224 px, about ResNet-50's parameter count
+    "tic_conv_tiny": ConvNetConfig(conv="msa", **_TINY),
+    "convnet_tiny": ConvNetConfig(conv="plain", **_TINY),
+}
+
+
+def _pretrained_cfg(name: str, cfg: ConvNetConfig) -> dict:
+    s, m = cfg.img_size, cfg.min_input_size()
+    return dict(url="", input_size=(cfg.in_chans, s, s), min_input_size=(cfg.in_chans, m, m), fixed_input_size=False,
+                pool_size=(max(1, s // cfg.reductions()[-1]),) * 2, interpolation="bicubic",
+                crop_pct=1.0 if s <= 96 else 0.875, mean=tuple(cfg.mean), std=tuple(cfg.std),
+                num_classes=cfg.num_classes, first_conv="stem.0", classifier="head", license="apache-2.0",
+                paper_ids="arXiv:2310.04134", description=f"{name}: {'MSA-Conv' if cfg.conv == 'msa' else 'plain conv'} "
+                "ConvNet (configuration ours)")
+
+
+default_cfgs = {name: _pretrained_cfg(name, c) for name, c in CONFIGS.items()}
+
+
+@register_model
+def tic_conv_nano(pretrained: bool = False, **kwargs) -> nn.Module:
+    """TiC as a ConvNet of MSA-Convs, CIFAR-size (32 px); the main job's model."""
+    return build_model(ConvNet, "tic_conv_nano", CONFIGS["tic_conv_nano"], pretrained, **kwargs)
+
+
+@register_model
+def convnet_nano(pretrained: bool = False, **kwargs) -> nn.Module:
+    """tic_conv_nano's skeleton with nn.Conv2d in every place: its matched baseline."""
+    return build_model(ConvNet, "convnet_nano", CONFIGS["convnet_nano"], pretrained, **kwargs)
+
+
+@register_model
+def tic_conv_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
+    """TiC as a ConvNet of MSA-Convs, 224 px, about ResNet-50's size."""
+    return build_model(ConvNet, "tic_conv_tiny", CONFIGS["tic_conv_tiny"], pretrained, **kwargs)
+
+
+@register_model
+def convnet_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
+    """tic_conv_tiny's skeleton with nn.Conv2d in every place: its matched baseline."""
+    return build_model(ConvNet, "convnet_tiny", CONFIGS["convnet_tiny"], pretrained, **kwargs)
