@@ -187,6 +187,7 @@ def test_build_failure_is_a_reason_not_a_crash(monkeypatch):
     def broken_build():
         raise RuntimeError("Error building extension 'msaconv_cpu'\nfatal error: no space left on device")
 
+    monkeypatch.setattr(_build, "toolchain_reason", lambda: None)  # a toolchain is found, the build then fails
     monkeypatch.setattr(_build, "_build", broken_build)
     try:
         module, reason = _build.extension()
@@ -200,17 +201,18 @@ def test_build_failure_is_a_reason_not_a_crash(monkeypatch):
 
 
 def test_missing_ninja_gives_a_reason(monkeypatch):
+    import sys
+
     import torch.utils.cpp_extension as ce
 
+    monkeypatch.setattr(_build.shutil, "which", lambda name, *a, **k: f"/usr/bin/{name}")  # a compiler is found
     monkeypatch.setattr(ce, "is_ninja_available", lambda: False)
-    assert "ninja" in _build.toolchain_reason()
+    monkeypatch.setitem(sys.modules, "ninja", None)  # nor the ninja wheel
+    assert _build.toolchain_reason() == _build.NINJA_REASON and "pip install ninja" in _build.NINJA_REASON
 
 
-def test_extension_cache_name_tracks_the_source():
-    """A changed source or flag must never load a stale binary: the name hashes them."""
-    name = _build._ext_name()
-    assert name.startswith("msaconv_cpu_") and len(name) == len("msaconv_cpu_") + 12
-    assert _build._ext_name() == name
+# A changed source, flag or CPU building anew under its own name: tests/ops/test_build.py (a tiny extension
+# through the same builder, so the check costs seconds, not the kernels' compile).
 
 
 def test_concurrent_builds_are_serialised(tmp_path):
@@ -253,15 +255,37 @@ def test_prepare_builds_now_or_says_why(no_toolchain):
     assert prepare(background=True) is None  # the outcome is already known: nothing to start
 
 
-def test_prepare_in_background_then_ready():
+def test_prepare_in_background_then_ready(monkeypatch):
+    """prepare(background=True) returns at once and builds in its own thread; prepare() then waits for it and
+    reports what a build in the foreground reports."""
+    import threading
+
     from msaconv.ops import prepare
 
     saved = dict(_build._state)
-    _build.reset()
     try:
+        _build.reset()
+        foreground = prepare()
+        _build.reset()
+        threads = []
+        real_extension = _build.extension
+
+        def spy():
+            threads.append(threading.current_thread().name)
+            return real_extension()
+
+        monkeypatch.setattr(_build, "extension", spy)
         assert prepare(background=True) is None
-        reason = prepare()  # waits for the background build (the module lock), then reports
-        assert reason is None or isinstance(reason, str)
+        for t in threading.enumerate():
+            if t.name == "msaconv-build":
+                t.join(timeout=600)
+        assert threads == ["msaconv-build"]  # the build ran in the background thread, before any other call
+        reason = prepare()
+        assert reason == foreground
+        if _build.toolchain_reason() is not None:
+            assert reason == _build.toolchain_reason()  # no toolchain: its reason, nothing built
+        else:
+            assert (reason is None) == (_build.extension()[0] is not None)
         assert reason == cpu.BACKEND.can_run(check_msa_conv2d("t", *(torch.zeros(1, 1, 4, 4, 2),) * 3, 3, 1, 1,
                                                               "zeros", None, None, None, "bhwd"))
     finally:

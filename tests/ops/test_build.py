@@ -1,0 +1,226 @@
+"""The kernel build: its cache key (sources, flags, the CPU), the ninja-less fallback, backend_report, and CI.
+
+The cache-key tests build a tiny Python C extension through the same ``_build._build`` (a few seconds), not the
+real kernels, into a temporary extension cache.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+import pytest
+import torch
+
+from msaconv.ops import backend_report, choose_backend, msa_conv2d, prepare
+from msaconv.ops._checks import check_msa_conv2d
+from msaconv.ops.backends import _build, portable
+
+TINY = """// %s
+#include <Python.h>
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define STR2(a) #a
+#define STR(a) STR2(a)
+static PyObject* answer(PyObject*, PyObject*) { return PyLong_FromLong(%d); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, ""}, {nullptr, nullptr, 0, nullptr}};
+static PyModuleDef module = {PyModuleDef_HEAD_INIT, STR(TORCH_EXTENSION_NAME), nullptr, -1, methods};
+PyMODINIT_FUNC CAT(PyInit_, TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&module); }
+"""
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture
+def saved_state():
+    """Run a test with a fresh build state, then restore this process's (the real kernels stay loaded)."""
+    saved = dict(_build._state)
+    _build.reset()
+    yield
+    _build.reset()
+    _build._state.update(saved)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """``_build`` pointed at a tiny source in a temporary extension cache; ``tiny.write(n)`` rewrites it."""
+    if _build.toolchain_reason() is not None:
+        pytest.skip(f"no toolchain here: {_build.toolchain_reason()}")
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    token = uuid.uuid4().hex  # a name of its own: torch versions a name loaded twice in one process (_v1)
+
+    class Tiny:
+        cache = tmp_path / "cache"
+
+        @staticmethod
+        def write(n: int) -> None:
+            (csrc / "tiny.cpp").write_text(TINY % (token, n))
+
+        @staticmethod
+        def build():
+            """``(module, name, .so path, whether it compiled)``."""
+            name = _build._ext_name()
+            so = Tiny.cache / name / f"{name}.so"
+            before = so.stat().st_mtime_ns if so.exists() else None
+            module = _build._build()
+            assert so.exists()
+            return module, name, so, before != so.stat().st_mtime_ns
+
+    Tiny.write(1)
+    monkeypatch.setattr(_build, "CSRC", csrc)
+    monkeypatch.setattr(_build, "SOURCES", ("tiny.cpp",))
+    monkeypatch.setattr(_build, "CFLAGS", ["-O0", "-march=native"])
+    monkeypatch.setattr(_build, "LDFLAGS", [])
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(Tiny.cache))
+    yield Tiny
+    for name in [n for n in sys.modules if n.startswith("msaconv_cpu_")]:
+        if getattr(sys.modules[name], "__file__", "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+# -------------------------------------------------------------------------------------------- cache key
+
+def test_native_target_is_what_march_native_resolved_to():
+    target = _build.native_target()
+    assert target and "native" not in target
+    if target.startswith("gcc "):  # g++: the resolved -march and the instruction sets it enables
+        march = [t for t in target.split() if t.startswith("-march=")]
+        assert len(march) == 1 and march[0] != "-march="
+
+
+def test_cache_name_changes_with_the_cpu(monkeypatch):
+    name = _build._ext_name()
+    assert name.startswith("msaconv_cpu_") and len(name) == len("msaconv_cpu_") + 12
+    assert _build._ext_name() == name
+    monkeypatch.setattr(_build, "native_target", lambda: "gcc -march=skylake-avx512 -mavx512f")
+    other = _build._ext_name()
+    monkeypatch.setattr(_build, "native_target", lambda: "gcc -march=haswell -mavx2")
+    assert len({name, other, _build._ext_name()}) == 3
+
+
+@pytest.mark.compile
+def test_another_cpu_never_loads_this_cpus_binary(tiny, monkeypatch):
+    """Same key: the cached binary is loaded, not rebuilt. Another CPU: a new name, a new build beside it."""
+    m1, name1, so1, compiled = tiny.build()
+    assert compiled and m1.answer() == 1
+    mtime1 = so1.stat().st_mtime_ns
+
+    m1b, name1b, _, compiled = tiny.build()  # same sources, flags and CPU: the cached build
+    assert name1b == name1 and not compiled and m1b.answer() == 1
+
+    monkeypatch.setattr(_build, "native_target", lambda: "gcc -march=some-other-cpu -mavx512f")
+    m2, name2, so2, compiled = tiny.build()
+    assert name2 != name1 and so2.parent != so1.parent
+    assert compiled and m2.answer() == 1
+    assert so1.stat().st_mtime_ns == mtime1  # the first CPU's binary is left alone
+
+
+@pytest.mark.compile
+def test_a_changed_source_or_flag_never_loads_a_stale_binary(tiny, monkeypatch):
+    """A changed source or flag must never load a stale binary: each is built anew under its own name."""
+    m1, name1, _, compiled = tiny.build()
+    assert compiled and m1.answer() == 1
+
+    tiny.write(2)  # a changed source
+    m2, name2, _, compiled = tiny.build()
+    assert name2 != name1 and compiled and m2.answer() == 2
+
+    monkeypatch.setattr(_build, "CFLAGS", ["-O1", "-march=native"])  # a changed flag, same source
+    m3, name3, _, compiled = tiny.build()
+    assert name3 not in (name1, name2) and compiled and m3.answer() == 2
+
+
+# ------------------------------------------------------------------------------------------------- ninja
+
+@pytest.fixture
+def no_ninja(monkeypatch, saved_state):
+    """A compiler but neither a system ninja nor the ninja wheel: what torch's builder and ``_build`` look for
+    is gone."""
+    import shutil
+
+    import torch.utils.cpp_extension as ce
+
+    which = shutil.which
+    compilers = (os.environ.get("CXX", "c++"), "g++")
+    monkeypatch.setattr(_build.shutil, "which", lambda name, *a, **k: f"/usr/bin/{name}" if name in compilers
+                        else which(name, *a, **k))
+    monkeypatch.setattr(ce, "is_ninja_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "ninja", None)  # `import ninja` raises ImportError
+    yield
+
+
+def test_no_ninja_reason_names_ninja_and_the_fix(no_ninja):
+    reason = prepare()
+    assert reason is not None and reason == _build.NINJA_REASON
+    assert "ninja is not installed" in reason and "pip install ninja" in reason
+
+
+def test_no_ninja_backend_none_runs_the_portable_backend(no_ninja):
+    q, k, v = (torch.randn(2, 2, 9, 11, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    pb = check_msa_conv2d("t", q, k, v, 3, 1, 1, "zeros", None, None, None, "bhwd")
+    assert choose_backend(pb, None) is portable.BACKEND
+    out = msa_conv2d(q, k, v, 3)
+    ref = msa_conv2d(q, k, v, 3, backend="reference")
+    torch.testing.assert_close(out, ref)
+    g = torch.autograd.grad(out.sum(), (q, k, v))
+    g_ref = torch.autograd.grad(ref.sum(), (q, k, v))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_ninja_wheel_is_found_outside_path(monkeypatch, tmp_path):
+    """A venv used without activating it: its ninja is not on PATH, ``_build`` puts the wheel's bin dir there."""
+    ninja = pytest.importorskip("ninja")
+    if not os.path.isfile(os.path.join(ninja.BIN_DIR, "ninja")):
+        pytest.skip("the ninja wheel has no executable here")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ninja, no compiler
+    import torch.utils.cpp_extension as ce
+
+    assert not ce.is_ninja_available()
+    assert _build.ninja_available()
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(ninja.BIN_DIR)
+
+
+# -------------------------------------------------------------------------------------------- the report
+
+def test_backend_report_names_the_fused_kernels_when_they_run():
+    reason = prepare()
+    if reason is not None:
+        pytest.skip(f"cpu backend unavailable here: {reason}")
+    line = backend_report()
+    assert line.startswith("msa_conv2d on CPU: backend 'cpu'") and "\n" not in line
+    assert "unavailable" not in line
+
+
+def test_backend_report_names_the_fallback_and_why(no_ninja):
+    line = backend_report()
+    assert line.startswith("msa_conv2d on CPU: backend 'portable'") and "\n" not in line
+    assert _build.NINJA_REASON in line
+
+
+def test_backend_report_gives_a_compile_errors_line(monkeypatch, saved_state):
+    def broken_build():
+        raise RuntimeError("Error building extension 'msaconv_cpu_x': [1/2] c++ -MMD -c msa_conv_cpu.cpp\n"
+                           "FAILED: msa_conv_cpu.o\nmsa_conv_cpu.cpp:12:5: error: 'foo' was not declared\n"
+                           "ninja: build stopped: subcommand failed.")
+
+    monkeypatch.setattr(_build, "toolchain_reason", lambda: None)
+    monkeypatch.setattr(_build, "_build", broken_build)
+    line = backend_report()
+    assert "backend 'portable'" in line
+    assert "building the C++ kernels failed (RuntimeError: msa_conv_cpu.cpp:12:5: error: 'foo' was not declared)" in line
+
+
+# -------------------------------------------------------------------------------------------------- CI
+
+def test_the_fused_kernels_build_in_ci():
+    """In CI (``CI`` set, as CI services do; .ci/run also checks it after its install) the kernels must build: otherwise several hundred
+    kernel tests would only skip. A user's machine without a compiler skips this test too."""
+    reason = prepare()
+    if reason is not None and not _ci():
+        pytest.skip(f"cpu backend unavailable here (not CI): {reason}")
+    assert reason is None, f"the fused CPU kernels did not build on this CI machine: {reason}"
