@@ -170,6 +170,8 @@ CONFIG_ERRORS = [
     ("axial", dict(mode="parallel"), "unknown mode 'parallel'"),
     ("hilo", dict(alpha=2.0), "alpha must be a number in"),
     ("hilo", dict(window_size=0), "window_size must be an int >= 1"),
+    ("hilo", dict(num_heads=1), r"alpha=0.5 with num_heads=1 gives 0 Lo-Fi .* use num_heads=2"),
+    ("hilo", dict(alpha=0.2), r"alpha=0.2 with num_heads=4 gives 0 Lo-Fi .* use num_heads=8"),
     ("channel", dict(num_heads=5), "not divisible by num_heads=5"),
     ("shsa", dict(partial_dim=40), "partial_dim=40 exceeds dim=16"),
     ("lowtention", dict(stride=0), "stride must be an int >= 1"),

@@ -2,6 +2,9 @@
 
 A token mixer maps ``x [B, C, H, W] -> [B, C, H, W]``. Build one with
 ``get_token_mixer(name, dim, num_heads=..., **options)``; list them with ``list_token_mixers()``.
+Without ``num_heads`` each mixer's factory picks its own default: 1 for most, and for the mixers whose
+structure needs several heads (``hilo``, ``moh``, ``kdgqa``) the smallest head count dividing ``dim``
+that builds every branch, so a default never yields a degenerate mixer.
 Each mixer lives in its own file under :mod:`msaconv.layers.mixers` and registers itself with
 :func:`register_token_mixer`.
 """
@@ -65,9 +68,14 @@ def list_token_mixers() -> list[str]:
     return sorted(TOKEN_MIXERS)
 
 
-def get_token_mixer(name: str, dim: int, num_heads: int = 1, **options) -> nn.Module:
-    """Build the token mixer ``name`` for ``dim`` channels; unknown names get a did-you-mean."""
+def get_token_mixer(name: str, dim: int, num_heads: int | None = None, **options) -> nn.Module:
+    """Build the token mixer ``name`` for ``dim`` channels; unknown names get a did-you-mean.
+
+    ``num_heads=None`` (the default) leaves the choice to the mixer's factory (see the module docstring).
+    """
     _load_all()
     if name not in TOKEN_MIXERS:
         raise unknown_name("get_token_mixer", "token mixer", name, sorted(TOKEN_MIXERS))
+    if num_heads is None:
+        return TOKEN_MIXERS[name](dim, **options)
     return TOKEN_MIXERS[name](dim, num_heads=num_heads, **options)

@@ -84,6 +84,22 @@ def mean_distance(attn: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return (attn * d).sum(-1).mean(-1).mean(0)
 
 
+def default_heads(dim: object, minimum: int) -> int:
+    """A registry default for ``num_heads``: the smallest divisor of ``dim`` that is ``>= minimum``.
+
+    Used by the factories of mixers whose structure needs several heads (HiLo's two branches, MoH's
+    routed heads, KDGQA's groups), so that ``get_token_mixer(name, dim)`` never builds a degenerate one.
+    Falls back to ``dim`` (its largest divisor) when no divisor is that large, and returns 1 for an
+    invalid ``dim`` so that the mixer's own check reports it.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        return 1
+    for h in range(max(1, minimum), dim + 1):
+        if dim % h == 0:
+            return h
+    return dim
+
+
 def isqrt_exact(n: int) -> int | None:
     r = math.isqrt(n)
     return r if r * r == n else None

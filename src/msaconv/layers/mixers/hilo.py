@@ -25,12 +25,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import (check_float, check_heads, check_input, check_int, check_probability, pad_to_multiple,
-                      valid_mask)
+from ._common import (check_float, check_heads, check_input, check_int, check_probability, default_heads,
+                      pad_to_multiple, valid_mask)
+
+
+def both_branch_heads(dim: int, alpha: float) -> int | None:
+    """The smallest ``num_heads`` dividing ``dim`` with at least one Lo-Fi and one Hi-Fi head, or None."""
+    for h in range(2, dim + 1):
+        if dim % h == 0 and 0 < int(h * alpha) < h:
+            return h
+    return None
 
 
 class HiLo2d(nn.Module):
-    """LITv2 HiLo attention on a ``[B, C, H, W]`` map, padded and cropped for any size."""
+    """LITv2 HiLo attention on a ``[B, C, H, W]`` map, padded and cropped for any size.
+
+    Fidelity: LITv2 (Pan et al., NeurIPS'22) compared with the authors' ziplab/LITv2 ``hilo.py``
+    (``HiLo``): matches (the head split ``int(h * alpha)``, window attention, pooled keys, ``ws = 1`` as
+    MHSA, Hi-Fi first); differences kept: any H, W through padding with masked keys and real-pixel means
+    (theirs needs multiples of the window), and a split that silently loses a branch raises here.
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, window_size: int = 2, alpha: float = 0.5,
                  qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0, device=None, dtype=None):
@@ -44,6 +58,14 @@ class HiLo2d(nn.Module):
         self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
         self.l_heads = self.num_heads if self.window_size == 1 else int(self.num_heads * self.alpha)
         self.h_heads = self.num_heads - self.l_heads
+        if self.window_size > 1 and 0.0 < self.alpha < 1.0 and (self.l_heads == 0 or self.h_heads == 0):
+            gone = "Lo-Fi (global)" if self.l_heads == 0 else "Hi-Fi (window)"
+            h = both_branch_heads(dim, self.alpha)
+            fix = f"use num_heads={h}" if h is not None else f"no num_heads dividing dim={dim} gives both branches"
+            raise ValueError(
+                f"{cls}: alpha={alpha} with num_heads={num_heads} gives {self.l_heads} Lo-Fi and {self.h_heads} "
+                f"Hi-Fi heads (int(num_heads * alpha) are Lo-Fi), so the {gone} branch vanishes; {fix}, or pass "
+                f"alpha=0.0 (Hi-Fi only) or alpha=1.0 (Lo-Fi only) to ask for one branch")
         self.l_dim, self.h_dim = self.l_heads * self.head_dim, self.h_heads * self.head_dim
         self.scale = self.head_dim ** -0.5
         dd = {"device": device, "dtype": dtype}
@@ -110,5 +132,13 @@ class HiLo2d(nn.Module):
 
 
 @register_token_mixer("hilo", paper="LITv2 HiLo (Pan et al., NeurIPS'22)")
-def hilo(dim: int, num_heads: int = 1, **options) -> HiLo2d:
+def hilo(dim: int, num_heads: int | None = None, **options) -> HiLo2d:
+    """``num_heads=None``: the smallest head count dividing ``dim`` that gives both branches (2 for an even
+    ``dim`` at ``alpha=0.5``), so that the registry's default is never plain window attention."""
+    if num_heads is None:
+        alpha = options.get("alpha", 0.5)
+        h = None
+        if isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1 and isinstance(alpha, (int, float)):
+            h = both_branch_heads(dim, float(alpha)) if 0.0 < alpha < 1.0 else default_heads(dim, 2)
+        num_heads = h if h is not None else default_heads(dim, 2)
     return HiLo2d(dim, num_heads=num_heads, **options)
