@@ -36,6 +36,7 @@ EXTRA = [
     ("kdgqa+msa_conv", "kdgqa", {"inner": "msa_conv", "kernel_size": 3}),
     ("moh+head_token", "moh", {"head_token": True, "top_k": 2}),
     ("global_gate+sum", "global_gate", {"pooling": "sum"}),
+    ("moh+all_shared", "moh", {"shared_heads": 4}),
 ]
 CASES = [pytest.param(n, FAST.get(n, {}), id=n) for n in list_token_mixers()] + [
     pytest.param(n, o, id=i) for i, n, o in EXTRA
@@ -172,6 +173,8 @@ CONFIG_ERRORS = [
     ("hilo", dict(window_size=0), "window_size must be an int >= 1"),
     ("hilo", dict(num_heads=1), r"alpha=0.5 with num_heads=1 gives 0 Lo-Fi .* use num_heads=2"),
     ("hilo", dict(alpha=0.2), r"alpha=0.2 with num_heads=4 gives 0 Lo-Fi .* use num_heads=8"),
+    ("hilo", dict(num_heads=1), r"alpha=0.5 with num_heads=1 gives 0 Lo-Fi .* use num_heads=2"),
+    ("hilo", dict(alpha=0.2), r"alpha=0.2 with num_heads=4 gives 0 Lo-Fi .* use num_heads=8"),
     ("channel", dict(num_heads=5), "not divisible by num_heads=5"),
     ("shsa", dict(partial_dim=40), "partial_dim=40 exceeds dim=16"),
     ("lowtention", dict(stride=0), "stride must be an int >= 1"),
@@ -180,7 +183,9 @@ CONFIG_ERRORS = [
     ("spectral", dict(size=(0, 4)), "size must be a positive int or a pair"),
     ("spectral", dict(resize="nearest"), "unknown resize 'nearest'"),
     ("moh", dict(top_k=9), "top_k=9 exceeds the 2 routed heads"),
-    ("moh", dict(shared_heads=4), "shared_heads=4 leaves no routed head"),
+    ("moh", dict(shared_heads=3), "shared_heads=3 leaves 1 routed head .* use shared_heads=4"),
+    ("moh", dict(shared_heads=5), "shared_heads=5 exceeds num_heads=4"),
+    ("moh", dict(shared_heads=4, top_k=1), "no routed head to pick"),
     ("moh", dict(inner="halo"), "is not head-structured"),
     ("moh", dict(inner="kdgqa"), "is itself a wrapper"),
     ("kdgqa", dict(kv_heads=3), "kv_heads=3 must divide the inner mixer's num_heads=4"),

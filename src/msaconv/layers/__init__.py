@@ -3,5 +3,7 @@
 from .msa_conv import MSAConv2d, MSAttention2d
 from .pointwise import Pointwise2d
 from .registry import get_token_mixer, list_token_mixers, register_token_mixer
+from .mixers.moh import MOH_LOAD_BALANCE_WEIGHT, auxiliary_losses
 
-__all__ = ["MSAConv2d", "MSAttention2d", "Pointwise2d", "get_token_mixer", "list_token_mixers", "register_token_mixer"]
+__all__ = ["MOH_LOAD_BALANCE_WEIGHT", "MSAConv2d", "MSAttention2d", "Pointwise2d", "auxiliary_losses",
+           "get_token_mixer", "list_token_mixers", "register_token_mixer"]
