@@ -37,6 +37,7 @@ EXTRA = [
     ("moh+head_token", "moh", {"head_token": True, "top_k": 2}),
     ("global_gate+sum", "global_gate", {"pooling": "sum"}),
     ("moh+all_shared", "moh", {"shared_heads": 4}),
+    ("kdgqa+released_cache", "kdgqa", {"mode": "diff", "released_cache": True}),
 ]
 CASES = [pytest.param(n, FAST.get(n, {}), id=n) for n in list_token_mixers()] + [
     pytest.param(n, o, id=i) for i, n, o in EXTRA
@@ -132,12 +133,14 @@ GRADCHECK_OPTS = {
     "msa_conv": {"kernel_size": 3},
     "lowtention": {"kernel_size": 3},
 }
+GRADCHECK_HEADS = {"kdgqa": 4}  # kdgqa needs >= 2 key/value groups (kv_heads = num_heads // 2)
 
 
 @pytest.mark.parametrize("name", list_token_mixers())
 def test_gradcheck_float64(name):
     torch.manual_seed(0)
-    m = get_token_mixer(name, 8, num_heads=2, dtype=torch.float64, **GRADCHECK_OPTS.get(name, {}))
+    m = get_token_mixer(name, 8, num_heads=GRADCHECK_HEADS.get(name, 2), dtype=torch.float64,
+                        **GRADCHECK_OPTS.get(name, {}))
     perturb(m)
     m.eval()
     x = torch.randn(1, 8, 5, 3, dtype=torch.float64, requires_grad=True)
@@ -173,8 +176,6 @@ CONFIG_ERRORS = [
     ("hilo", dict(window_size=0), "window_size must be an int >= 1"),
     ("hilo", dict(num_heads=1), r"alpha=0.5 with num_heads=1 gives 0 Lo-Fi .* use num_heads=2"),
     ("hilo", dict(alpha=0.2), r"alpha=0.2 with num_heads=4 gives 0 Lo-Fi .* use num_heads=8"),
-    ("hilo", dict(num_heads=1), r"alpha=0.5 with num_heads=1 gives 0 Lo-Fi .* use num_heads=2"),
-    ("hilo", dict(alpha=0.2), r"alpha=0.2 with num_heads=4 gives 0 Lo-Fi .* use num_heads=8"),
     ("channel", dict(num_heads=5), "not divisible by num_heads=5"),
     ("shsa", dict(partial_dim=40), "partial_dim=40 exceeds dim=16"),
     ("lowtention", dict(stride=0), "stride must be an int >= 1"),
@@ -190,6 +191,8 @@ CONFIG_ERRORS = [
     ("moh", dict(inner="kdgqa"), "is itself a wrapper"),
     ("kdgqa", dict(kv_heads=3), "kv_heads=3 must divide the inner mixer's num_heads=4"),
     ("kdgqa", dict(mode="pgqa"), "unknown mode 'pgqa'"),
+    ("kdgqa", dict(kv_heads=1), r"kv_heads=1 puts all 4 query heads in one group.* choose kv_heads from \[2, 4\]"),
+    ("kdgqa", dict(num_heads=2), "kv_heads=1 puts all 2 query heads in one group"),
     ("ulsam", dict(num_heads=3), "not divisible by num_heads=3"),
     ("sparse_gsa", dict(num_heads=6), "not divisible by num_heads=6"),
     ("pam", dict(reduction=0), "reduction must be an int >= 1"),

@@ -470,7 +470,8 @@ def test_global_gate_reaches_everywhere_through_the_gate():
 def test_mixers_take_device_and_dtype():
     for name in ("global", "halo", "gpsa", "spectral", "moh", "kdgqa", "glmix", "hilo"):
         kw = {"size": (6, 6)} if name == "spectral" else {}
-        m = get_token_mixer(name, 8, num_heads=2, device="cpu", dtype=torch.float32, **kw)
+        heads = 4 if name == "kdgqa" else 2                                # kdgqa: >= 2 key/value groups
+        m = get_token_mixer(name, 8, num_heads=heads, device="cpu", dtype=torch.float32, **kw)
         assert all(p.dtype == torch.float32 for p in m.parameters())
         assert m(torch.randn(1, 8, 6, 6, dtype=torch.float32)).dtype == torch.float32
 
