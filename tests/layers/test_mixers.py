@@ -36,6 +36,8 @@ EXTRA = [
     ("kdgqa+msa_conv", "kdgqa", {"inner": "msa_conv", "kernel_size": 3}),
     ("moh+head_token", "moh", {"head_token": True, "top_k": 2}),
     ("global_gate+sum", "global_gate", {"pooling": "sum"}),
+    ("lowtention+stride1", "lowtention", {"stride": 1, "kernel_size": 3}),
+    ("lowtention+fused", "lowtention", {"preset": "lowformer_fused"}),
     ("moh+all_shared", "moh", {"shared_heads": 4}),
     ("kdgqa+released_cache", "kdgqa", {"mode": "diff", "released_cache": True}),
 ]
@@ -179,6 +181,8 @@ CONFIG_ERRORS = [
     ("channel", dict(num_heads=5), "not divisible by num_heads=5"),
     ("shsa", dict(partial_dim=40), "partial_dim=40 exceeds dim=16"),
     ("lowtention", dict(stride=0), "stride must be an int >= 1"),
+    ("lowtention", dict(upsampler="bilinear"), "unknown upsampler 'bilinear'"),
+    ("lowtention", dict(preset="b1"), "unknown preset 'b1'"),
     ("glmix", dict(num_slots=10), "num_slots=10 is not a square number"),
     ("glmix", dict(local_kernel=4), "local_kernel must be odd"),
     ("spectral", dict(size=(0, 4)), "size must be a positive int or a pair"),
