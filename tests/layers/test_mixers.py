@@ -40,6 +40,8 @@ EXTRA = [
     ("lowtention+fused", "lowtention", {"preset": "lowformer_fused"}),
     ("moh+all_shared", "moh", {"shared_heads": 4}),
     ("kdgqa+released_cache", "kdgqa", {"mode": "diff", "released_cache": True}),
+    ("ulsam+bn_momentum", "ulsam", {"bn_momentum": 0.9}),
+    ("global_gate+bias_reduction", "global_gate", {"gate_bias": False, "reduction": 1}),
 ]
 CASES = [pytest.param(n, FAST.get(n, {}), id=n) for n in list_token_mixers()] + [
     pytest.param(n, o, id=i) for i, n, o in EXTRA
@@ -198,11 +200,14 @@ CONFIG_ERRORS = [
     ("kdgqa", dict(kv_heads=1), r"kv_heads=1 puts all 4 query heads in one group.* choose kv_heads from \[2, 4\]"),
     ("kdgqa", dict(num_heads=2), "kv_heads=1 puts all 2 query heads in one group"),
     ("ulsam", dict(num_heads=3), "not divisible by num_heads=3"),
+    ("ulsam", dict(bn_momentum=1.5), "bn_momentum must be a number in"),
     ("sparse_gsa", dict(num_heads=6), "not divisible by num_heads=6"),
     ("pam", dict(reduction=0), "reduction must be an int >= 1"),
     ("cam", dict(), None),
     ("global_gate", dict(pooling="max"), "unknown pooling 'max'"),
     ("global_gate", dict(kernel_size=4), "kernel_size must be odd"),
+    ("global_gate", dict(padding_mode="circular"), "unknown padding_mode 'circular'"),
+    ("global_gate", dict(preset="dwformer"), "unknown preset 'dwformer'"),
 ]
 
 

@@ -12,6 +12,12 @@ Computation (the mixing part of GLNet's block, without its norms, residuals and 
 Cost in N = H*W: ``4 N S C`` FLOPs for clustering and dispatch, ``4 S^2 C + 8 S C^2`` for the slot MHSA,
 ``2 N k^2 C + 4 N C^2`` for the conv branch: linear in N.
 
+Initial slots: GLNet pools them from the block's input *before* its norm (and before its convolutional
+position embedding), while the clustering, the slot MHSA and the local branch see the normalised map.
+A token mixer here receives only the normalised map, so by default the slots are pooled from it;
+``forward(x, slot_source=u)`` pools them from ``u`` instead (a block passes its pre-norm input to
+reproduce GLNet exactly).
+
 New resolution: any H, W >= 1: slots come from adaptive pooling (a map smaller than ``sqrt(S)`` repeats
 pixels into slots). ``num_slots`` must be a square number (GLNet's adaptive-pool init).
 """
@@ -27,7 +33,15 @@ from ._common import check_heads, check_input, check_int, conv1x1, isqrt_exact
 
 
 class GLMix2d(nn.Module):
-    """GLNet's GLMix token mixer on a ``[B, C, H, W]`` map."""
+    """GLNet's GLMix token mixer on a ``[B, C, H, W]`` map.
+
+    Fidelity: GLMix / GLNet (Zhu et al., NeurIPS'24) compared with the authors' rayleizhu/GLMix
+    ``models/glnet.py`` (``GLMixBlock._forward_relation``): matches (cosine logits with a learnable
+    ``C^-1/2`` scale, soft clustering, ``nn.MultiheadAttention``-equivalent slot MHSA with biases, soft
+    dispatch, the 1x1-DW5x5-1x1 branch). One difference by contract: the initial slots are pooled from
+    the normalised input unless ``forward(..., slot_source=pre_norm_input)`` is used, as their block does.
+    Their ``slot_init='param'`` variant (learned slots) is not provided.
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, num_slots: int = 64, local_kernel: int = 5,
                  learnable_scale: bool = True, device=None, dtype=None):
@@ -61,16 +75,23 @@ class GLMix2d(nn.Module):
             conv1x1(dim, dim, **dd),
         )
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, S, N]`` slot-to-pixel cosine logits."""
-        slots = F.adaptive_avg_pool2d(x, self.pool_size).flatten(2).transpose(1, 2)   # [B, S, C]
+    def logits(self, x: torch.Tensor, slot_source: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, S, N]`` slot-to-pixel cosine logits (initial slots pooled from ``slot_source``, default ``x``)."""
+        src = x if slot_source is None else slot_source
+        slots = F.adaptive_avg_pool2d(src, self.pool_size).flatten(2).transpose(1, 2)  # [B, S, C]
         t = x.flatten(2).transpose(1, 2)                                                 # [B, N, C]
         return F.normalize(slots, dim=-1) @ (self.slot_scale * F.normalize(t, dim=-1)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, slot_source: torch.Tensor | None = None) -> torch.Tensor:
+        """``slot_source``: the map the initial slots are pooled from (GLNet: the block's pre-norm input)."""
         B, C, H, W = check_input("GLMix2d", x, self.dim)
+        if slot_source is not None:
+            check_input("GLMix2d", slot_source, self.dim)
+            if slot_source.shape[0] != B:
+                raise ValueError(f"GLMix2d: slot_source has batch {slot_source.shape[0]}, x has {B}; pass the "
+                                 f"pre-norm input of the same batch")
         t = x.flatten(2).transpose(1, 2)                                                 # [B, N, C]
-        L = self.logits(x)                                                               # [B, S, N]
+        L = self.logits(x, slot_source)                                                  # [B, S, N]
         slots = L.softmax(dim=-1) @ t                                                    # [B, S, C]
         S = slots.shape[1]
         qkv = self.slot_qkv(slots).reshape(B, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -12,6 +12,11 @@ module stays close to the identity -- that is the paper's design, not a bug.
 New resolution: any H, W >= 1 (ULSAM's ``h, w`` constructor arguments are unused in its code).
 ``num_heads`` is the number of subspaces and must divide ``dim``. BatchNorm: use ``.eval()`` for
 batch-independent outputs.
+
+BatchNorm momentum (``bn_momentum``, default 0.1, PyTorch's ``running <- (1 - m) running + m batch``):
+the authors' code is PyTorch and passes ``momentum=0.9``, so its running statistics are 90% the last
+batch. That value reads like Keras' convention (Keras ``momentum=0.9`` is PyTorch ``momentum=0.1``, the
+default here), but in PyTorch it means the other thing; ``bn_momentum=0.9`` reproduces the released code.
 """
 
 from __future__ import annotations
@@ -21,22 +26,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_heads, check_input, check_int
+from ._common import check_float, check_heads, check_input, check_int
 
 
 class ULSAM2d(nn.Module):
-    """ULSAM subspace attention on a ``[B, C, H, W]`` map."""
+    """ULSAM subspace attention on a ``[B, C, H, W]`` map.
 
-    def __init__(self, dim: int, num_heads: int = 4, device=None, dtype=None):
+    Fidelity: ULSAM (Saini et al., WACV'20) compared with the authors' Nandan91/ULSAM ``ulsam.py``
+    (``SubSpace``, ``ULSAM``): matches (biased depthwise 1x1, BN, ReLU, 3x3 max-pool, biased 1x1 to one
+    map, BN, ReLU, spatial softmax, ``x * m + x``; grouped convolutions here instead of a loop over
+    subspaces: the same maps). One difference: BatchNorm momentum 0.1 where theirs is PyTorch 0.9
+    (``bn_momentum=0.9`` reproduces it; kept because 0.9 is most likely a Keras-convention slip).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, bn_momentum: float = 0.1, device=None, dtype=None):
         super().__init__()
         cls = "ULSAM2d"
         self.dim = check_int(cls, "dim", dim)
         self.groups = check_heads(cls, dim, num_heads)
+        self.bn_momentum = check_float(cls, "bn_momentum", bn_momentum, 0.0, 1.0)
         dd = {"device": device, "dtype": dtype}
         self.dw = nn.Conv2d(dim, dim, 1, groups=dim, **dd)
-        self.bn_dw = nn.BatchNorm2d(dim, **dd)
+        self.bn_dw = nn.BatchNorm2d(dim, momentum=self.bn_momentum, **dd)
         self.pw = nn.Conv2d(dim, self.groups, 1, groups=self.groups, **dd)
-        self.bn_pw = nn.BatchNorm2d(self.groups, **dd)
+        self.bn_pw = nn.BatchNorm2d(self.groups, momentum=self.bn_momentum, **dd)
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """The per-subspace attention maps ``[B, g, H, W]`` (each sums to 1 over H, W)."""
@@ -52,7 +65,8 @@ class ULSAM2d(nn.Module):
         return x * m + x
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, groups={self.groups}"
+        s = f"dim={self.dim}, groups={self.groups}"
+        return s + (f", bn_momentum={self.bn_momentum}" if self.bn_momentum != 0.1 else "")
 
 
 @register_token_mixer("ulsam", paper="ULSAM (Saini et al., WACV'20)")
