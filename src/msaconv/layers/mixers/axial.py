@@ -54,7 +54,13 @@ class _AxisAttention(nn.Module):
 
 
 class AxialAttention2d(nn.Module):
-    """Row-then-column (or row-plus-column) multi-head attention on a ``[B, C, H, W]`` map."""
+    """Row-then-column (or row-plus-column) multi-head attention on a ``[B, C, H, W]`` map.
+
+    Fidelity: Axial Attention (Ho et al., arXiv 1912.12180); the authors' code (Google's TensorFlow
+    Axial Transformer) is not available to us, so this was checked against the paper's equations only:
+    row then column attention, each with its own projections, matches; differences kept: no causal masks
+    (they serve autoregressive generation, not a vision backbone) and a ``mode='sum'`` parallel variant.
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, mode: str = "sequential", qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, device=None, dtype=None):

@@ -23,7 +23,12 @@ from ._common import check_input, check_int
 
 
 class ChannelAttentionModule2d(nn.Module):
-    """DANet channel attention on a ``[B, C, H, W]`` map."""
+    """DANet channel attention on a ``[B, C, H, W]`` map.
+
+    Fidelity: DANet (Fu et al., CVPR'19) compared with the authors' junfu1115/DANet
+    ``encoding/nn/da_att.py`` (``CAM_Module``): matches (``max - E`` energies, softmax, zero-init
+    ``gamma``); one difference kept: no residual by default (the block owns it; ``residual=True`` is theirs).
+    """
 
     def __init__(self, dim: int, residual: bool = False, device=None, dtype=None):
         super().__init__()

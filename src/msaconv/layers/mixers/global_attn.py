@@ -33,7 +33,15 @@ from ._common import check_heads, check_input, check_int, check_probability, con
 
 
 class GlobalAttention2d(nn.Module):
-    """Multi-head self-attention on a ``[B, C, H, W]`` map (optionally with DHVT head tokens)."""
+    """Multi-head self-attention on a ``[B, C, H, W]`` map (optionally with DHVT head tokens).
+
+    Fidelity: ViT MHSA (Dosovitskiy et al., ICLR'21) compared with google-research/vision_transformer
+    ``vit_jax/models_vit.py`` (flax multi-head attention with biased q, k, v): matches. Head tokens:
+    DHVT (Lu et al., NeurIPS'22) compared with the authors' ArieSeirack/DHVT ``vision_transformer.py``
+    (``HI_Attention``): the tokens match (per-head channel means, shared Linear, LayerNorm, GELU, learned
+    embedding); one difference kept: they act as extra keys and values only, where DHVT also runs their
+    queries and adds their mean output to the CLS token (this contract has no CLS token).
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, scale: float | None = None, head_token: bool = False,

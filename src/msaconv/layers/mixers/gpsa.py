@@ -43,7 +43,14 @@ def rel_indices(H: int, W: int, device=None, dtype=None) -> torch.Tensor:
 
 
 class GPSA2d(nn.Module):
-    """ConViT's gated positional self-attention on a ``[B, C, H, W]`` map."""
+    """ConViT's gated positional self-attention on a ``[B, C, H, W]`` map.
+
+    Fidelity: ConViT (d'Ascoli et al., ICML'21) compared with the authors' facebookresearch/convit
+    ``convit.py`` (``GPSA``) and, numerically, with timm's port (tested): matches at square maps, the
+    locality init included. Differences kept: relative offsets are rebuilt for non-square maps (theirs
+    assume a square N) and the other Linear layers keep PyTorch's default init where ConViT draws
+    trunc-normal(0.02) weights and zero biases (a model-level init; theirs applies it before the locality init).
+    """
 
     def __init__(self, dim: int, num_heads: int = 4, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, locality_strength: float = 1.0, local_init: bool = True,

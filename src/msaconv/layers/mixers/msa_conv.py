@@ -7,6 +7,11 @@ Options (passed through ``get_token_mixer("msa_conv", dim, num_heads=..., **opti
 ``dilation``, ``border``, ``qkv_bias``, ``attn_drop``, ``proj_drop``, ``backend``, and TiC's
 ``shift=`` (MDCSM: ``'kv'`` default reading, ``'input'`` alternative) and ``inter_pool=`` (IPM:
 ``'grid'`` default reading, ``'local'`` alternative); see :mod:`msaconv.layers.shift_pool`.
+
+Fidelity: TiC (arXiv 2310.04134); the authors' code is not available to us, so the operator follows the
+paper's description and the library's own design notes: the window attention itself is the paper's,
+while every detail of MDCSM and IPM is our reading (the abstract names them and their aim only), each
+with an alternative behind a ``mode`` switch.
 """
 
 from __future__ import annotations
@@ -17,4 +22,9 @@ from ..registry import register_token_mixer
 
 @register_token_mixer("msa_conv")
 def msa_conv(dim: int, num_heads: int = 1, **options) -> MSAttention2d:
+    """:class:`msaconv.layers.MSAttention2d` as a token mixer.
+
+    Fidelity: TiC (arXiv 2310.04134), authors' code not available to us; MDCSM and IPM are our reading
+    (see the module docstring).
+    """
     return MSAttention2d(dim, num_heads=num_heads, **options)

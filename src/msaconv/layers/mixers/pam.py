@@ -26,7 +26,13 @@ from ._common import check_input, check_int, conv1x1
 
 
 class PositionAttention2d(nn.Module):
-    """DANet position (spatial) attention on a ``[B, C, H, W]`` map."""
+    """DANet position (spatial) attention on a ``[B, C, H, W]`` map.
+
+    Fidelity: DANet (Fu et al., CVPR'19) compared with the authors' junfu1115/DANet
+    ``encoding/nn/da_att.py`` (``PAM_Module``): matches (C/8 query and key, unscaled softmax, zero-init
+    ``gamma``); differences kept: no residual by default (the block owns it; ``residual=True`` is theirs)
+    and ``max(1, C // reduction)`` query/key channels, so ``C < 8`` still works where theirs gets 0.
+    """
 
     def __init__(self, dim: int, reduction: int = 8, residual: bool = False, device=None, dtype=None):
         super().__init__()

@@ -41,7 +41,12 @@ class ConvBN(nn.Sequential):
 
 
 class SHSA2d(nn.Module):
-    """SHViT single-head attention on a ``[B, C, H, W]`` map."""
+    """SHViT single-head attention on a ``[B, C, H, W]`` map.
+
+    Fidelity: SHViT (Yun & Ro, CVPR'24) compared with the authors' ysj9909/SHViT ``model/shvit.py``
+    (``SHSA``) and, numerically, with timm's port (tested): matches; one difference kept: the output
+    BatchNorm starts at weight 1, not 0 (``zero_init=True`` is theirs), so the mixer alone is not 0 at init.
+    """
 
     def __init__(self, dim: int, partial_dim: int | None = None, qk_dim: int = 16, zero_init: bool = False,
                  device=None, dtype=None):

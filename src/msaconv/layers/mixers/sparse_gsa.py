@@ -23,7 +23,13 @@ from ._common import check_heads, check_input, check_int, conv1x1
 
 
 class SparseGSA2d(nn.Module):
-    """DLGSANet SparseGSA on a ``[B, C, H, W]`` map."""
+    """DLGSANet SparseGSA on a ``[B, C, H, W]`` map.
+
+    Fidelity: DLGSANet (Li et al., ICCV'23) compared with the authors' NeonLeexiang/DLGSANet
+    ``basicsr/archs/dlgsanet_arch.py`` (``SparseAttention``): matches (1x1 + DW3x3 qkv, L2-normalised q
+    and k, per-head temperature, ReLU map); one difference kept: no test-time tiling into 48-pixel crops
+    (their TLC path bounds memory at evaluation; the layer itself is the same).
+    """
 
     def __init__(self, dim: int, num_heads: int = 4, bias: bool = False, device=None, dtype=None):
         super().__init__()

@@ -47,7 +47,13 @@ def _recentre(k: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class SpectralFilter2d(nn.Module):
-    """GFNet / SpectFormer global filter (spectral gating) on a ``[B, C, H, W]`` map."""
+    """GFNet / SpectFormer global filter (spectral gating) on a ``[B, C, H, W]`` map.
+
+    Fidelity: SpectFormer (Patro et al., 2023) compared with the authors' badripatro/SpectFormers
+    ``vanilla_architecture/spectformer.py`` (``SpectralGatingNetwork``, GFNet's global filter): matches
+    (orthonormal rFFT2, complex weight ``[h, w//2+1, C]`` drawn N(0, 0.02), irFFT2); differences kept: a
+    map of another size raises a clear error (theirs fails in the product) and ``resize`` can adapt the weights.
+    """
 
     def __init__(self, dim: int, size=(14, 14), resize: str | None = None, device=None, dtype=None):
         super().__init__()
