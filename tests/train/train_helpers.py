@@ -13,6 +13,7 @@ from msaconv.cli import main
 from msaconv.train.checkpoint import find_checkpoint, load_tensors
 
 TINY = [
+    "--model", "tic_nano",
     "--set", "model_kwargs={dims: [16, 32, 32], depths: [1, 1, 1], head_dim: 8}",
     "--set", "threads=1", "--set", "eval_sizes=[16, 24]", "--set", "eval_batch_size=64",
     "--img-size", "16", "--limit-train", "96", "--limit-val", "64", "--batch-size", "16", "--epochs", "2",

@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-val", type=int, metavar="N", help="evaluate on N images (class-balanced)")
     p.add_argument("--skip-bad", action="store_true", help="leave out images that fail to decode")
     p.add_argument("--json", metavar="FILE", help="where to write the results (default: eval.json beside the checkpoint)")
+    p.add_argument("--tta", choices=("none", "flip", "both"), default="none",
+                   help="horizontal-flip test-time augmentation: 'flip' adds a flip column, 'both' the same")
+    p.add_argument("--protocol", nargs="+", choices=("resize", "canvas"), default=["resize"],
+                   help="how images reach each size: 'resize' the whole image (object scale changes), 'canvas' keep "
+                        "the training scale and centre-crop / pad (map size changes); both may be given")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model_kwargs.KEY=VALUE overrides for a weights file without metadata")
 
@@ -28,11 +33,16 @@ def run(args: argparse.Namespace) -> int:
 
     results, out_path = evaluate_checkpoint(args.checkpoint, data=args.data, sizes=args.img_size, model=args.model,
                                             batch_size=args.batch_size, limit=args.limit_val, skip_bad=args.skip_bad,
-                                            json_path=args.json, sets=args.set)
-    cols = ("model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "images")
+                                            json_path=args.json, sets=args.set, tta=args.tta,
+                                            protocols=args.protocol)
+    flip = args.tta != "none"
+    cols = ("model", "top1") + (("top1_flip",) if flip else ()) + ("top1_err", "top5", "top5_err", "param_count",
+                                                                    "img_size", "protocol", "images")
     print(" ".join(f"{c:>12}" if i else f"{c:<14}" for i, c in enumerate(cols)))
     for r in results:
-        print(f"{r['model']:<14} {r['top1']:>12.3f} {r['top1_err']:>12.3f} {r['top5']:>12.3f} {r['top5_err']:>12.3f} "
-              f"{r['param_count']:>12.3f} {r['img_size']:>12} {r['images']:>12}")
+        f_col = f" {r['top1_flip']:>12.3f}" if flip else ""
+        print(f"{r['model']:<14} {r['top1']:>12.3f}{f_col} {r['top1_err']:>12.3f} {r['top5']:>12.3f} "
+              f"{r['top5_err']:>12.3f} {r['param_count']:>12.3f} {r['img_size']:>12} {r['protocol']:>12} "
+              f"{r['images']:>12}")
     print(f"results: {out_path}")
     return 0

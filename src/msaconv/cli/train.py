@@ -1,15 +1,16 @@
-"""``msaconv train``: train a model (default: the main job, tic_nano on the embedded CIFAR-10 subset)."""
+"""``msaconv train``: train a model (default: the main job, tic_conv_nano on the embedded CIFAR-10 subset)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "train a model (no arguments: tic_nano on the embedded CIFAR-10 (JPEG copy) subset, ~10 min on 2 cores)"
+HELP = ("train a model (no arguments: the main job, tic_conv_nano on the embedded CIFAR-10 (JPEG copy) subset, "
+        "~10 min on 2 cores)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model name (msaconv.models.list_models()); default tic_nano")
+    p.add_argument("--model", help="model name (msaconv.models.list_models()); default tic_conv_nano (the main job)")
     p.add_argument("--data", help="'embedded' (default), or an ImageFolder directory / zip / tar (<class>/<image>); "
                                   "a directory with train/ and val/ uses both")
     p.add_argument("--val-data", help="evaluation set: 'auto' (default), a path, or 'none'")
@@ -17,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per process per step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--img-size", type=int, help="training image size (px)")
+    p.add_argument("--train-sizes", type=size_list, metavar="N,N,...",
+                   help="multi-size training: each step draws one of these sizes (deterministic under --seed), "
+                        "e.g. 24,32,40; images are resized whole")
+    p.add_argument("--tta", choices=("none", "flip", "both"),
+                   help="final evaluation with horizontal-flip test-time augmentation ('both': with and without)")
     p.add_argument("--seed", type=int)
     p.add_argument("--output", help="folder of run folders (default runs/)")
     p.add_argument("--name", help="run folder name (default <model>-<UTC time>)")
@@ -34,8 +40,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def size_list(text: str) -> list[int]:
+    """``"24,32,40"`` -> ``[24, 32, 40]`` (argparse type: a bad value is a usage error naming it)."""
+    try:
+        sizes = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes; e.g. 24,32,40") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive sizes, e.g. 24,32,40")
+    return sizes
+
+
 def _flags(args: argparse.Namespace) -> dict:
-    keys = ("model", "data", "val_data", "epochs", "batch_size", "lr", "img_size", "seed", "output", "name", "resume",
+    keys = ("model", "data", "val_data", "epochs", "batch_size", "lr", "img_size", "train_sizes", "tta", "seed",
+            "output", "name", "resume",
             "limit_train", "limit_val", "skip_bad")
     out = {k: getattr(args, k) for k in keys}
     if args.no_progress:

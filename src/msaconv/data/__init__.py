@@ -7,6 +7,7 @@ from .embedded import CITATION, DESCRIPTION, embedded_path
 from .readers import InMemoryImages, StreamingImages, collate_skip, list_images
 from .transforms import (
     CIFAR10_MEAN,
+    EVAL_PROTOCOLS,
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,10 +18,12 @@ from .transforms import (
     rand_augment,
     random_crop_flip,
     resize,
+    size_at,
+    to_eval_size,
 )
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "CITATION", "DESCRIPTION", "IMAGENET_MEAN", "IMAGENET_STD", "InMemoryImages",
+    "CIFAR10_MEAN", "CIFAR10_STD", "EVAL_PROTOCOLS", "CITATION", "DESCRIPTION", "IMAGENET_MEAN", "IMAGENET_STD", "InMemoryImages",
     "StreamingImages", "collate_skip", "derive_seed", "embedded_path", "generator", "list_images",
-    "mixup_cutmix", "normalize", "rand_augment", "random_crop_flip", "resize",
+    "mixup_cutmix", "normalize", "rand_augment", "random_crop_flip", "resize", "size_at", "to_eval_size",
 ]

@@ -7,6 +7,11 @@ derived from ``(seed, epoch, step, rank)`` -- what makes resumed runs bit-identi
   vectorised per sample and geometric ops as one batched ``affine_grid``.
 - :func:`mixup_cutmix`: mixup or CutMix on the batch with soft targets.
 - :func:`normalize`, :func:`resize`: to float, ImageNet-style mean/std; resize for other evaluation sizes.
+- :func:`to_eval_size`: the two ways to show a model images of another size (``EVAL_PROTOCOLS``):
+  ``'resize'`` scales the whole image (objects change scale, the map size follows), ``'canvas'`` keeps the
+  training scale and changes the canvas (centre-crop when smaller, pad with the mean colour when larger:
+  the same objects on a smaller or larger map).
+- :func:`size_at`: the training size of one step drawn from a list, a pure function of the seed and step.
 """
 
 from __future__ import annotations
@@ -51,6 +56,34 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(to_float(x), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+EVAL_PROTOCOLS = ("resize", "canvas")
+
+
+def to_eval_size(x: torch.Tensor, size: int, protocol: str, base: int) -> torch.Tensor:
+    """A *normalised* float batch at ``base`` px (the training size) shown at ``size`` px by ``protocol``.
+
+    ``'resize'``: :func:`resize` of the whole image. ``'canvas'``: the image stays at ``base`` px and is
+    centre-cropped to ``size`` (smaller) or zero-padded to it (larger; zero is the mean colour after
+    normalisation), the extra pixel of an odd difference going to the bottom / right.
+    """
+    if protocol == "resize":
+        return resize(x, size)
+    if protocol != "canvas":
+        raise ValueError(f"to_eval_size: protocol={protocol!r} is unknown; choose one of {EVAL_PROTOCOLS}")
+    x = resize(x, base)
+    d = size - base
+    if d >= 0:
+        return F.pad(x, (d // 2, d - d // 2, d // 2, d - d // 2))
+    top = (-d) // 2
+    return x[..., top:top + size, top:top + size]
+
+
+def size_at(sizes: list[int] | tuple[int, ...], seed: int, epoch: int, step: int) -> int:
+    """The image size of training step ``step`` of ``epoch``: one of ``sizes``, drawn uniformly from a hash of
+    ``(seed, epoch, step)`` (the same on every rank, and after a resume)."""
+    return int(sizes[derive_seed(seed, epoch, step, 0x5123) % len(sizes)])
 
 
 def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4, flip: bool = True,

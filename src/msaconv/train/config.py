@@ -1,6 +1,6 @@
 """Training configuration: one flat dataclass, YAML files (recipes) and ``key=value`` overrides.
 
-Order of precedence (later wins): the dataclass defaults (the main job: tic_nano on the embedded CIFAR-10
+Order of precedence (later wins): the dataclass defaults (the main job: tic_conv_nano on the embedded CIFAR-10
 subset), a ``--config`` YAML file, ``--set key=value`` pairs, then the explicit CLI flags. Values are parsed
 with ``yaml.safe_load`` (never ``eval``) and checked against the field types; an unknown key gets a
 did-you-mean and the list of keys.
@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+TTA_MODES = ("none", "flip", "both")
 
 
 @dataclass
 class TrainConfig:
     # model
-    model: str = "tic_nano"
+    model: str = "tic_conv_nano"
     model_kwargs: dict = field(default_factory=dict)  # overrides passed to create_model (drop_path_rate, ...)
     # data
     data: str = "embedded"  # 'embedded' | ImageFolder dir | zip | tar (a dir with train/ and val/ is split)
@@ -49,8 +50,10 @@ class TrainConfig:
     clip_grad: float | None = None
     nonfinite_loss: str = "stop"  # NaN/inf loss: 'stop' (error naming the step, last good checkpoint kept) | 'skip' the batch
     label_smoothing: float = 0.1
+    aux_loss_weight: float | None = None  # weight of the mixers' auxiliary losses (MoH load balance); None: the paper's
     # augmentation
     img_size: int = 32
+    train_sizes: list | None = None  # multi-size training: one size per step drawn from this list (None: img_size)
     crop_pad: int = 4
     hflip: bool = True
     rand_augment_n: int = 0  # ops per image (0: off)
@@ -64,6 +67,8 @@ class TrainConfig:
     channels_last: bool = False
     # evaluation and bookkeeping
     eval_sizes: list = field(default_factory=lambda: [24, 32, 40, 48, 64])
+    eval_protocols: list = field(default_factory=lambda: ["resize"])  # final eval: 'resize' and/or 'canvas'
+    tta: str = "none"  # final eval: 'none', 'flip' (mean of the image's and its mirror's logits) or 'both'
     eval_every: int = 1  # epochs
     epoch_eval_images: int | None = 2000  # per-epoch check on a fixed class-mixed subset (None: all); final: all
     eval_batch_size: int = 500
@@ -212,8 +217,21 @@ def validate(cfg: TrainConfig) -> None:
         bad("ema_decay", "must be < 1 (e.g. 0.999) or 0 to turn EMA off")
     if not cfg.eval_sizes or any((not isinstance(s, int)) or s < 1 for s in cfg.eval_sizes):
         bad("eval_sizes", "must be a list of positive ints, e.g. [24, 32, 48]")
+    if cfg.train_sizes is not None and (not cfg.train_sizes or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in cfg.train_sizes)):
+        bad("train_sizes", "must be null or a list of positive ints, e.g. [24, 32, 40] (--train-sizes 24,32,40)")
+    from ..data import EVAL_PROTOCOLS
+
+    if not cfg.eval_protocols or any(p not in EVAL_PROTOCOLS for p in cfg.eval_protocols):
+        bad("eval_protocols", f"must be a non-empty list of {EVAL_PROTOCOLS}: 'resize' scales the whole image, "
+                              "'canvas' keeps the scale and crops / pads to the size")
+    if cfg.tta not in TTA_MODES:
+        close = difflib.get_close_matches(str(cfg.tta), TTA_MODES, n=1)
+        bad("tta", f"is not one of {', '.join(TTA_MODES)}" + (f"; did you mean {close[0]!r}?" if close else ""))
     if len(cfg.mean) != 3 or len(cfg.std) != 3:
         bad("mean", "and std must each hold 3 numbers")
+    if cfg.aux_loss_weight is not None and cfg.aux_loss_weight < 0:
+        bad("aux_loss_weight", "must be >= 0, or null for the paper's weight (MoH: 0.01)")
     if cfg.warmup_epochs < 0:
         bad("warmup_epochs", "must be >= 0")
 
@@ -222,7 +240,7 @@ def resolve(config_file: str | None = None, sets: list[str] | None = None, flags
     """Defaults <- YAML file <- ``--set`` <- explicit flags (``None`` flags are left out).
 
     Without a ``--config``, the model's own recipe (``recipes/<model>.yaml``, if there is one) is the file:
-    a bare ``msaconv train`` is the tic_nano recipe, the main job.
+    a bare ``msaconv train`` is the tic_conv_nano recipe, the main job.
     """
     cfg = TrainConfig()
     if not config_file:

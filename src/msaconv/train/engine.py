@@ -38,7 +38,10 @@ from ..data import (
     rand_augment,
     random_crop_flip,
     resize,
+    size_at,
+    to_eval_size,
 )
+from ..layers import MOH_LOAD_BALANCE_WEIGHT, auxiliary_losses
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, dump_yaml
@@ -193,8 +196,14 @@ class ModelEma:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConfig, info: D.DistInfo,
-             limit: int | None = None, indices: torch.Tensor | None = None) -> dict:
-    """top-1 / top-5 / loss over ``split`` (or its ``indices``; sharded over ranks, summed) at ``img_size``."""
+             limit: int | None = None, indices: torch.Tensor | None = None, protocol: str = "resize",
+             tta: bool = False) -> dict:
+    """top-1 / top-5 / loss over ``split`` (or its ``indices``; sharded over ranks, summed) at ``img_size``.
+
+    ``protocol`` says how an image of the training size becomes ``img_size`` (see
+    :func:`msaconv.data.to_eval_size`); ``tta=True`` adds ``top1_flip`` / ``top5_flip`` / ``loss_flip``,
+    the same figures for the mean of the logits of each image and its horizontal mirror.
+    """
     was_training = model.training
     model.eval()
     n = len(split) if limit is None else min(limit, len(split))
@@ -203,33 +212,47 @@ def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConf
     order = D.shard(items, info)
     if info.enabled and len(order) * info.world_size > n:  # padded items would be counted twice
         order = order[: len(range(info.rank, n, info.world_size))]
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
+    sums = [0.0] * 7  # loss, top1, top5, count, then loss, top1, top5 with flip TTA
     t0 = time.perf_counter()
     ev_split = split
-    if split.stream is not None and split.stream.size != img_size:
+    base = cfg.img_size
+    stream_size = img_size if protocol == "resize" else base
+    if split.stream is not None and split.stream.size != stream_size:
         ev_split = Split(split.classes, split.source, stream=StreamingImages(
-            split.source, img_size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=0))
+            split.source, stream_size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=0))
     for x, y, _bad in batches(ev_split, order, cfg.eval_batch_size, cfg, 0):
         if len(y) == 0:
             continue
-        x = normalize(resize(x, img_size) if x.shape[-1] != img_size else x, cfg.mean, cfg.std).to(info.device)
+        x = to_eval_size(normalize(x, cfg.mean, cfg.std), img_size, protocol, base).to(info.device)
         y = y.to(info.device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg, info):
-            out = model(x)
-        out = out.float()
-        sums[0] += F.cross_entropy(out, y, reduction="sum").item()
-        top5 = out.topk(min(5, out.shape[1]), dim=1).indices
-        sums[1] += (top5[:, 0] == y).sum().item()
-        sums[2] += (top5 == y[:, None]).any(dim=1).sum().item()
+        views = [x, x.flip(-1)] if tta else [x]
+        logits = []
+        for v in views:
+            if cfg.channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            with _autocast(cfg, info):
+                logits.append(model(v).float())
+        _score(sums, 0, logits[0], y)
+        if tta:
+            _score(sums, 4, (logits[0] + logits[1]) / 2, y)
         sums[3] += len(y)
         ckpt.fault_point("eval")
-    loss, c1, c5, cnt = D.all_reduce_sum(sums, info)
+    totals = D.all_reduce_sum(sums, info)
     model.train(was_training)
-    cnt = max(cnt, 1)
-    return {"img_size": img_size, "top1": 100 * c1 / cnt, "top5": 100 * c5 / cnt, "loss": loss / cnt,
-            "images": int(cnt), "seconds": time.perf_counter() - t0}
+    cnt = max(totals[3], 1)
+    out = {"img_size": img_size, "protocol": protocol, "top1": 100 * totals[1] / cnt, "top5": 100 * totals[2] / cnt,
+           "loss": totals[0] / cnt, "images": int(totals[3]), "seconds": time.perf_counter() - t0}
+    if tta:
+        out.update(top1_flip=100 * totals[5] / cnt, top5_flip=100 * totals[6] / cnt, loss_flip=totals[4] / cnt)
+    return out
+
+
+def _score(sums: list[float], at: int, out: torch.Tensor, y: torch.Tensor) -> None:
+    """Add the summed loss, top-1 and top-5 hits of ``out`` for labels ``y`` to ``sums[at:at + 3]``."""
+    sums[at] += F.cross_entropy(out, y, reduction="sum").item()
+    top5 = out.topk(min(5, out.shape[1]), dim=1).indices
+    sums[at + 1] += (top5[:, 0] == y).sum().item()
+    sums[at + 2] += (top5 == y[:, None]).any(dim=1).sum().item()
 
 
 def _autocast(cfg: TrainConfig, info: D.DistInfo):
@@ -277,6 +300,36 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def file_sha256(path: str | None) -> str | None:
+    """SHA-256 of a dataset file (zip / tar), None for a directory or no path."""
+    if not path or not Path(path).is_file():
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cpu_description() -> dict[str, str | None]:
+    """The CPU's model name and its widest x86 vector instruction set (what every speed figure must name)."""
+    model, isa = None, None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name") and model is None:
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and isa is None:
+            flags = set(line.split(":", 1)[1].split())
+            isa = next((name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"))
+                        if flag in flags), "none")
+    return {"cpu_model": model or platform.processor() or None, "isa": isa}
 
 
 def resolve_run_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
@@ -367,6 +420,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                          "least two <class> folders")
     say(f"data: {len(tr)} train images ({train_path}), {len(va) if va else 0} val images"
         f"{f' ({val_path})' if va else ''}, {len(tr.classes)} classes, loaded in {time.perf_counter() - t0:.1f}s")
+    backend = None
+    if torch.device(info.device).type == "cpu":
+        from ..ops import backend_report
+
+        backend = backend_report()  # waits for the background build started above
+        say(backend)
 
     # -- model, optimizer
     torch.manual_seed(cfg.seed)
@@ -413,7 +472,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
         metrics.write({"type": "run", "step": 0, "model": cfg.model, "params": n_params, "torch": torch.__version__,
                        "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
                        "threads": torch.get_num_threads(), "world_size": info.world_size, "git": _git_commit(),
-                       "command": " ".join(sys.argv), "train_images": len(tr), "val_images": len(va) if va else 0})
+                       "command": " ".join(sys.argv), "train_images": len(tr), "val_images": len(va) if va else 0,
+                       "backend": backend, **cpu_description(), "train_data": train_path,
+                       "train_sha256": file_sha256(train_path), "val_data": val_path,
+                       "val_sha256": file_sha256(val_path)})
     say(f"model: {cfg.model} {n_params / 1e6:.2f}M params; {cfg.epochs} epochs x {steps_per_epoch} steps, batch "
         f"{micro}x{cfg.grad_accum}x{info.world_size}, {cfg.optimizer} lr {cfg.lr}, {torch.get_num_threads()} threads; "
         f"run folder {run_dir}")
@@ -447,6 +509,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     bar = tqdm(total=total_steps, initial=start_step, disable=not (main and cfg.progress), unit="step",
                dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
     run_loss = run_correct = run_n = 0.0
+    aux_sums: dict[str, float] = {}  # auxiliary losses (MoH load balance), summed over the logged images
+    aux_weight = MOH_LOAD_BALANCE_WEIGHT if cfg.aux_loss_weight is None else cfg.aux_loss_weight
     bad_total = 0
     skipped_steps = 0
     t_train = time.perf_counter()
@@ -479,7 +543,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                     x = random_crop_flip(x, gen, cfg.crop_pad, cfg.hflip)
                 if cfg.rand_augment_n:
                     x = rand_augment(x, gen, cfg.rand_augment_n, cfg.rand_augment_m)
-                x = normalize(resize(x, cfg.img_size), cfg.mean, cfg.std)
+                size = size_at(cfg.train_sizes, cfg.seed, epoch, it) if cfg.train_sizes else cfg.img_size
+                x = normalize(resize(x, size), cfg.mean, cfg.std)
                 x, target = mixup_cutmix(x, y, len(tr.classes), random.Random(derive_seed(cfg.seed, epoch, it, m, info.rank, 7)),
                                          cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing)
                 x, y, target = x.to(info.device), y.to(info.device), target.to(info.device)
@@ -495,6 +560,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                     with _autocast(cfg, info):
                         out = ddp(x)
                     loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
+                    for aux_name, aux in auxiliary_losses(model).items():
+                        loss = loss + aux_weight * aux
+                        aux_sums[aux_name] = aux_sums.get(aux_name, 0.0) + aux.item() * len(y)
                     loss_value = loss.item()
                     if not math.isfinite(loss_value) and nonfinite is None:
                         nonfinite = loss_value
@@ -541,6 +609,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
                 rec = {"type": "train", "step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
                        "loss": ls / max(ns, 1), "acc": 100 * cs / max(ns, 1), "img_per_s": ips,
                        "elapsed_s": time.perf_counter() - t_train}
+                for aux_name, total in aux_sums.items():
+                    rec[aux_name] = D.all_reduce_sum([total], info)[0] / max(ns, 1)
+                aux_sums = {}
                 metrics.write(rec)
                 bar.set_postfix_str(f"ep {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} acc {rec['acc']:.1f}% "
                                     f"{ips:.0f} img/s lr {lr:.3g}")
@@ -577,10 +648,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     evals = []
     if va is not None:
         sizes = sorted(set(cfg.eval_sizes) | {cfg.img_size})
-        for s in sizes:
-            ev = evaluate(final_model, va, s, cfg, info, cfg.limit_val)
-            evals.append(ev)
-            metrics.write({"type": "final", "step": step, **ev})
+        for protocol in cfg.eval_protocols:
+            for s in sizes:
+                if protocol != "resize" and s == cfg.img_size and "resize" in cfg.eval_protocols:
+                    continue  # at the training size both protocols show the same images
+                ev = evaluate(final_model, va, s, cfg, info, cfg.limit_val, protocol=protocol, tta=cfg.tta != "none")
+                evals.append(ev)
+                metrics.write({"type": "final", "step": step, **ev})
     total_seconds = time.perf_counter() - t_start
     summary = {
         "status": status, "model": cfg.model, "params": n_params, "run_dir": str(run_dir), "epochs": cfg.epochs,
@@ -621,10 +695,16 @@ def format_summary(summary: dict) -> str:
     """The final table: one line per evaluation size, then the run's totals."""
     lines = []
     if summary.get("final"):
-        lines.append(f"{'model':<14} {'img_size':>8} {'top1':>7} {'top5':>7} {'loss':>7} {'images':>7} {'eval s':>7}")
+        flip = any("top1_flip" in ev for ev in summary["final"])
+        lines.append(f"{'model':<14} {'img_size':>8} {'protocol':>8} {'top1':>7}" + (f" {'flip':>7}" if flip else "")
+                     + f" {'top5':>7} {'loss':>7} {'images':>7} {'eval s':>7}")
         for ev in summary["final"]:
-            lines.append(f"{summary['model']:<14} {ev['img_size']:>8} {ev['top1']:>7.2f} {ev['top5']:>7.2f} "
-                         f"{ev['loss']:>7.3f} {ev['images']:>7} {ev['seconds']:>7.1f}")
+            f_col = f" {ev['top1_flip']:>7.2f}" if "top1_flip" in ev else (f" {'':>7}" if flip else "")
+            lines.append(f"{summary['model']:<14} {ev['img_size']:>8} {ev.get('protocol', 'resize'):>8} "
+                         f"{ev['top1']:>7.2f}{f_col} {ev['top5']:>7.2f} {ev['loss']:>7.3f} {ev['images']:>7} "
+                         f"{ev['seconds']:>7.1f}")
+        if flip:
+            lines.append("flip: top-1 with horizontal-flip test-time augmentation (mean of the two views' logits)")
     ips = summary.get("img_per_s")
     lines.append(f"params {summary['params'] / 1e6:.2f}M | {summary['epochs']} epochs, {summary['steps']} steps, "
                  f"{summary['train_images']} train images | train {summary['train_seconds'] / 60:.1f} min"

@@ -46,11 +46,15 @@ def load_model_from_checkpoint(path: str, model: str | None = None, sets: list[s
 
 def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | None = None, model: str | None = None,
                         batch_size: int = 500, limit: int | None = None, skip_bad: bool = False,
-                        json_path: str | None = None, sets: list[str] | None = None) -> tuple[list[dict], Path]:
+                        json_path: str | None = None, sets: list[str] | None = None, tta: str = "none",
+                        protocols: list[str] | None = None) -> tuple[list[dict], Path]:
+    """Top-1/top-5 of a checkpoint at every size and protocol ('resize' / 'canvas', see
+    :func:`msaconv.data.to_eval_size`), with flip TTA when ``tta`` is 'flip' or 'both'."""
     from .engine import _resolve_paths, evaluate, load_split
 
     m, cfg, classes = load_model_from_checkpoint(path, model, sets)
-    cfg = apply_overrides(cfg, {"eval_batch_size": batch_size, "skip_bad": skip_bad, "limit_val": limit}, "eval")
+    cfg = apply_overrides(cfg, {"eval_batch_size": batch_size, "skip_bad": skip_bad, "limit_val": limit, "tta": tta,
+                                "eval_protocols": protocols or ["resize"]}, "eval")
     if data == "embedded":
         resolved = _resolve_paths(apply_overrides(cfg, {"data": "embedded"}, "eval"))[1]
         if resolved is None:
@@ -64,17 +68,21 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
     if any(s < 1 for s in sizes):
         raise ValueError(f"--img-size: sizes must be positive, got {sizes}")
     info = D.DistInfo()
-    split = load_split(apply_overrides(cfg, {"img_size": sizes[0]}, "eval"), val_path, False, limit, print)
+    split = load_split(cfg, val_path, False, limit, print)
     if classes is not None and split.classes != classes:
         raise ValueError(f"--data: its classes {split.classes[:4]}... differ from the checkpoint's {classes[:4]}...")
     n_params = sum(p.numel() for p in m.parameters())
     results = []
-    for s in sizes:
-        ev = evaluate(m, split, s, cfg, info, limit)
-        results.append({"model": cfg.model, "top1": round(ev["top1"], 3), "top1_err": round(100 - ev["top1"], 3),
-                        "top5": round(ev["top5"], 3), "top5_err": round(100 - ev["top5"], 3),
-                        "param_count": round(n_params / 1e6, 3), "img_size": s, "images": ev["images"],
-                        "loss": ev["loss"], "seconds": ev["seconds"]})
+    for protocol in cfg.eval_protocols:
+        for s in sizes:
+            ev = evaluate(m, split, s, cfg, info, limit, protocol=protocol, tta=tta != "none")
+            row = {"model": cfg.model, "top1": round(ev["top1"], 3), "top1_err": round(100 - ev["top1"], 3),
+                   "top5": round(ev["top5"], 3), "top5_err": round(100 - ev["top5"], 3),
+                   "param_count": round(n_params / 1e6, 3), "img_size": s, "protocol": protocol,
+                   "images": ev["images"], "loss": ev["loss"], "seconds": ev["seconds"]}
+            if "top1_flip" in ev:
+                row.update(top1_flip=round(ev["top1_flip"], 3), top5_flip=round(ev["top5_flip"], 3))
+            results.append(row)
     out = Path(json_path) if json_path else (Path(path) if Path(path).is_dir() else Path(path).parent) / "eval.json"
     doc = {"checkpoint": str(path), "data": str(val_path), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "torch": torch.__version__, "results": results}
