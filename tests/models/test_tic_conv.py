@@ -22,9 +22,11 @@ def test_baseline_is_the_same_skeleton_with_plain_convs(size):
     tic, base = create_model(f"tic_conv_{size}"), create_model(f"convnet_{size}")
     a, b = _convs(tic), _convs(base)
     assert len(a) == len(b)
-    assert isinstance(a[0], nn.Conv2d) and isinstance(b[0], nn.Conv2d)  # the stem stays a plain conv
-    assert all(isinstance(m, MSAConv2d) for m in a[1:]) and not any(isinstance(m, MSAConv2d) for m in b)
-    for m, c in zip(a[1:], b[1:]):
+    n_plain = 1 + tic.cfg.plain_convs  # the stem, and the first plain_convs convs of the body
+    assert all(isinstance(m, nn.Conv2d) for m in a[:n_plain]) and isinstance(b[0], nn.Conv2d)
+    assert all(isinstance(m, MSAConv2d) for m in a[n_plain:]) and not any(isinstance(m, MSAConv2d) for m in b)
+    assert len(a) - n_plain >= 5
+    for m, c in zip(a[n_plain:], b[n_plain:]):
         assert (m.conv.in_channels, m.conv.out_channels, m.conv.kernel_size, m.conv.stride, m.conv.padding) == (
             c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding)
     ua = [m for m in tic.modules() if isinstance(m, ConvUnit)]

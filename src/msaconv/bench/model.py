@@ -253,6 +253,7 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
                            train_step_time_p90=t.p90_s * 1e3, train_samples_per_sec=cfg.batch_size / t.median_s,
                            train_first_call_ms=t.first_call_s * 1e3,
                            train_cpu_ms=statistics.median(cpu[-t.runs:]) * 1e3)
+            rec.update(achieved_gflops(rec))
             del model, infer, train
         except Exception as e:  # a model that cannot run here records why; the others go on
             rec["error"] = _first_line(e)
@@ -271,6 +272,16 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             common.write_jsonl(output, [rec])
         log(_line(rec))
     return records
+
+
+def achieved_gflops(rec: dict) -> dict:
+    """Achieved GFLOP/s of a record: counted forward MACs x 2 per image x batch / median step time for
+    inference; x 3 for a training step (forward + backward, the usual 1 + 2 approximation)."""
+    flop = 2e9 * rec["gmacs"] * rec["batch_size"]  # forward FLOPs of one step
+    out = {"infer_gflops": flop / (rec["infer_step_time"] * 1e-3) / 1e9}
+    if "train_step_time" in rec:
+        out["train_gflops"] = 3 * flop / (rec["train_step_time"] * 1e-3) / 1e9
+    return out
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> dict:
@@ -295,7 +306,8 @@ def _line(rec: dict) -> str:
              f"{rec['param_count']:.2f}M {rec['gmacs']:.3g} GMACs",
              f"infer {rec['infer_samples_per_sec']:.1f}/s ({rec['infer_step_time']:.1f} ms)"]
     if "train_step_time" in rec:
-        parts.append(f"train {rec['train_samples_per_sec']:.1f}/s ({rec['train_step_time']:.1f} ms)")
+        parts.append(f"train {rec['train_samples_per_sec']:.1f}/s ({rec['train_step_time']:.1f} ms, "
+                     f"{rec.get('train_gflops', 0):.1f} GFLOP/s)")
     for m in ("infer", "train"):
         if f"{m}_peak_mb" in rec:
             parts.append(f"{m} peak {rec[f'{m}_peak_mb']:.0f} MB")
@@ -318,20 +330,24 @@ def markdown(records: Iterable[dict]) -> str:
         out.append(f"Machine load (1-minute load average on {first.get('cpu_count', '?')} CPUs): {min(loads):.1f} "
                    f"to {max(loads):.1f}; other jobs shared the cores, so compare models within a run.")
     out += ["", "| model | infer samples/s | infer step ms | train samples/s | train step ms | batch | img | "
-                "params (M) | GMACs | infer peak MB | train peak MB | infer CPU ms | train CPU ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "params (M) | GMACs | infer GFLOP/s | train GFLOP/s | train GFLOP/s vs first | infer peak MB | "
+                "train peak MB | infer CPU ms | train CPU ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ref = next((r.get("train_gflops") for r in rows if "error" not in r), None)
     errors = []
     for r in rows:
         if "error" in r:
             errors.append(r)
             out.append(f"| {r['model']} | failed (see below) | | | | {r['batch_size']} | {_fmt(r.get('img_size'))} "
-                       f"| | | | | | |")
+                       f"| | | | | | | | | |")
             continue
         src = " (timm)" if r.get("source") == "timm" and not r["model"].startswith(TIMM_PREFIX) else ""
         out.append("| " + " | ".join([
             r["model"] + src, _fmt(r["infer_samples_per_sec"]), _fmt(r["infer_step_time"]),
             _fmt(r.get("train_samples_per_sec")), _fmt(r.get("train_step_time")), str(r["batch_size"]),
-            str(r["img_size"]), f"{r['param_count']:.2f}", _fmt(r["gmacs"]),
+            str(r["img_size"]), f"{r['param_count']:.2f}", _fmt(r["gmacs"]), _fmt(r.get("infer_gflops")),
+            _fmt(r.get("train_gflops")),
+            f"{r['train_gflops'] / ref:.2f}x" if ref and r.get("train_gflops") else "",
             _fmt(r.get("infer_peak_mb")) or r.get("infer_peak_error", "")[:40],
             _fmt(r.get("train_peak_mb")) or r.get("train_peak_error", "")[:40],
             _fmt(r.get("infer_cpu_ms")), _fmt(r.get("train_cpu_ms"))]) + " |")
@@ -339,7 +355,8 @@ def markdown(records: Iterable[dict]) -> str:
             "samples/s = batch / median step time. Inference: eval mode under `no_grad`. Train: one SGD step "
             "(momentum 0.9) on cross-entropy against random targets, gradients set to None each step. GMACs are per "
             "image, forward, counted by `msaconv.models.count_flops` (torch's FLOP counter, with `msa_conv2d` counted "
-            "by its registered formula). Peak MB: RSS high-water mark of one step above the RSS just before it, in a "
+            "by its registered formula). GFLOP/s: counted forward FLOPs (2 x MACs) x batch / median step time, x 3 "
+            "for a training step (forward + backward); \"vs first\" divides by the first model's train GFLOP/s. Peak MB: RSS high-water mark of one step above the RSS just before it, in a "
             "fresh child process per model: activations, gradients and outputs, not weights or optimizer state. "
             "CPU ms: median CPU time of this process (every thread) per timed step; on a machine shared with other "
             "jobs the wall times swing with their load, the CPU times much less."]

@@ -34,7 +34,7 @@ from ..layers.pointwise import Pointwise2d
 from ..layers.shift_pool import resolve_inter_pool, resolve_shift
 from ..ops._checks import BORDERS, did_you_mean, pair
 from ._blocks import check_image
-from ._builder import build_model, check_out_indices
+from ._builder import build_model, check_out_indices, traceable_annotations
 from ._registry import register_model
 from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, _err, per_stage
 
@@ -52,7 +52,9 @@ class ConvNetConfig:
     ``stem_stride`` (1 for 32 px images, 4 for 224 px: a 7x7 stride-2 conv and a 3x3 max-pool as ResNet's);
     ``dims``, ``depths`` (convs per stage); ``kernel_size``, ``dilation``, ``depthwise``, ``shift``,
     ``inter_pool`` (per stage); ``head_dim`` (heads = max(1, in_channels // head_dim) in each MSAConv2d);
-    ``border``, ``qkv_bias``, ``attn_drop``, ``backend``, ``layer_scale_init`` (shared; see ``MSAConv2d``); ``downsample``, ``residual``, ``act``,
+    ``border``, ``qkv_bias``, ``attn_drop``, ``backend``, ``layer_scale_init`` (shared; see ``MSAConv2d``);
+    ``plain_convs`` (the first N convs of the body stay ``nn.Conv2d`` besides the stem: attention on the
+    largest map moves the most memory for the least context); ``downsample``, ``residual``, ``act``,
     ``head_pool``, ``drop_rate``; ``in_chans``, ``num_classes``, ``img_size``, ``mean``, ``std``.
     """
 
@@ -72,6 +74,7 @@ class ConvNetConfig:
     attn_drop: float = 0.0
     backend: str | None = None
     layer_scale_init: float | None = None
+    plain_convs: int = 0
     downsample: str = "maxpool"
     residual: bool = False
     act: str = "gelu"
@@ -168,6 +171,8 @@ class ConvNetConfig:
             resolve_shift("ConvNetConfig.shift", v)
         for v in self.stage("inter_pool"):
             resolve_inter_pool("ConvNetConfig.inter_pool", v)
+        if isinstance(self.plain_convs, bool) or not isinstance(self.plain_convs, int) or self.plain_convs < 0:
+            raise _err(self, "plain_convs", self.plain_convs, "use an int >= 0 (0: every conv after the stem is MSA-Conv)")
         for arg in ("stem_width", "head_dim", "in_chans", "img_size"):
             v = getattr(self, arg)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -190,14 +195,14 @@ class ConvNetConfig:
         return replace(self, **kwargs)
 
 
-def _conv(cfg: ConvNetConfig, stage: int, cin: int, cout: int, stride: int) -> nn.Module:
+def _conv(cfg: ConvNetConfig, stage: int, cin: int, cout: int, stride: int, plain: bool = False) -> nn.Module:
     """One convolution of the skeleton: ``MSAConv2d`` or ``nn.Conv2d``, standard / dilated / depthwise."""
     k = pair("ConvNetConfig", "kernel_size", cfg.stage("kernel_size")[stage])
     d = pair("ConvNetConfig", "dilation", cfg.stage("dilation")[stage])
     pad = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
     dw = cfg.stage("depthwise")[stage]
     groups, width = (cin, cin) if dw else (1, cout)
-    if cfg.conv == "msa":
+    if cfg.conv == "msa" and not plain:
         heads = cin if dw else max(1, cin // cfg.head_dim)
         op: nn.Module = MSAConv2d(cin, width, k, stride=stride, padding=pad, dilation=d, groups=groups, num_heads=heads,
                                   border=cfg.border, qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop,
@@ -239,6 +244,7 @@ def _stem(cfg: ConvNetConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@traceable_annotations
 class ConvNet(nn.Module):
     """The ConvNet skeleton of :class:`ConvNetConfig`, with timm's model contract (as :class:`HierNet`)."""
 
@@ -251,11 +257,14 @@ class ConvNet(nn.Module):
         self.min_input_size = cfg.min_input_size()
         self.pretrained_cfg: dict = {}
         self.stem = _stem(cfg)
-        stages, cin = [], cfg.stem_width
+        stages, cin, k = [], cfg.stem_width, 0
         for i, (w, depth) in enumerate(zip(cfg.dims, cfg.depths)):
             pool = cfg.downsample == "maxpool"
-            units = [ConvUnit(_conv(cfg, i, cin, w, 1 if pool else 2), w, pool, cfg.act, False)]
-            units += [ConvUnit(_conv(cfg, i, w, w, 1), w, False, cfg.act, cfg.residual) for _ in range(depth - 1)]
+            units = []
+            for j in range(depth):
+                conv = _conv(cfg, i, cin if j == 0 else w, w, 2 if j == 0 and not pool else 1, k < cfg.plain_convs)
+                units.append(ConvUnit(conv, w, pool and j == 0, cfg.act, cfg.residual and j > 0))
+                k += 1
             stages.append(nn.Sequential(*units))
             cin = w
         self.stages = nn.Sequential(*stages)
@@ -263,6 +272,7 @@ class ConvNet(nn.Module):
         self.feature_info: list[dict[str, Any]] = [dict(num_chs=w, reduction=r, module=f"stages.{i}")
                                                    for i, (w, r) in enumerate(zip(cfg.dims, cfg.reductions()))]
         self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.global_pool = cfg.head_pool  # a str attribute (TorchScript reads no dataclass); '': keep the map
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
 
@@ -271,7 +281,8 @@ class ConvNet(nn.Module):
                     self.min_input_size, self.cfg.reductions()[-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         x = self.stem(x)
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             for stage in self.stages:
@@ -280,7 +291,10 @@ class ConvNet(nn.Module):
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.amax((2, 3)) if self.cfg.head_pool == "max" else x.mean((2, 3))
+        if self.global_pool == "max":
+            x = x.amax((2, 3))
+        elif self.global_pool == "avg":
+            x = x.mean((2, 3))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -291,16 +305,24 @@ class ConvNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg", "max"):
-            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg', 'max' or None")
+        if global_pool not in (None, "avg", "max", ""):
+            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg', 'max', "
+                             f"'' (no pooling, with num_classes=0) or None (keep the current one)")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"reset_classifier: num_classes must be an int >= 0, got {num_classes!r}")
-        if global_pool is not None:
-            self.cfg = replace(self.cfg, head_pool=global_pool)
+        # None keeps the current pooling (the config's again if it was '' and a classifier is asked for)
+        pool = global_pool if global_pool is not None else (
+            self.global_pool or (self.cfg.head_pool if num_classes else ""))
+        if pool == "" and num_classes > 0:
+            raise ValueError(f"reset_classifier: num_classes={num_classes} needs pooling (a linear head on the "
+                             f"pooled vector); use global_pool='avg' or 'max', or num_classes=0 with global_pool=''")
+        if pool in HEAD_POOLS:
+            self.cfg = replace(self.cfg, head_pool=pool)
+        self.global_pool = pool
         self.num_classes = num_classes
         w = next(self.parameters())
         self.head = (nn.Linear(self.num_features, num_classes).to(device=w.device, dtype=w.dtype)
-                     if num_classes > 0 else nn.Identity())
+                     if num_classes > 0 else nn.Identity()).train(self.training)
 
     def no_weight_decay(self) -> set[str]:
         return set()
@@ -349,8 +371,10 @@ _TINY: dict[str, Any] = dict(stem_width=64, stem_stride=2, dims=(80, 160, 320, 6
                              residual=True, num_classes=1000, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 CONFIGS: dict[str, ConvNetConfig] = {
-    # CIFAR-size (32 px): maps 32 -> 16 -> 8 -> 4; six MSA-Convs after a plain 3x3 stem
-    "tic_conv_nano": ConvNetConfig(conv="msa", dims=(32, 64, 128)),
+    # CIFAR-size (32 px): convs read maps of 32 | 16, 16 | 8, 8 | 4 px; the stem and the first conv (both at
+    # 32 px) plain, the five others MSA-Convs (plain_convs=1: 1.4x the training speed of all six, see
+    # docs/main_job.md)
+    "tic_conv_nano": ConvNetConfig(conv="msa", dims=(32, 64, 128), plain_convs=1),
     "convnet_nano": ConvNetConfig(conv="plain", dims=(32, 64, 128)),
     # 224 px, about ResNet-50's parameter count
     "tic_conv_tiny": ConvNetConfig(conv="msa", **_TINY),
@@ -361,7 +385,7 @@ CONFIGS: dict[str, ConvNetConfig] = {
 def _pretrained_cfg(name: str, cfg: ConvNetConfig) -> dict:
     s, m = cfg.img_size, cfg.min_input_size()
     return dict(url="", input_size=(cfg.in_chans, s, s), min_input_size=(cfg.in_chans, m, m), fixed_input_size=False,
-                pool_size=(max(1, s // cfg.reductions()[-1]),) * 2, interpolation="bicubic",
+                pool_size=(cfg.stage_sizes(s)[-1],) * 2, interpolation="bicubic", crop_mode="center",
                 crop_pct=1.0 if s <= 96 else 0.875, mean=tuple(cfg.mean), std=tuple(cfg.std),
                 num_classes=cfg.num_classes, first_conv="stem.0", classifier="head", license="apache-2.0",
                 paper_ids="arXiv:2310.04134", description=f"{name}: {'MSA-Conv' if cfg.conv == 'msa' else 'plain conv'} "

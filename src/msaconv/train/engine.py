@@ -147,6 +147,18 @@ def create_from_config(name: str, num_classes: int | None, kw: dict) -> torch.nn
     return model_entrypoint(name)(**kwargs)
 
 
+def check_model_config(cfg: TrainConfig) -> None:
+    """Build the model on the meta device (no memory, no data): a bad ``model_kwargs`` key or value fails
+    here, with the model config's did-you-mean, before any data is read."""
+    try:
+        with torch.device("meta"):
+            build_model(cfg, None)
+    except (ValueError, TypeError):
+        raise
+    except Exception:  # noqa: BLE001 - an op the meta device lacks: the real build below checks the same config
+        pass
+
+
 def model_kwargs(kw: dict) -> dict:
     """YAML gives lists where model configs take tuples (per-stage values): convert the top level."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
@@ -402,6 +414,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
     D.barrier(info)
+
+    check_model_config(cfg)
 
     # -- data (a first-use compile of the CPU kernels runs meanwhile, in a thread)
     if torch.device(info.device).type == "cpu":
