@@ -11,6 +11,7 @@ The parameters, their names and shapes, the ``state_dict`` and ``isinstance(m, n
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,15 +32,21 @@ class Pointwise2d(nn.Conv2d):
         self.channels_first = bool(channels_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:  # nn.Conv2d also takes unbatched [C, H, W]
-            return super().forward(x)
+        # under torch.fx tracing x has no concrete rank: the traced graph takes the batched 4-D path
+        if torch.jit.is_scripting():
+            tracing = False
+        else:
+            tracing = isinstance(x, torch.fx.Proxy)
+        if not tracing and x.dim() != 4:  # nn.Conv2d also takes unbatched [C, H, W]
+            return self._conv_forward(x, self.weight, self.bias)  # what nn.Conv2d.forward runs (scriptable)
         w = self.weight.flatten(1)
+        bias = self.bias  # a local: TorchScript refines Optional locals, not attributes
         if self.channels_first:
             B, _, H, W = x.shape
             # bmm over an expanded (not copied) weight: matmul would fold the batch and transpose back
-            if self.bias is not None:
-                y = torch.baddbmm(self.bias[None, :, None], w.expand(B, -1, -1), x.reshape(B, x.shape[1], H * W))
+            if bias is not None:
+                y = torch.baddbmm(bias[None, :, None], w.expand(B, -1, -1), x.reshape(B, x.shape[1], H * W))
             else:
                 y = torch.bmm(w.expand(B, -1, -1), x.reshape(B, x.shape[1], H * W))
             return y.view(B, w.shape[0], H, W)
-        return F.linear(x.permute(0, 2, 3, 1), w, self.bias).permute(0, 3, 1, 2)
+        return F.linear(x.permute(0, 2, 3, 1), w, bias).permute(0, 3, 1, 2)

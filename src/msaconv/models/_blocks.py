@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -14,8 +15,22 @@ from ..layers import MSAConv2d
 from ..layers.pointwise import Pointwise2d
 
 
+def is_tracing(x: object) -> bool:
+    """Whether ``x`` is a ``torch.fx`` Proxy (symbolic tracing) or ``torch.jit`` is scripting: then the model's
+    eager input checks are left out, as timm does (a Proxy has no concrete rank or size). torch.compile and
+    torch.export run the checks on fake tensors, which have both."""
+    if torch.jit.is_scripting():
+        return True
+    return isinstance(x, torch.fx.Proxy)
+
+
 def check_image(name: str, x: object, in_chans: int, min_size: int, total_stride: int) -> None:
-    """A clear ValueError for an input a model cannot take: wrong rank or channels, below the minimum size."""
+    """A clear ValueError for an input a model cannot take: wrong rank or channels, below the minimum size.
+
+    Nothing is checked while ``torch.fx`` traces (:func:`is_tracing`); scripted models skip the call (their
+    ``forward`` guards it with ``torch.jit.is_scripting()``)."""
+    if is_tracing(x):
+        return
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name}: expected images [B, C, H, W], got {got}; add a batch axis with x[None]")

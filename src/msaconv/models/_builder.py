@@ -5,7 +5,9 @@ Nothing is ever downloaded."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+import typing
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -18,6 +20,11 @@ if TYPE_CHECKING:
 
 # keyword arguments timm's create_model passes to every entry point; msaconv reads or ignores them
 _TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "scriptable", "exportable", "no_jit")
+
+
+class UnknownOptionError(ValueError, TypeError):
+    """A keyword argument that is no option of the model: a ValueError (msaconv's errors) and a TypeError
+    (what Python, and so timm's model contract, raises for an unexpected keyword argument)."""
 
 
 def check_out_indices(fn: str, indices: Any, n: int) -> list[int]:
@@ -41,6 +48,17 @@ def check_out_indices(fn: str, indices: Any, n: int) -> list[int]:
                      f"use e.g. out_indices=(0, 1, 2, 3)")
 
 
+def traceable_annotations(cls: type) -> type:
+    """Class decorator: ``cls.forward``'s annotations evaluated (this package postpones them, PEP 563).
+
+    ``torch.fx`` writes the root ``forward``'s annotations into the code of the traced graph, where a string
+    such as ``'torch.Tensor'`` becomes an unknown type name for ``torch.jit.script`` (timm's FX + TorchScript
+    path, e.g. ``torch.jit.script(create_feature_extractor(model, ...))``)."""
+    fn = cls.__dict__["forward"]
+    fn.__annotations__ = typing.get_type_hints(fn)
+    return cls
+
+
 class FeatureInfoList(list):
     """The ``feature_info`` of a features-only model: a list of dicts with timm's accessors."""
 
@@ -54,6 +72,7 @@ class FeatureInfoList(list):
         return [f["module"] for f in self]
 
 
+@traceable_annotations
 class FeatureNet(nn.Module):
     """``features_only=True``: the stem and the stages up to the last wanted one; ``forward`` returns the
     list of stage maps at ``out_indices`` (NCHW). ``feature_info`` describes the returned maps."""
@@ -69,13 +88,15 @@ class FeatureNet(nn.Module):
         self.feature_info = FeatureInfoList(copy.deepcopy(model.feature_info[i]) for i in self.out_indices)
         for f, i in zip(self.feature_info, self.out_indices):
             f["index"] = i
-        self.pretrained_cfg = model.pretrained_cfg
+        # timm's feature wrappers carry the model's cfg under both names (timm's tests and data config read them)
+        self.pretrained_cfg = self.default_cfg = model.pretrained_cfg
         self.in_chans, self.min_input_size = model.in_chans, model.min_input_size
         self._total_stride = model.feature_info[-1]["reduction"]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        check_image(self.pretrained_cfg.get("architecture", "features_only"), x, self.in_chans,
-                    self.min_input_size, self._total_stride)
+        if not torch.jit.is_scripting():
+            check_image(self.pretrained_cfg.get("architecture", "features_only"), x, self.in_chans,
+                        self.min_input_size, self._total_stride)
         x = self.stem(x)
         out = []
         for i, stage in enumerate(self.stages):
@@ -173,12 +194,55 @@ def shipped_weights(variant: str, pcfg: dict) -> str:
     return path
 
 
+def _load_adapted(model: nn.Module, path: str, weights_cfg: dict, num_classes: int) -> None:
+    """Shipped weights into a model built with another ``in_chans`` or ``num_classes`` than they were trained
+    with, by timm's rule (``timm.models.load_pretrained``): the first conv's kernels are summed over the
+    input channels (``in_chans=1``) or tiled and rescaled (other counts), the classifier is left at its
+    initialisation (or absent, ``num_classes=0``). Every other key must fit exactly."""
+    sd = _read_state_dict(path)
+    own = model.state_dict()
+    cin = weights_cfg["input_size"][0]
+    for name in _names(weights_cfg.get("first_conv")):
+        key = name + ".weight"
+        w, want = sd.get(key), own.get(key)
+        if w is None or want is None or w.shape[1] == want.shape[1]:
+            continue
+        n = want.shape[1]
+        if n == 1:
+            sd[key] = w.sum(dim=1, keepdim=True)
+        else:
+            sd[key] = w.repeat(1, -(-n // cin), 1, 1)[:, :n] * (cin / n)
+    dropped: set[str] = set()
+    if num_classes != weights_cfg["num_classes"]:
+        for name in _names(weights_cfg.get("classifier")):
+            for key in (name + ".weight", name + ".bias"):
+                if sd.pop(key, None) is not None:
+                    dropped.add(key)
+    shape = [f"{k}: weights {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(sd) - dropped)
+    unexpected = sorted(set(sd) - set(own))
+    if shape or missing or unexpected:
+        raise ValueError(f"create_model: the shipped weights {path!r} do not fit this model (shape mismatches: "
+                         f"{shape[:6]}; missing keys: {missing[:6]}; unexpected keys: {unexpected[:6]}); "
+                         f"pretrained=True takes a changed in_chans or num_classes, not other options")
+    model.load_state_dict(sd, strict=False)
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs) -> nn.Module:
     """Build ``model_cls(cfg.override(**kwargs))`` for the registered ``variant``.
 
     Handles: ``pretrained`` (True loads the weights shipped in the package, see :func:`shipped_weights`;
-    a model without them raises), ``checkpoint_path``, ``features_only`` with
-    ``out_indices`` (and timm's ``feature_cls`` when timm is installed), ``global_pool`` ('avg' only),
+    a model without them raises; built with another ``in_chans`` or ``num_classes``, the first conv is
+    adapted and the classifier left at its init, as timm does), ``checkpoint_path``, ``features_only`` with
+    ``out_indices`` (and timm's ``feature_cls`` when timm is installed), ``global_pool`` (what the model's
+    ``reset_classifier`` takes: 'avg', '' for the unpooled map with ``num_classes=0``; ConvNet also 'max'),
     ``device``/``dtype``, and timm's bookkeeping arguments (``pretrained_cfg`` as a dict, and
     ``pretrained_cfg_overlay``, are merged into the model's ``pretrained_cfg``; ``cache_dir`` is unused
     since nothing is downloaded). Every other keyword is a config override.
@@ -195,14 +259,26 @@ def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs
     feature_cls = kwargs.pop("feature_cls", None)
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     global_pool = kwargs.pop("global_pool", None)
-    if global_pool not in (None, "avg"):
-        raise ValueError(f"create_model: global_pool={global_pool!r} is not supported by {variant!r}; use 'avg'")
     if out_indices is not None and not features_only:
         raise ValueError(f"create_model: out_indices={out_indices!r} needs features_only=True")
 
-    cfg = cfg.override(**kwargs) if kwargs else cfg
+    if kwargs:
+        names = {f.name for f in dataclasses.fields(cfg)}
+        try:
+            cfg = cfg.override(**kwargs)
+        except ValueError as e:
+            if any(k not in names for k in kwargs):
+                raise UnknownOptionError(str(e)) from None
+            raise
     model = model_cls(cfg)
-    pcfg = dict(get_pretrained_cfg(variant))
+    if global_pool is not None and global_pool != getattr(model, "global_pool", "avg"):
+        # the model's reset_classifier says which pools it has ('' keeps the map, with num_classes=0)
+        try:
+            model.reset_classifier(cfg.num_classes, global_pool)
+        except ValueError as e:
+            raise ValueError(f"create_model: {variant!r}: {e}") from None
+    registered = get_pretrained_cfg(variant)
+    pcfg = dict(registered)
     if isinstance(given_cfg, dict):
         pcfg.update(given_cfg)
     elif given_cfg is not None and hasattr(given_cfg, "to_dict"):  # timm's PretrainedCfg
@@ -212,10 +288,17 @@ def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs
     m = model.min_input_size
     pcfg.update(architecture=variant, num_classes=cfg.num_classes, min_input_size=(cfg.in_chans, m, m),
                 input_size=(cfg.in_chans,) + tuple(pcfg.get("input_size", (3, cfg.img_size, cfg.img_size)))[1:])
+    if hasattr(cfg, "stage_sizes"):  # forward_features' map at input_size (timm's pool_size)
+        H, W = pcfg["input_size"][1:]
+        pcfg["pool_size"] = (cfg.stage_sizes(H)[-1], cfg.stage_sizes(W)[-1])
     model.pretrained_cfg = model.default_cfg = pcfg
 
     if pretrained and checkpoint_path is None:
-        load_checkpoint(model, shipped_weights(variant, pcfg))
+        path = shipped_weights(variant, pcfg)
+        if cfg.num_classes == registered["num_classes"] and cfg.in_chans == registered["input_size"][0]:
+            load_checkpoint(model, path)
+        else:
+            _load_adapted(model, path, registered, cfg.num_classes)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
     if features_only:
@@ -229,13 +312,15 @@ def build_model(model_cls, variant: str, cfg, pretrained: bool = False, **kwargs
 
 
 def _timm_feature_net(model: HierNet, feature_cls: Any, out_indices: Any) -> nn.Module:
-    """``feature_cls`` ('list', 'dict', 'hook', 'getter' or a class): timm's own feature wrappers."""
+    """``feature_cls`` ('list', 'dict', 'hook', 'getter', 'fx' or a class): timm's own feature wrappers."""
     try:
-        from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
+        from timm.models import FeatureDictNet, FeatureGraphNet, FeatureHookNet, FeatureListNet
+        from timm.models._features import FeatureGetterNet  # not exported by timm.models
     except ImportError as e:
         raise ValueError(f"create_model: feature_cls={feature_cls!r} uses timm's feature wrappers but timm is not "
                          f"installed; drop feature_cls (msaconv's own features_only wrapper) or pip install timm") from e
-    table = {"list": FeatureListNet, "dict": FeatureDictNet, "hook": FeatureHookNet, "getter": FeatureGetterNet}
+    table = {"list": FeatureListNet, "dict": FeatureDictNet, "hook": FeatureHookNet, "getter": FeatureGetterNet,
+             "fx": FeatureGraphNet}
     cls = table.get(feature_cls, feature_cls) if isinstance(feature_cls, str) else feature_cls
     if isinstance(cls, str) or not isinstance(cls, type):
         raise ValueError(f"create_model: unknown feature_cls {feature_cls!r}; choose one of {sorted(table)} or a class")

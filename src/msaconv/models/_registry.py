@@ -20,9 +20,14 @@ _PRETRAINED_CFGS: dict[str, dict] = {}
 # called with each newly registered entry point (the timm bridge adds itself here)
 _ON_REGISTER: list[Callable[[Callable[..., nn.Module]], None]] = []
 
-_DEFAULT_CFG = dict(url="", input_size=(3, 224, 224), min_input_size=(3, 32, 32), fixed_input_size=False,
-                    interpolation="bicubic", crop_pct=0.9, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                    num_classes=1000, first_conv="stem.0", classifier="head", license="apache-2.0")
+# every key of timm's PretrainedCfg that timm's data config, tests and tools read (pool_size: the side of
+# forward_features' map at input_size, set per model); msaconv never downloads, so url is empty and
+# shipped weights are a local ``file``
+_DEFAULT_CFG = dict(url="", file=None, input_size=(3, 224, 224), test_input_size=None, min_input_size=(3, 32, 32),
+                    fixed_input_size=False, interpolation="bicubic", crop_pct=0.9, test_crop_pct=None,
+                    crop_mode="center", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_classes=1000,
+                    pool_size=None, test_pool_size=None, first_conv="stem.0", classifier="head",
+                    license="apache-2.0")
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, pretrained_cfg: dict | None = None):

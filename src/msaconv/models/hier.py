@@ -21,7 +21,7 @@ from torch import nn
 from ..layers import get_token_mixer, list_token_mixers
 from ..ops._checks import did_you_mean
 from ._blocks import Block, Stage, check_image, make_downsample, make_stem
-from ._builder import build_model, check_out_indices
+from ._builder import build_model, check_out_indices, traceable_annotations
 from ._registry import register_model
 
 STEMS = ("conv", "patch")
@@ -197,6 +197,7 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@traceable_annotations
 class HierNet(nn.Module):
     """Hierarchical backbone: stem, stages of pre-norm blocks with any token mixer, GAP + LN + Linear head.
 
@@ -234,6 +235,7 @@ class HierNet(nn.Module):
         self.feature_info: list[dict[str, Any]] = [dict(num_chs=d, reduction=r, module=f"stages.{i}")
                              for i, (d, r) in enumerate(zip(dims, cfg.reductions()))]
         self.head_norm: nn.Module = nn.LayerNorm(dims[-1])
+        self.global_pool = "avg"  # '' (reset_classifier(0, '')): forward_head keeps the map
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
@@ -246,11 +248,15 @@ class HierNet(nn.Module):
 
     # ---- timm contract --------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         return self.stages(self.stem(x))  # [B, num_features, H/r, W/r]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_norm(x.mean((2, 3)))  # global average pool, then LN: [B, C]
+        if self.global_pool == "avg":
+            x = self.head_norm(x.mean((2, 3)))  # global average pool, then LN: [B, C]
+        else:  # '': no pooling, the LN per pixel: [B, C, H, W]
+            x = self.head_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -261,19 +267,28 @@ class HierNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head for ``num_classes`` (0: identity, so ``forward`` returns the pooled, normed features)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg' or None")
+        """A new head for ``num_classes`` (0: identity, so ``forward`` returns the pooled, normed features).
+
+        ``global_pool``: None keeps the current pooling ('avg' again if it was '' and a classifier is asked
+        for), 'avg' pools, '' keeps the map (``forward`` returns ``[B, C, H, W]``; only with ``num_classes=0``)."""
+        if global_pool not in (None, "avg", ""):
+            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg', '' "
+                             f"(no pooling, with num_classes=0) or None (keep the current one)")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"reset_classifier: num_classes must be an int >= 0, got {num_classes!r}")
+        pool = global_pool if global_pool is not None else self.global_pool or ("avg" if num_classes else "")
+        if pool == "" and num_classes > 0:
+            raise ValueError(f"reset_classifier: num_classes={num_classes} needs pooling (a linear head on the "
+                             f"pooled vector); use global_pool='avg', or num_classes=0 with global_pool=''")
         self.num_classes = num_classes
-        ref = self.head_norm.weight if isinstance(self.head_norm, nn.LayerNorm) else None
+        self.global_pool = pool
+        ref = next(self.parameters(), None)
         head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             _init_weights(head)
             if ref is not None:
                 head = head.to(device=ref.device, dtype=ref.dtype)
-        self.head = head
+        self.head = head.train(self.training)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to keep out of weight decay: the layer-scale gammas (norms and biases are 1-D
@@ -351,10 +366,12 @@ def _entry(name: str, model_cls, cfg: HierConfig):
 def pretrained_cfg_for(cfg: HierConfig, **extra) -> dict:
     """The timm-style pretrained_cfg of a config: sizes, normalisation, first conv and classifier names."""
     s, m = cfg.img_size, cfg.min_input_size()
+    p = cfg.stage_sizes(s)[-1]  # forward_features' map at input_size
     return dict(
         url="", input_size=(cfg.in_chans, s, s), min_input_size=(cfg.in_chans, m, m), fixed_input_size=False,
-        interpolation="bicubic", crop_pct=1.0 if s <= 96 else 0.9, mean=tuple(cfg.mean), std=tuple(cfg.std),
-        num_classes=cfg.num_classes, first_conv="stem.0", classifier="head", license="apache-2.0", **extra,
+        pool_size=(p, p), interpolation="bicubic", crop_pct=1.0 if s <= 96 else 0.9, crop_mode="center",
+        mean=tuple(cfg.mean), std=tuple(cfg.std), num_classes=cfg.num_classes, first_conv="stem.0",
+        classifier="head", license="apache-2.0", **extra,
     )
 
 
