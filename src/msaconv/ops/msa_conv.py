@@ -27,6 +27,9 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = _FN) -> _backends
     """The named backend if it can run (else a ValueError with its reason), or the first that can."""
     table = _backends.BACKENDS
     if backend is not None:
+        if backend not in table and backend in _backends.UNAVAILABLE:
+            raise ValueError(f"{fn}: backend {backend!r} cannot run here: {_backends.UNAVAILABLE[backend]}; "
+                             f"use backend=None to pick one that can")
         if backend not in table:
             raise ValueError(
                 f"{fn}: unknown backend {backend!r};{did_you_mean(str(backend), list(table))} "
@@ -142,7 +145,8 @@ def msa_conv2d_weights(
 
 
 def available_backends(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
-    """Whether each backend can run a typical call here: ``{name: None | reason}``."""
+    """Whether each backend can run a typical call here: ``{name: None | reason}`` (backends this install
+    lacks, such as 'triton' without Triton, last)."""
     q = torch.zeros(1, 1, 8, 8, 4, device=device, dtype=dtype)
     pb = check_msa_conv2d(_FN, q, q, q, 3, 1, 1, "zeros", None, None, None, "bhwd")
-    return _backends.backend_reasons(pb)
+    return {**_backends.backend_reasons(pb), **_backends.UNAVAILABLE}

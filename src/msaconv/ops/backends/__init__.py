@@ -33,6 +33,7 @@ import torch
 
 from .._checks import Problem
 from . import cpu, dense, portable, reference
+from . import triton as _triton  # the backend module; it imports the triton package only when a call needs it
 
 
 class Backend(Protocol):
@@ -48,9 +49,16 @@ class Backend(Protocol):
 BACKENDS: dict[str, Backend] = {
     "dense": dense.BACKEND,
     "cpu": cpu.BACKEND,
+    # the fused GPU kernels: listed where they can run in this process (Triton installed, and a CUDA/ROCm
+    # build of torch or TRITON_INTERPRET=1); backend=None passes over them on CPU tensors
+    **({"triton": _triton.BACKEND} if _triton.unavailable_reason() is None else {}),
     "portable": portable.BACKEND,
     "reference": reference.BACKEND,
 }
+
+#: backends this install lacks, with the reason (``available_backends`` and a named backend report it)
+UNAVAILABLE: dict[str, str] = {name: reason for name, reason in (("triton", _triton.unavailable_reason()),)
+                               if reason is not None}
 
 
 def register_backend(backend: Backend, first: bool = False) -> None:
