@@ -129,7 +129,7 @@ def batches(split: Split, order: torch.Tensor, batch_size: int, cfg: TrainConfig
 # --------------------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int | None) -> torch.nn.Module:
     return create_from_config(cfg.model, num_classes, cfg.model_kwargs)
 
 
