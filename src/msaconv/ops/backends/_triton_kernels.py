@@ -45,7 +45,6 @@ import triton.language as tl
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 BORDER_CODE = {"zeros": 0, "mask": 1, "clamp": 2, "circular": 3}
-_BIG = 1 << 30
 
 
 @triton.jit
@@ -68,6 +67,22 @@ def _member(vpos, f, K, DIL):
     """Whether virtual position ``vpos`` is a slot of the window starting at ``f`` (broadcasting)."""
     delta = vpos - f
     return (delta >= 0) & (delta <= (K - 1) * DIL) & (delta % DIL == 0)
+
+
+@triton.jit
+def _span(o0, T: tl.constexpr, LO, L, S, K, DIL, PAD, BORDER: tl.constexpr):
+    """``(lo, hi)``: the virtual positions the windows of outputs ``o0 .. o0+T-1`` (those < LO) cover.
+
+    From scalars only (loop bounds): ``f`` is non-decreasing in the output position for every border but
+    'clamp' with dilation > 1, whose windows interleave dilation groups; there the bound is the reach
+    ``[y - (k-1)d, y + (k-1)d]`` cut to the map (wider, still exact after the membership test)."""
+    o1 = tl.minimum(o0 + T, LO) - 1
+    lo = _first(o0, L, S, K, DIL, PAD, BORDER)
+    hi = _first(o1, L, S, K, DIL, PAD, BORDER) + (K - 1) * DIL
+    if BORDER == 2:
+        lo = tl.where(DIL > 1, tl.maximum(o0 * S - (K - 1) * DIL, 0), lo)
+        hi = tl.where(DIL > 1, tl.minimum(o1 * S + (K - 1) * DIL, L - 1), hi)
+    return lo, hi
 
 
 @triton.jit
@@ -131,10 +146,8 @@ def _fwd(Q, K, V, EK, EV, O, LSE,
                 mask=qv[:, None] & dm[None, :], other=0.0).to(DT)
     fr = _first(yo, H, SH, KH, DH, PH, BORDER)
     fc = _first(xo, W, SW, KW, DW, PW, BORDER)
-    r_lo = tl.min(tl.where(qv, fr, _BIG), 0)
-    r_hi = tl.max(tl.where(qv, fr, -_BIG), 0) + (KH - 1) * DH
-    c_lo = tl.min(tl.where(qv, fc, _BIG), 0)
-    c_hi = tl.max(tl.where(qv, fc, -_BIG), 0) + (KW - 1) * DW
+    r_lo, r_hi = _span((pid_t // n_tw) * TH, TH, HO, H, SH, KH, DH, PH, BORDER)
+    c_lo, c_hi = _span((pid_t % n_tw) * TW, TW, WO, W, SW, KW, DW, PW, BORDER)
 
     k_base = K + b * skb + hh * skh
     v_base = V + b * svb + hh * svh
@@ -215,10 +228,8 @@ def _bwd_dq(Q, K, V, EK, EV, DO, LSE, DELTA, DQ, DK, DV,
     delta = tl.load(DELTA + stat, mask=qv, other=0.0)
     fr = _first(yo, H, SH, KH, DH, PH, BORDER)
     fc = _first(xo, W, SW, KW, DW, PW, BORDER)
-    r_lo = tl.min(tl.where(qv, fr, _BIG), 0)
-    r_hi = tl.max(tl.where(qv, fr, -_BIG), 0) + (KH - 1) * DH
-    c_lo = tl.min(tl.where(qv, fc, _BIG), 0)
-    c_hi = tl.max(tl.where(qv, fc, -_BIG), 0) + (KW - 1) * DW
+    r_lo, r_hi = _span((pid_t // n_tw) * TH, TH, HO, H, SH, KH, DH, PH, BORDER)
+    c_lo, c_hi = _span((pid_t % n_tw) * TW, TW, WO, W, SW, KW, DW, PW, BORDER)
 
     k_base = K + b * skb + hh * skh
     v_base = V + b * svb + hh * svh
