@@ -23,6 +23,7 @@ runs, and :meth:`ConvNetConfig.mechanism_notes` whether a mechanism is alive the
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -382,14 +383,23 @@ CONFIGS: dict[str, ConvNetConfig] = {
 }
 
 
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+# weights that ship in the package: the main job's final weights, with the run folder that produced them
+SHIPPED: dict[str, dict[str, str]] = {
+    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="8677709313ee593453e2b5ab052e5bcb0a049a6a250089f4b009a0689756e9a9",
+                          tag="cifar10_jpeg_20k"),
+}
+
+
 def _pretrained_cfg(name: str, cfg: ConvNetConfig) -> dict:
     s, m = cfg.img_size, cfg.min_input_size()
     return dict(url="", input_size=(cfg.in_chans, s, s), min_input_size=(cfg.in_chans, m, m), fixed_input_size=False,
-                pool_size=(cfg.stage_sizes(s)[-1],) * 2, interpolation="bicubic", crop_mode="center",
+                pool_size=(cfg.stage_sizes(s)[-1],) * 2, interpolation="bilinear" if s <= 96 else "bicubic",
+                crop_mode="center",
                 crop_pct=1.0 if s <= 96 else 0.875, mean=tuple(cfg.mean), std=tuple(cfg.std),
                 num_classes=cfg.num_classes, first_conv="stem.0", classifier="head", license="apache-2.0",
                 paper_ids="arXiv:2310.04134", description=f"{name}: {'MSA-Conv' if cfg.conv == 'msa' else 'plain conv'} "
-                "ConvNet (configuration ours)")
+                "ConvNet (configuration ours)", **SHIPPED.get(name, {}))
 
 
 default_cfgs = {name: _pretrained_cfg(name, c) for name, c in CONFIGS.items()}
