@@ -290,3 +290,22 @@ def test_import_msaconv_never_loads_the_kernels_and_works_without_triton():
                             "print('msaconv.ops.backends._triton_kernels' in sys.modules)"],
                            capture_output=True, text=True, timeout=300, env=env)
     assert plain.returncode == 0 and plain.stdout.strip() == "False", plain.stderr[-3000:]
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not triton_backend.installed(), reason="Triton is not installed")
+def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    """The real NVIDIA compiler (Triton's own ptxas), not the interpreter: what the GPU would build."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "aot_compile.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compile for real, not from an earlier run's cache
+    out = subprocess.run([sys.executable, str(script), "--quick", "--json", str(tmp_path / "aot.jsonl")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    import json
+
+    recs = [json.loads(line) for line in (tmp_path / "aot.jsonl").read_text().splitlines()]
+    assert {r["kernel"] for r in recs} == {"_fwd", "_bwd_dq", "_bwd_dkv", "_bwd_extra"}
+    assert all(r["registers"] for r in recs)

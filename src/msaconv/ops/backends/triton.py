@@ -44,6 +44,11 @@ MAX_HEAD_DIM = 128
 #: queries per program (a tile of output positions) and keys per ``tl.dot`` chunk
 QUERY_TILE = 64
 KEY_CHUNK = 64
+#: how float32 dot products use the tensor cores: 'tf32x3' (three TF32 products, about float32's accuracy:
+#: ~1e-6 relative) or 'ieee' (CUDA-core FMAs: exact float32, large register tiles that spill on sm_90)
+FLOAT32_DOT = "tf32x3"
+#: warps per program; None picks 4, or 8 for float32 and head_dim > 64 (benchmarks/gpu sweeps it)
+NUM_WARPS: int | None = None
 
 _KERNELS: ModuleType | None = None
 _IMPORT_ERROR: str | None = None
@@ -132,13 +137,22 @@ class _Geometry:
         if pb.dtype == torch.bfloat16 and kern.INTERPRETED:
             dot = tl.float32  # the interpreter's tl.dot reads bfloat16 as raw uint16
         self.DT = dot
-        self.PREC = "ieee" if pb.dtype in (torch.float32, torch.float64) else "tf32"
+        self.PREC = {torch.float32: FLOAT32_DOT, torch.float64: "ieee"}.get(pb.dtype, "tf32")  # tf32: unused by halves
         hi = float(torch.tensor(pb.scale, dtype=torch.float32))
         self.scale = (hi, float(pb.scale) - hi)
 
     def const(self) -> dict:
         return dict(D=self.D, BD=self.BD, KH=self.kh, KW=self.kw, DH=self.dh, DW=self.dw, SH=self.sh, SW=self.sw,
-                    PH=self.ph, PW=self.pw, BORDER=self.border, DT=self.DT, ACC=self.ACC, PREC=self.PREC)
+                    PH=self.ph, PW=self.pw, BORDER=self.border, DT=self.DT, ACC=self.ACC, PREC=self.PREC,
+                    num_warps=self.warps)
+
+    @property
+    def warps(self) -> int:
+        """8 warps where a tile's registers need them (float32's split tf32x3 operands, head_dim > 64): at 4,
+        ptxas for sm_90 reports 255 registers and spills there; 4 elsewhere."""
+        if NUM_WARPS is not None:
+            return NUM_WARPS
+        return 8 if self.acc == torch.float64 or self.DT == self.ACC or self.BD > 64 else 4
 
     def query_tiles(self) -> dict:
         """Tile of output positions and chunk of keys for the forward and dq kernels."""
@@ -309,7 +323,7 @@ class TritonBackend:
             q, ek, ev, dout, lse, delta, part_k, part_v,
             *_strides5(q), *_strides4(ek), *_strides4(ev), *_strides5(dout),
             g.Ho, g.Wo, h, M, per_split, nsplit, *g.scale,
-            D=g.D, BD=g.BD, SH=g.sh, SW=g.sw, BQ=bq, BM=bm, DT=g.DT, ACC=g.ACC, PREC=g.PREC)
+            D=g.D, BD=g.BD, SH=g.sh, SW=g.sw, BQ=bq, BM=bm, DT=g.DT, ACC=g.ACC, PREC=g.PREC, num_warps=g.warps)
         dek = part_k.sum(1).view(B, h, M, g.D).to(pb.dtype)
         dev = part_v.sum(1).view(B, h, M, g.D).to(pb.dtype)
         return dek, dev
