@@ -53,7 +53,7 @@ def test_damaged_weights_are_refused(tmp_path):
         shipped_weights(MAIN, {**cfg, "file": str(bad)})
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # all 10,000 test images: CI's third stage
 def test_pretrained_gives_the_committed_runs_top1(tmp_path, capsys):
     from msaconv.cli import main
 

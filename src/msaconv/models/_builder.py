@@ -59,6 +59,43 @@ def traceable_annotations(cls: type) -> type:
     return cls
 
 
+def stage_intermediates(model: Any, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                        output_fmt: str = "NCHW", intermediates_only: bool = False):
+    """timm's ``forward_intermediates`` for a ``stem`` + ``stages`` model with no map-level final norm.
+
+    Stage outputs at ``indices`` (None: all; int n: the last n; a sequence: those, negatives from the end);
+    returns the list of maps, or ``(final_map, maps)`` unless ``intermediates_only``. ``norm=True`` is refused.
+    """
+    if norm:
+        raise ValueError("forward_intermediates: norm=True is not supported, the models have no map-level "
+                         "final norm; use norm=False")
+    if output_fmt not in ("NCHW", "NHWC"):
+        raise ValueError(f"forward_intermediates: output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'")
+    take = check_out_indices("forward_intermediates", indices, len(model.stages))
+    model.check_input(x)
+    x = model.stem(x)
+    # cast: torch's stubs type a slice of an nn.Sequential as Module, it is an nn.Sequential
+    stages = cast(nn.Sequential, model.stages[: max(take) + 1]) if stop_early or intermediates_only else model.stages
+    out = []
+    for i, stage in enumerate(stages):
+        x = stage(x)
+        if i in take:
+            out.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
+    return out if intermediates_only else (x, out)
+
+
+def prune_stages(model: Any, indices) -> tuple[list[int], bool]:
+    """Drop ``model``'s stages after the last of ``indices``; returns the kept indices and whether any went."""
+    take = check_out_indices("prune_intermediate_layers", indices, len(model.stages))
+    last = max(take)
+    if last >= len(model.stages) - 1:
+        return take, False
+    model.stages = cast(nn.Sequential, model.stages[: last + 1])
+    model.num_features = model.head_hidden_size = model.feature_info[last]["num_chs"]
+    model.feature_info = model.feature_info[: last + 1]
+    return take, True
+
+
 class FeatureInfoList(list):
     """The ``feature_info`` of a features-only model: a list of dicts with timm's accessors."""
 

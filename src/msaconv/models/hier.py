@@ -21,7 +21,7 @@ from torch import nn
 from ..layers import get_token_mixer, list_token_mixers
 from ..ops._checks import did_you_mean
 from ._blocks import Block, Stage, check_image, make_downsample, make_stem
-from ._builder import build_model, check_out_indices, traceable_annotations
+from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model
 
 STEMS = ("conv", "patch")
@@ -312,41 +312,15 @@ class HierNet(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs at ``indices`` (None: all; int n: the last n; a sequence: those, negatives from the end).
-
-        Returns the list of maps, or ``(final_map, maps)`` unless ``intermediates_only``. ``norm=True`` is
-        refused: these models have no map-level final norm (the head normalises the pooled vector).
-        """
-        if norm:
-            raise ValueError("forward_intermediates: norm=True is not supported, the models have no map-level "
-                             "final norm; use norm=False")
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"forward_intermediates: output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'")
-        take = check_out_indices("forward_intermediates", indices, len(self.stages))
-        self.check_input(x)
-        x = self.stem(x)
-        # cast: torch's stubs type a slice of an nn.Sequential as Module, it is an nn.Sequential
-        stages = cast(nn.Sequential, self.stages[: max(take) + 1]) if stop_early or intermediates_only else self.stages
-        out = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                out.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
-        return out if intermediates_only else (x, out)
+        """Stage outputs at ``indices`` (timm's rule; see :func:`msaconv.models._builder.stage_intermediates`)."""
+        return stage_intermediates(self, x, indices, norm, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
         """Drop the stages after the last of ``indices`` (and the head); returns the kept indices."""
-        take = check_out_indices("prune_intermediate_layers", indices, len(self.stages))
-        last = max(take)
-        if last < len(self.stages) - 1:
-            self.stages = cast(nn.Sequential, self.stages[: last + 1])  # see forward_intermediates
-            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
-            self.feature_info = self.feature_info[: last + 1]
+        take, pruned = prune_stages(self, indices)
+        if pruned or prune_norm:
             self.head_norm = nn.Identity()
-            prune_head = True
-        if prune_norm:
-            self.head_norm = nn.Identity()
-        if prune_head:
+        if pruned or prune_head:
             self.reset_classifier(0)
         return take
 

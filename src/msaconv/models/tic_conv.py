@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from ..layers.pointwise import Pointwise2d
 from ..layers.shift_pool import resolve_inter_pool, resolve_shift
 from ..ops._checks import BORDERS, did_you_mean, pair
 from ._blocks import check_image
-from ._builder import build_model, check_out_indices, traceable_annotations
+from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model
 from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, _err, per_stage
 
@@ -336,32 +336,13 @@ class ConvNet(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs at ``indices`` (timm's rule); ``(final_map, maps)`` unless ``intermediates_only``."""
-        if norm:
-            raise ValueError("forward_intermediates: norm=True is not supported, the model has no final norm; "
-                             "use norm=False")
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"forward_intermediates: output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'")
-        take = check_out_indices("forward_intermediates", indices, len(self.stages))
-        self.check_input(x)
-        x = self.stem(x)
-        stages = cast(nn.Sequential, self.stages[: max(take) + 1]) if stop_early or intermediates_only else self.stages
-        out = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                out.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
-        return out if intermediates_only else (x, out)
+        """Stage outputs at ``indices`` (timm's rule; see :func:`msaconv.models._builder.stage_intermediates`)."""
+        return stage_intermediates(self, x, indices, norm, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        take = check_out_indices("prune_intermediate_layers", indices, len(self.stages))
-        last = max(take)
-        if last < len(self.stages) - 1:
-            self.stages = cast(nn.Sequential, self.stages[: last + 1])
-            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
-            self.feature_info = self.feature_info[: last + 1]
-            prune_head = True
-        if prune_head:
+        """Drop the stages after the last of ``indices`` (and the head); returns the kept indices."""
+        take, pruned = prune_stages(self, indices)
+        if pruned or prune_head:
             self.reset_classifier(0)
         return take
 
