@@ -52,6 +52,17 @@ def at_block(value: Any, block: int) -> Any:
     return value[block % len(value)] if isinstance(value, list) and value else value
 
 
+def override_fields(cfg: Any, kwargs: dict) -> Any:
+    """A copy of the config dataclass ``cfg`` with ``kwargs`` replaced; unknown names get a did-you-mean and
+    the list of fields."""
+    names = [f.name for f in fields(cfg)]
+    for k in kwargs:
+        if k not in names:
+            raise ValueError(f"{type(cfg).__name__}: unknown option {k!r};{did_you_mean(k, names)} "
+                             f"options are {', '.join(names)}")
+    return replace(cfg, **kwargs)
+
+
 def _pos_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
@@ -182,12 +193,7 @@ class HierConfig:
 
     def override(self, **kwargs) -> "HierConfig":
         """A copy with fields replaced; unknown names get a did-you-mean and the list of fields."""
-        names = [f.name for f in fields(self)]
-        for k in kwargs:
-            if k not in names:
-                raise ValueError(f"{type(self).__name__}: unknown option {k!r};{did_you_mean(k, names)} "
-                                 f"options are {', '.join(names)}")
-        return replace(self, **kwargs)
+        return override_fields(self, kwargs)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -22,7 +22,7 @@ runs, and :meth:`ConvNetConfig.mechanism_notes` whether a mechanism is alive the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from ..ops._checks import BORDERS, did_you_mean, pair
 from ._blocks import check_image
 from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model
-from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, _err, per_stage
+from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, _err, _pos_int, override_fields, per_stage
 
 CONVS = ("msa", "plain")
 DOWNSAMPLES = ("maxpool", "stride")
@@ -133,27 +133,25 @@ class ConvNetConfig:
                                           pair("ConvNetConfig", "dilation", self.stage("dilation")[i])))
             for j, side in enumerate(maps[i]):
                 if self.stage("shift")[i] is not None:
-                    alive = side > k
                     notes.append(f"stage {i} conv {j} ({side}x{side}, window {k}): MDCSM "
-                                 + ("rolls keys outside the window" if alive else "is a no-op (window covers the map)"))
+                                 + ("rolls keys outside the window" if side > k else
+                                    "is a no-op (window covers the map)"))
                 ip = resolve_inter_pool("ConvNetConfig", self.stage("inter_pool")[i])
                 if ip is not None:
                     if ip.mode == "grid":
                         g = pair("InterPool", "grid", ip.grid)
-                        alive = side > max(g)
-                        what = (f"adds {g[0]}x{g[1]} pooled keys" if alive else
+                        what = (f"adds {g[0]}x{g[1]} pooled keys" if side > max(g) else
                                 "passes the raw map as extra keys (global attention, no pooling)")
                     else:
-                        alive, what = side > 1, "smooths keys over a 3x3 neighbourhood"
+                        what = "smooths keys over a 3x3 neighbourhood"
                     notes.append(f"stage {i} conv {j} ({side}x{side}): IPM {what}")
         return notes
 
     def validate(self) -> "ConvNetConfig":
         n = len(self.dims) if isinstance(self.dims, tuple) else 0
-        if not n or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.dims):
+        if not n or not all(_pos_int(w) for w in self.dims):
             raise _err(self, "dims", self.dims, "use a tuple of positive ints, one per stage, e.g. (64, 128, 256)")
-        if not isinstance(self.depths, tuple) or len(self.depths) != n or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.depths):
+        if not isinstance(self.depths, tuple) or len(self.depths) != n or not all(_pos_int(d) for d in self.depths):
             raise _err(self, "depths", self.depths, f"use a tuple of {n} positive ints, e.g. {(2,) * n}")
         for arg, allowed in (("conv", CONVS), ("downsample", DOWNSAMPLES), ("act", tuple(ACTS)),
                              ("head_pool", HEAD_POOLS), ("border", BORDERS)):
@@ -176,7 +174,7 @@ class ConvNetConfig:
             raise _err(self, "plain_convs", self.plain_convs, "use an int >= 0 (0: every conv after the stem is MSA-Conv)")
         for arg in ("stem_width", "head_dim", "in_chans", "img_size"):
             v = getattr(self, arg)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not _pos_int(v):
                 raise _err(self, arg, v, "use a positive int")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise _err(self, "num_classes", self.num_classes, "use a positive int, or 0 for pooled features")
@@ -188,12 +186,7 @@ class ConvNetConfig:
 
     def override(self, **kwargs) -> "ConvNetConfig":
         """A copy with fields replaced; unknown names get a did-you-mean and the list of fields."""
-        names = [f.name for f in fields(self)]
-        for k in kwargs:
-            if k not in names:
-                raise ValueError(f"{type(self).__name__}: unknown option {k!r};{did_you_mean(k, names)} "
-                                 f"options are {', '.join(names)}")
-        return replace(self, **kwargs)
+        return override_fields(self, kwargs)
 
 
 def _conv(cfg: ConvNetConfig, stage: int, cin: int, cout: int, stride: int, plain: bool = False) -> nn.Module:
