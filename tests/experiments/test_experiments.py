@@ -65,12 +65,12 @@ def test_ablation_records(smoke):
 
 
 def test_ablation_variants_build_what_they_say():
-    from msaconv.experiments.ablation import CONFIGS, _model_kwargs
-    from msaconv.models import create_model
+    from msaconv.experiments.ablation import CONFIGS
+    from msaconv.models import create_model, plain_overrides
 
     seen = set()
     for name, (_group, kw, _desc) in CONFIGS.items():
-        a = create_model("tic_nano", num_classes=10, **_model_kwargs(kw)).stages[1].blocks[1].mixer.attn
+        a = create_model("tic_nano", num_classes=10, **plain_overrides(kw)).stages[1].blocks[1].mixer.attn
         key = (a.kernel_size, a.dilation, a.num_heads, a.border, a.shift and a.shift.mode,
                a.inter_pool and a.inter_pool.mode)
         assert key not in seen, f"{name} builds the same mixer as another variant"

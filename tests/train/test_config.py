@@ -59,12 +59,12 @@ def test_every_recipe_parses():
 
 def test_null_in_model_kwargs_reaches_the_model_config():
     """``--set model_kwargs.shift=null`` turns MDCSM off (create_model alone would drop the None, timm's rule)."""
-    from msaconv.train.engine import create_from_config
+    from msaconv.models import create_model_from_config
 
     cfg = C.resolve(sets=["model_kwargs.shift=null", "model_kwargs.inter_pool=false"])
     assert cfg.model_kwargs == {"shift": None, "inter_pool": False}
-    m = create_from_config("tic_nano", 10, cfg.model_kwargs)
+    m = create_model_from_config("tic_nano", cfg.model_kwargs, 10)
     mixers = [mod for mod in m.modules() if type(mod).__name__ == "MSAttention2d"]
     assert mixers and all(x.shift is None and x.inter_pool is None for x in mixers)
-    default = create_from_config("tic_nano", 10, {})
+    default = create_model_from_config("tic_nano", {}, 10)
     assert all(type(x).__name__ != "MSAttention2d" or x.shift is not None for x in default.modules())

@@ -64,20 +64,14 @@ def selected(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def _model_kwargs(kw: dict) -> dict:
-    # per-stage values are lists in JSON and YAML (the engine converts them); TiCConfig reads a tuple as
-    # "one per stage"
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-
-
 def cannot_run_records(stamp: dict, budget: C.Budget) -> list[dict]:
     import torch
 
-    from ..models import create_model
+    from ..models import create_model, plain_overrides
 
     out = []
     for name, (group, kw, desc) in CANNOT_RUN.items():
-        m = create_model("tic_nano", num_classes=10, **_model_kwargs(kw))
+        m = create_model("tic_nano", num_classes=10, **plain_overrides(kw))
         try:
             m(torch.zeros(1, 3, budget.img_size, budget.img_size))
             error = None

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from ..data import embedded_path
     from ..data.transforms import normalize, resize
-    from ..models import create_model
+    from ..models import create_model, plain_overrides
     from ..train.config import TrainConfig, apply_overrides
     from ..train.engine import load_split
     from ..train.evaluate import load_model_from_checkpoint
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> Path:
                                                       for r in recs if r["kind"] == "erf"), flush=True)
         if not args.no_init:
             torch.manual_seed(0)
-            kw = ablation._model_kwargs(ablation.CONFIGS[c][1])
+            kw = plain_overrides(ablation.CONFIGS[c][1])
             model = create_model("tic_nano", num_classes=10, **kw).eval()
             C.append(out, [{**stamp, **r} for r in analyse(model, xs, c, 0, "init", keep_maps=True)])
     return out

@@ -100,14 +100,13 @@ def timing(model_name: str, model_kwargs: dict, batch: int, runs: int, threads: 
     import torch
 
     from ..bench.common import time_fn
-    from ..models import count_flops, create_model
-    from ..train.engine import model_kwargs as mk
+    from ..models import count_flops, create_model, plain_overrides
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
-        model = create_model(model_name, num_classes=10, **mk(model_kwargs))
+        model = create_model(model_name, num_classes=10, **plain_overrides(model_kwargs))
         flops = count_flops(model, (3, img_size, img_size))
         x = torch.randn(batch, 3, img_size, img_size)
         y = torch.randint(0, 10, (batch,))

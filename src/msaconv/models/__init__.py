@@ -8,7 +8,8 @@ also registered into timm's registry on import (``timm.create_model("tic_tiny")`
 from __future__ import annotations
 
 from ._builder import FeatureNet, load_checkpoint
-from ._registry import (create_model, get_pretrained_cfg, is_model, list_models, list_pretrained, model_entrypoint,
+from ._fields import plain_overrides
+from ._registry import (create_model, create_model_from_config, get_pretrained_cfg, is_model, list_models, list_pretrained, model_entrypoint,
                         register_model)
 from .flops import count_flops, count_params
 from .hier import HierConfig, HierNet
@@ -28,12 +29,14 @@ __all__ = [
     "count_flops",
     "count_params",
     "create_model",
+    "create_model_from_config",
     "get_pretrained_cfg",
     "is_model",
     "list_models",
     "list_pretrained",
     "load_checkpoint",
     "model_entrypoint",
+    "plain_overrides",
     "register_into_timm",
     "register_model",
     "timm_status",

@@ -129,3 +129,18 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
     if checkpoint_path is not None:
         kwargs["checkpoint_path"] = checkpoint_path
     return _ENTRYPOINTS[model_name](pretrained=pretrained, **kwargs)
+
+
+def create_model_from_config(model_name: str, overrides: dict, num_classes: int | None = None) -> nn.Module:
+    """Build a registered model from a config file's ``model_kwargs``: values as YAML, JSON or ``--set`` write
+    them (lists read by :func:`msaconv.models.plain_overrides`), and, unlike :func:`create_model`, a None
+    kept as the config's value (``shift: null`` turns MDCSM off, ``layer_scale_init: null`` removes layer
+    scale) rather than dropped for the default."""
+    from ._fields import plain_overrides
+
+    kwargs = plain_overrides(overrides)
+    if not any(v is None for v in kwargs.values()):
+        return create_model(model_name, num_classes=num_classes, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return model_entrypoint(model_name)(**kwargs)

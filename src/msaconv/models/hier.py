@@ -12,7 +12,7 @@ for every token mixer registered when :mod:`msaconv.models` is imported (tic_nan
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 from ..layers import get_token_mixer, list_token_mixers
 from ..ops._checks import did_you_mean
 from ._blocks import Block, Stage, check_image, make_downsample, make_stem
+from ._fields import _err, _pos_int, at_block, override_fields, per_stage
 from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model
 
@@ -28,43 +29,6 @@ STEMS = ("conv", "patch")
 DOWNSAMPLES = ("conv", "msa_conv")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _err(cfg: object, arg: str, value: object, fix: str) -> ValueError:
-    return ValueError(f"{type(cfg).__name__}: {arg}={value!r} is invalid; {fix}")
-
-
-def per_stage(cfg: object, arg: str, value: Any, n: int) -> list:
-    """A per-stage field: a tuple with one entry per stage, or any other value shared by every stage.
-
-    (A *list* inside is a per-block cycle, see :func:`at_block`.)
-    """
-    if isinstance(value, tuple):
-        if len(value) != n:
-            raise _err(cfg, arg, value, f"give one entry per stage ({n} stages), or a single value for all; "
-                                        f"a pair like (5, 1) for every stage is written ((5, 1),) * {n}")
-        return list(value)
-    return [value] * n
-
-
-def at_block(value: Any, block: int) -> Any:
-    """The value of one block: a list cycles over the blocks of its stage, anything else is shared."""
-    return value[block % len(value)] if isinstance(value, list) and value else value
-
-
-def override_fields(cfg: Any, kwargs: dict) -> Any:
-    """A copy of the config dataclass ``cfg`` with ``kwargs`` replaced; unknown names get a did-you-mean and
-    the list of fields."""
-    names = [f.name for f in fields(cfg)]
-    for k in kwargs:
-        if k not in names:
-            raise ValueError(f"{type(cfg).__name__}: unknown option {k!r};{did_you_mean(k, names)} "
-                             f"options are {', '.join(names)}")
-    return replace(cfg, **kwargs)
-
-
-def _pos_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 @dataclass

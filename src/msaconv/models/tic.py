@@ -30,7 +30,8 @@ from ..layers import MSAttention2d
 from ..layers.shift_pool import resolve_inter_pool, resolve_shift
 from ..ops._checks import BORDERS, pair
 from ._builder import build_model
-from .hier import IMAGENET_MEAN, IMAGENET_STD, HierConfig, HierNet, _err, at_block, per_stage, pretrained_cfg_for
+from ._fields import _err, at_block, per_stage
+from .hier import IMAGENET_MEAN, IMAGENET_STD, HierConfig, HierNet, pretrained_cfg_for
 from ._registry import register_model
 
 

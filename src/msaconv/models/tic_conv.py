@@ -37,7 +37,8 @@ from ..ops._checks import BORDERS, did_you_mean, pair
 from ._blocks import check_image
 from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model
-from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, _err, _pos_int, override_fields, per_stage
+from ._fields import _err, _pos_int, override_fields, per_stage
+from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
 CONVS = ("msa", "plain")
 DOWNSAMPLES = ("maxpool", "stride")
@@ -160,6 +161,11 @@ class ConvNetConfig:
                 raise _err(self, arg, v, f"choose one of {allowed}{did_you_mean(str(v), allowed)}")
         if self.stem_stride not in (1, 2, 4) or isinstance(self.stem_stride, bool):
             raise _err(self, "stem_stride", self.stem_stride, "use 1 (32 px images), 2 or 4 (224 px images)")
+        for arg in ("kernel_size", "dilation", "depthwise", "shift", "inter_pool"):
+            if any(isinstance(v, list) for v in self.stage(arg)):
+                raise _err(self, arg, getattr(self, arg), "ConvNet takes one value per stage (a tuple), not a per-block "
+                                                         "cycle (a list, or {blocks: [...]} in YAML); a pair is a tuple, "
+                                                         "e.g. kernel_size=((5, 1),) * 3")
         for arg in ("kernel_size", "dilation"):
             for v in self.stage(arg):
                 pair(f"ConvNetConfig.{arg}", arg, v)

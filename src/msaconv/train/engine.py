@@ -130,21 +130,9 @@ def batches(split: Split, order: torch.Tensor, batch_size: int, cfg: TrainConfig
 
 
 def build_model(cfg: TrainConfig, num_classes: int | None) -> torch.nn.Module:
-    return create_from_config(cfg.model, num_classes, cfg.model_kwargs)
+    from ..models import create_model_from_config
 
-
-def create_from_config(name: str, num_classes: int | None, kw: dict) -> torch.nn.Module:
-    """``create_model(name, num_classes=..., **kw)``, except that a ``null`` of the config reaches the model
-    config as None (``model_kwargs.shift=null`` turns MDCSM off, ``layer_scale_init: null`` removes layer
-    scale) where create_model, by timm's rule, would drop it and keep the default."""
-    from ..models import create_model, model_entrypoint
-
-    kwargs = model_kwargs(kw)
-    if not any(v is None for v in kwargs.values()):
-        return create_model(name, num_classes=num_classes, **kwargs)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    return model_entrypoint(name)(**kwargs)
+    return create_model_from_config(cfg.model, cfg.model_kwargs, num_classes)
 
 
 def check_model_config(cfg: TrainConfig) -> None:
@@ -157,11 +145,6 @@ def check_model_config(cfg: TrainConfig) -> None:
         raise
     except Exception:  # noqa: BLE001 - an op the meta device lacks: the real build below checks the same config
         pass
-
-
-def model_kwargs(kw: dict) -> dict:
-    """YAML gives lists where model configs take tuples (per-stage values): convert the top level."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

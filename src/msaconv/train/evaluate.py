@@ -34,9 +34,9 @@ def load_model_from_checkpoint(path: str, model: str | None = None, sets: list[s
     if num_classes is None:
         head = [v for k, v in weights.items() if k.endswith("weight") and v.ndim == 2]
         num_classes = head[-1].shape[0] if head else 1000
-    from .engine import create_from_config
+    from ..models import create_model_from_config
 
-    m = create_from_config(name, num_classes, kwargs)
+    m = create_model_from_config(name, kwargs, num_classes)
     missing, unexpected = m.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"--checkpoint: {path!r} does not fit {name} (missing {list(missing)[:4]}, unexpected "
