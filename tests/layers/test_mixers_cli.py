@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from msaconv.cli import main
-from msaconv.layers.mixers._table import mixer_table
+from msaconv.bench.mixers import mixer_table
 
 
 def test_mixers_table_cli(capsys, tmp_path):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from msaconv.layers import get_token_mixer
 from msaconv.layers.mixers.kdgqa import allocate
 
-from msaconv.layers.mixers._flops import count_flops
+from msaconv.layers.mixers.flops import count_flops
 
 
 @pytest.fixture(autouse=True)

@@ -181,8 +181,7 @@ def attention_map(model: nn.Module, image: torch.Tensor, layer: str, pixel: tupl
     """Attention of the query nearest to image ``pixel`` (row, col) in ``layer``: ``[heads, H_map, W_map]``."""
     mixers = attention_mixers(model)
     if layer not in mixers:
-        from ..ops._checks import unknown_name
-
+        from .._errors import unknown_name
         raise unknown_name("attention_map", "layer", layer, list(mixers) or ["(none: " + NO_WEIGHTS + ")"])
     x = _capture_inputs(model.eval(), {layer: mixers[layer]}, image[None] if image.dim() == 3 else image[:1])[layer]
     H, W = x.shape[-2:]

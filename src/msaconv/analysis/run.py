@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..ops._checks import unknown_name
-
+from .._errors import unknown_name
 KINDS = ("distance", "heads", "erf", "attention")
 
 
@@ -53,10 +52,10 @@ def _load(cfg: AnalysisConfig):
 def _images(cfg: AnalysisConfig, tcfg, size: int):
     from ..data.transforms import normalize, resize
     from ..train.config import apply_overrides
-    from ..train.engine import _resolve_paths, batches, load_split
+    from ..train.engine import resolve_data_paths, batches, load_split
 
     tcfg = apply_overrides(tcfg, {"data": cfg.data, "img_size": size}, "analyze")
-    path = _resolve_paths(tcfg)[1] if cfg.data == "embedded" else cfg.data
+    path = resolve_data_paths(tcfg)[1] if cfg.data == "embedded" else cfg.data
     if path is None:
         raise ValueError(f"msaconv analyze: no evaluation images for --data {cfg.data!r}")
     split = load_split(tcfg, path, False, cfg.images, print)

@@ -76,8 +76,7 @@ def resolve(name: str) -> tuple[str, str]:
     imports and knows it.
     """
     from ..models import list_models
-    from ..ops._checks import did_you_mean
-
+    from .._errors import did_you_mean
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"msaconv bench model: expected a model name, got {name!r}")
     name = name.strip()

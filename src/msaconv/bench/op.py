@@ -200,8 +200,7 @@ def setup(impl: str, case: Case, mode: str, seed: int = 0) -> tuple[Callable[[],
     info: dict = {}
     if impl in backend_names():
         from ..ops import backends, msa_conv2d
-        from ..ops._checks import check_msa_conv2d
-
+        from ..ops import check_msa_conv2d
         be = backends.BACKENDS[impl]
         inputs = _inputs(case, be.layout, mode == "fwdbwd", seed)
         q, k, v = inputs
@@ -271,13 +270,11 @@ def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | P
     known = implementation_names()
     for name in impls:
         if name not in known:
-            from ..ops._checks import unknown_name
-
+            from .._errors import unknown_name
             raise unknown_name("msaconv bench op", "implementation", name, known)
     for m in cfg.modes:
         if m not in MODES:
-            from ..ops._checks import unknown_name
-
+            from .._errors import unknown_name
             raise unknown_name("msaconv bench op", "mode", m, MODES)
     records: list[dict] = []
 

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import __version__
-    from ..layers.mixers._table import format_table, mixer_table, rows_as_dicts
+    from ..bench.mixers import format_table, mixer_table, rows_as_dicts
 
     rows = mixer_table(args.dim, args.size, args.alt_size, args.heads, args.repeats, args.only)
     print(format_table(rows, args.dim, args.size, args.alt_size))

@@ -32,8 +32,7 @@ EXPERIMENTS: dict[str, str] = {
 def get_experiment(name: str) -> ModuleType:
     """The module of experiment ``name`` (a ValueError with did-you-mean for an unknown name)."""
     if name not in EXPERIMENTS:
-        from ..ops._checks import unknown_name
-
+        from .._errors import unknown_name
         raise unknown_name("msaconv experiment", "experiment", name, list(EXPERIMENTS))
     return importlib.import_module(EXPERIMENTS[name])
 

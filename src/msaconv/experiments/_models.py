@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import HierNet, register_model
-from ..models._builder import build_model
+from ..models import HierNet, build_model, register_model
 from ..models.hier import VARIANTS, pretrained_cfg_for
 
 CFG = replace(VARIANTS["vit_nano_global"], pos_conv=False)

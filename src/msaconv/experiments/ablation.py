@@ -58,8 +58,7 @@ def selected(args: argparse.Namespace) -> list[str]:
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     for n in names:
         if n not in CONFIGS:
-            from ..ops._checks import unknown_name
-
+            from .._errors import unknown_name
             raise unknown_name("msaconv experiment ablation", "--configs entry", n, list(CONFIGS))
     return names
 

@@ -55,14 +55,9 @@ FIGURE = "cost_time_memory.png"
 
 def _vit_s16_global():
     from ..models import HierConfig, HierNet
-    from ..models._blocks import make_stem
 
-    cfg = HierConfig(dims=(384,), depths=(12,), head_dim=64, token_mixer="global", mlp_ratio=4.0, stem="patch",
-                     stem_stride=4, pos_conv=True, num_classes=1000, img_size=224)
-    model = HierNet(cfg)
-    model.stem = make_stem("patch", 3, 384, 16)  # HierConfig's stems stop at stride 4; ViT patches are 16 px
-    model.min_input_size = 16
-    return model
+    return HierNet(HierConfig(dims=(384,), depths=(12,), head_dim=64, token_mixer="global", mlp_ratio=4.0,
+                              stem="patch", stem_stride=16, pos_conv=True, num_classes=1000, img_size=224))
 
 
 def _tic_tiny_global():
@@ -90,8 +85,7 @@ def build_model(name: str):
     from ..models import create_model, list_models
 
     if name not in list_models():
-        from ..ops._checks import did_you_mean
-
+        from .._errors import did_you_mean
         names = list(BUILDERS) + list_models()
         raise ValueError(f"msaconv experiment cost: unknown model {name!r};{did_you_mean(name, names)} use one of "
                          f"{', '.join(BUILDERS)} or a registered model (msaconv.list_models())")

@@ -77,8 +77,7 @@ def run(args: argparse.Namespace) -> Path:
         [c.strip() for c in args.configs.split(",") if c.strip()]
     for c in configs:
         if c not in ablation.CONFIGS:
-            from ..ops._checks import unknown_name
-
+            from .._errors import unknown_name
             raise unknown_name("msaconv experiment erf", "--configs entry", c, list(ablation.CONFIGS))
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     abl = C.read_records(args.ablation_records)

@@ -46,8 +46,7 @@ def selected(args: argparse.Namespace) -> list[str]:
     chosen = [n.strip() for n in args.mixers.split(",") if n.strip()]
     for n in chosen:
         if n not in names:
-            from ..ops._checks import unknown_name
-
+            from .._errors import unknown_name
             raise unknown_name("msaconv experiment mixers", "mixer", n, names)
     return chosen
 

@@ -63,8 +63,7 @@ def plan(args: argparse.Namespace, budget: C.Budget) -> tuple[list[dict], list[d
         allowed = ["tic_nano", *list_token_mixers(), *VITS]
         for m in chosen:
             if m not in allowed:
-                from ..ops._checks import unknown_name
-
+                from .._errors import unknown_name
                 raise unknown_name("msaconv experiment resolution", "--models entry", m, allowed)
         wanted = chosen
     have, jobs = [], []

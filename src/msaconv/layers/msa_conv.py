@@ -11,8 +11,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..ops import msa_conv2d, msa_conv2d_weights
-from ..ops._checks import check_border, check_probability, pair
+from .._errors import check_choice, check_probability, pair
+from ..ops import BORDERS, msa_conv2d, msa_conv2d_weights
 from ._checks import check_heads, check_input, check_int
 from .pointwise import Pointwise2d
 from .shift_pool import (CyclicShift, InterPool, pool_grid, pool_local, resolve_inter_pool, resolve_shift,
@@ -28,7 +28,7 @@ def _check_shift_heads(cls: str, sh: CyclicShift | None, num_heads: int) -> None
         )
 
 
-class _QKVAttention(nn.Module):
+class QKVAttention(nn.Module):
     """1x1 qkv projection + MSA-Conv core, shared by both modules. NCHW in, NCHW (attention output) out.
 
     ``shift`` (MDCSM) and ``inter_pool`` (IPM) are resolved :class:`CyclicShift` / :class:`InterPool`
@@ -46,7 +46,7 @@ class _QKVAttention(nn.Module):
         self.kernel_size = pair(cls, "kernel_size", kernel_size)
         self.dilation = pair(cls, "dilation", dilation)
         self.attn_stride = pair(cls, "attn_stride", stride)
-        self.border = check_border(cls, border)
+        self.border = check_choice(cls, "border", border, BORDERS)
         self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
         self.scale = scale
         self.backend = backend
@@ -144,7 +144,7 @@ class MSAConv2d(nn.Module):
         self.in_channels = check_int(cls, "in_channels", in_channels)
         self.out_channels = check_int(cls, "out_channels", out_channels)
         sh = resolve_shift(cls, shift)
-        self.attn = _QKVAttention(cls, in_channels, num_heads, kernel_size, dilation, attn_stride, border,
+        self.attn = QKVAttention(cls, in_channels, num_heads, kernel_size, dilation, attn_stride, border,
                                   attn_drop, qkv_bias, scale, backend, device, dtype, shift=sh,
                                   inter_pool=resolve_inter_pool(cls, inter_pool))
         _check_shift_heads(cls, sh, self.attn.num_heads)
@@ -275,7 +275,7 @@ class MSAttention2d(nn.Module):
         cls = "MSAttention2d"
         sh = resolve_shift(cls, shift)
         ip = resolve_inter_pool(cls, inter_pool)
-        self.attn = _QKVAttention(cls, dim, num_heads, kernel_size, dilation, stride, border, attn_drop, qkv_bias,
+        self.attn = QKVAttention(cls, dim, num_heads, kernel_size, dilation, stride, border, attn_drop, qkv_bias,
                                   scale, backend, device, dtype, shift=sh, inter_pool=ip)
         _check_shift_heads(cls, sh, self.attn.num_heads)
         self.proj = Pointwise2d(dim, dim, device=device, dtype=dtype)

@@ -15,8 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..ops._checks import unknown_name
-
+from .._errors import unknown_name
 MixerFactory = Callable[..., nn.Module]
 
 TOKEN_MIXERS: dict[str, MixerFactory] = {}

@@ -152,8 +152,7 @@ def _from_option(fn: str, arg: str, value: object, cls, modes: tuple[str, ...]):
         return value
     if isinstance(value, str):
         if value not in modes:
-            from ..ops._checks import unknown_name
-
+            from .._errors import unknown_name
             raise unknown_name(fn, f"{arg} mode", value, modes)
         return cls(mode=value)
     if isinstance(value, dict):

@@ -7,7 +7,7 @@ also registered into timm's registry on import (``timm.create_model("tic_tiny")`
 
 from __future__ import annotations
 
-from ._builder import FeatureNet, load_checkpoint
+from ._builder import FeatureNet, build_model, load_checkpoint
 from ._fields import plain_overrides
 from ._registry import (create_model, create_model_from_config, get_pretrained_cfg, is_model, list_models, list_pretrained, model_entrypoint,
                         register_model)
@@ -26,6 +26,7 @@ __all__ = [
     "HierConfig",
     "HierNet",
     "TiCConfig",
+    "build_model",
     "count_flops",
     "count_params",
     "create_model",

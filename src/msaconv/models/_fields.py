@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from ..ops._checks import did_you_mean
-
+from .._errors import did_you_mean
 FORMS = ("blocks", "stages")
 
 

@@ -13,8 +13,7 @@ from typing import Callable, Iterable
 
 from torch import nn
 
-from ..ops._checks import did_you_mean
-
+from .._errors import did_you_mean
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _PRETRAINED_CFGS: dict[str, dict] = {}
 # called with each newly registered entry point (the timm bridge adds itself here)

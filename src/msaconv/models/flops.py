@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils import flop_counter as fc
 
-from ..layers.msa_conv import _QKVAttention
+from ..layers.msa_conv import QKVAttention
 
 
 def _cpu_sdpa_mapping() -> dict:
@@ -62,7 +62,7 @@ def count_flops(model: nn.Module, input_size: tuple[int, ...] | None = None, bat
     analytic: list[tuple[int, int]] = []  # (id of the attention core, its 4*B*Ho*Wo*(K+M)*C)
     names: dict[int, str] = {}
 
-    def hook(mod: _QKVAttention, inputs, out):
+    def hook(mod: QKVAttention, inputs, out):
         xin = inputs[0]
         H, W = xin.shape[-2:]
         K = mod.kernel_size[0] * mod.kernel_size[1]
@@ -76,7 +76,7 @@ def count_flops(model: nn.Module, input_size: tuple[int, ...] | None = None, bat
 
     handles = []
     for name, mod in model.named_modules():
-        if isinstance(mod, _QKVAttention):
+        if isinstance(mod, QKVAttention):
             names[id(mod)] = name
             handles.append(mod.register_forward_hook(hook))
     was_training = model.training

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..layers import get_token_mixer, list_token_mixers
-from ..ops._checks import did_you_mean
+from .._errors import did_you_mean
 from ._blocks import Block, Stage, check_image, make_downsample, make_stem
 from ._fields import _err, _pos_int, at_block, override_fields, per_stage
 from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
@@ -38,7 +38,7 @@ class HierConfig:
     Fields: ``dims``, ``depths`` (per stage); ``head_dim`` (heads = dim // head_dim) or ``num_heads``
     (per stage, overrides head_dim); ``token_mixer`` (a name of :func:`msaconv.layers.list_token_mixers`)
     and ``mixer_options`` (a dict for every stage, or a tuple of dicts); ``mlp_ratio``; ``stem`` ('conv':
-    two 3x3 convs, or 'patch') and ``stem_stride`` (1, 2 or 4); ``downsample`` ('conv': LN + strided
+    two 3x3 convs, or 'patch') and ``stem_stride`` (1, 2 or 4; the patch stem also 8 or 16); ``downsample`` ('conv': LN + strided
     conv, or 'msa_conv': LN + ``MSAConv2d(stride=2)``) with ``downsample_kernel``; ``layer_scale_init``
     (None: no layer scale); ``pos_conv`` (a depthwise 3x3 position encoding in every block);
     ``mixer_size`` (pass ``size=`` the stage's map size at ``img_size`` to mixers that are built for one
@@ -133,8 +133,10 @@ class HierConfig:
             raise _err(self, "mlp_ratio", self.mlp_ratio, "use a positive number, e.g. 4.0")
         if self.stem not in STEMS:
             raise _err(self, "stem", self.stem, f"choose one of {STEMS}")
-        if self.stem_stride not in (1, 2, 4) or isinstance(self.stem_stride, bool):
-            raise _err(self, "stem_stride", self.stem_stride, "use 1, 2 or 4")
+        strides = (1, 2, 4, 8, 16) if self.stem == "patch" else (1, 2, 4)
+        if self.stem_stride not in strides or isinstance(self.stem_stride, bool):
+            raise _err(self, "stem_stride", self.stem_stride, f"use one of {strides} with stem={self.stem!r}"
+                       + (" (8 and 16: stem='patch', ViT's patchify)" if self.stem != "patch" else ""))
         if self.downsample not in DOWNSAMPLES:
             raise _err(self, "downsample", self.downsample,
                        f"choose one of {DOWNSAMPLES}{did_you_mean(str(self.downsample), DOWNSAMPLES)}")

@@ -28,7 +28,8 @@ from torch import nn
 
 from ..layers import MSAttention2d
 from ..layers.shift_pool import resolve_inter_pool, resolve_shift
-from ..ops._checks import BORDERS, pair
+from .._errors import pair
+from ..ops import BORDERS
 from ._builder import build_model
 from ._fields import _err, at_block, per_stage
 from .hier import IMAGENET_MEAN, IMAGENET_STD, HierConfig, HierNet, pretrained_cfg_for

@@ -33,7 +33,8 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import MSAConv2d
 from ..layers.pointwise import Pointwise2d
 from ..layers.shift_pool import resolve_inter_pool, resolve_shift
-from ..ops._checks import BORDERS, did_you_mean, pair
+from .._errors import did_you_mean, pair
+from ..ops import BORDERS
 from ._blocks import check_image
 from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import BORDERS, LAYOUTS
+from ._checks import BORDERS, LAYOUTS, Problem, check_msa_conv2d
 from .msa_conv import available_backends, choose_backend, msa_conv2d, msa_conv2d_weights
 from .shapes import output_size, window_offsets
 
 __all__ = [
     "BORDERS",
     "LAYOUTS",
+    "Problem",
     "available_backends",
     "backend_report",
+    "check_msa_conv2d",
     "choose_backend",
     "merge_heads",
     "msa_conv2d",

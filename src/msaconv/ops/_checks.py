@@ -7,13 +7,13 @@ An op calls :func:`check_msa_conv2d` once, then dispatches on the :class:`Proble
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from .._errors import check_choice, check_probability, did_you_mean, pair, unknown_name  # noqa: F401
 from . import shapes
 
 BORDERS: tuple[str, ...] = ("zeros", "mask", "clamp", "circular")
@@ -23,59 +23,12 @@ DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.bfloat16,
 _LAYOUT_AXES = {"bhwd": "[B, heads, H, W, head_dim]", "bhdhw": "[B, heads, head_dim, H, W]"}
 
 
-def did_you_mean(value: str, choices: Sequence[str]) -> str:
-    """`` did you mean 'x'?`` for the closest choice, or an empty string."""
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
-    return f" did you mean {close[0]!r}?" if close else ""
-
-
-def unknown_name(fn: str, arg: str, value: object, choices: Sequence[str]) -> ValueError:
-    """The error for a name that is not one of ``choices``."""
-    return ValueError(
-        f"{fn}: unknown {arg} {value!r};{did_you_mean(str(value), choices)} "
-        f"choose one of {', '.join(repr(c) for c in choices)}"
-    )
-
-
-def pair(fn: str, arg: str, value: object, minimum: int = 1) -> tuple[int, int]:
-    """Normalise an int or a pair of ints to a pair, each at least ``minimum``."""
-    if isinstance(value, bool):
-        vals = None
-    elif isinstance(value, int):
-        vals = (value, value)
-    elif isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
-        vals = tuple(value)
-    else:
-        vals = None
-    if vals is None or not all(isinstance(x, int) and not isinstance(x, bool) for x in vals):
-        raise ValueError(
-            f"{fn}: {arg} must be an int or a pair of ints (rows, cols), got {value!r}; "
-            f"use e.g. {arg}=3 or {arg}=(5, 1)"
-        )
-    if min(vals) < minimum:
-        raise ValueError(
-            f"{fn}: {arg} must be >= {minimum} along each axis, got {value!r}; "
-            f"use values >= {minimum}"
-        )
-    return int(vals[0]), int(vals[1])
-
-
 def check_border(fn: str, border: object) -> str:
-    if border not in BORDERS:
-        raise unknown_name(fn, "border", border, BORDERS)
-    return str(border)
+    return check_choice(fn, "border", border, BORDERS)
 
 
 def check_layout(fn: str, layout: object) -> str:
-    if layout not in LAYOUTS:
-        raise unknown_name(fn, "layout", layout, LAYOUTS)
-    return str(layout)
-
-
-def check_probability(fn: str, arg: str, p: object) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"{fn}: {arg} must be a float in [0, 1), got {p!r}; use e.g. {arg}=0.1")
-    return float(p)
+    return check_choice(fn, "layout", layout, LAYOUTS)
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,8 @@ def _problem(q, k, v, extra_k, extra_v, kernel_size, dilation, stride, border, s
 
 def choose_op_backend(pb: Problem, backend: str) -> _backends.Backend:
     """The named backend (``''`` = automatic: the first that can run and has an explicit backward)."""
-    from .msa_conv import choose_backend
-
     if backend:
-        be = choose_backend(pb, backend)
+        be = _backends.choose_backend(pb, backend)
         if not has_explicit_backward(be):
             raise ValueError(f"{_FN}: backend {backend!r} has no explicit backward and cannot run inside the "
                              f"custom op; call it with torch.compile disabled or use backend=None")

@@ -9,7 +9,8 @@ import torch
 
 from . import backends as _backends
 from . import library as _library
-from ._checks import Problem, check_msa_conv2d, did_you_mean
+from ._checks import Problem, check_msa_conv2d
+from .backends import choose_backend
 
 _FN = "msa_conv2d"
 
@@ -21,31 +22,6 @@ def _to_layout(t: torch.Tensor, src: str, dst: str) -> torch.Tensor:
     if src == "bhdhw":  # [B,h,D,H,W] -> [B,h,H,W,D]
         return t.permute(0, 1, 3, 4, 2)
     return t.permute(0, 1, 4, 2, 3)  # [B,h,H,W,D] -> [B,h,D,H,W]
-
-
-def choose_backend(pb: Problem, backend: str | None, fn: str = _FN) -> _backends.Backend:
-    """The named backend if it can run (else a ValueError with its reason), or the first that can."""
-    table = _backends.BACKENDS
-    if backend is not None:
-        if backend not in table and backend in _backends.UNAVAILABLE:
-            raise ValueError(f"{fn}: backend {backend!r} cannot run here: {_backends.UNAVAILABLE[backend]}; "
-                             f"use backend=None to pick one that can")
-        if backend not in table:
-            raise ValueError(
-                f"{fn}: unknown backend {backend!r};{did_you_mean(str(backend), list(table))} "
-                f"choose one of {', '.join(repr(n) for n in table)} or None (automatic)"
-            )
-        reason = table[backend].can_run(pb)
-        if reason is not None:
-            raise ValueError(f"{fn}: backend {backend!r} cannot run this call: {reason}; use backend=None to pick one that can")
-        return table[backend]
-    reasons = []
-    for name, be in table.items():
-        reason = _backends.auto_reason(be, pb)
-        if reason is None:
-            return be
-        reasons.append(f"{name}: {reason}")
-    raise ValueError(f"{fn}: no backend can run this call; " + "; ".join(reasons))
 
 
 def _use_custom_op(backend: str | None) -> bool:

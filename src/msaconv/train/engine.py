@@ -68,7 +68,7 @@ class Split:
         return self.images.shape[0]
 
 
-def _resolve_paths(cfg: TrainConfig) -> tuple[str, str | None]:
+def resolve_data_paths(cfg: TrainConfig) -> tuple[str, str | None]:
     if cfg.data == "embedded":
         train = str(embedded_path("train"))
         val = str(embedded_path("test")) if cfg.val_data == "auto" else cfg.val_data
@@ -401,7 +401,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
         from ..ops import prepare
 
         prepare(background=True)
-    train_path, val_path = _resolve_paths(cfg)
+    train_path, val_path = resolve_data_paths(cfg)
     t0 = time.perf_counter()
     tr = load_split(cfg, train_path, True, cfg.limit_train, say)
     va = load_split(cfg, val_path, False, cfg.limit_val, say) if val_path else None

@@ -50,13 +50,13 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
                         protocols: list[str] | None = None) -> tuple[list[dict], Path]:
     """Top-1/top-5 of a checkpoint at every size and protocol ('resize' / 'canvas', see
     :func:`msaconv.data.to_eval_size`), with flip TTA when ``tta`` is 'flip' or 'both'."""
-    from .engine import _resolve_paths, evaluate, load_split
+    from .engine import resolve_data_paths, evaluate, load_split
 
     m, cfg, classes = load_model_from_checkpoint(path, model, sets)
     cfg = apply_overrides(cfg, {"eval_batch_size": batch_size, "skip_bad": skip_bad, "limit_val": limit, "tta": tta,
                                 "eval_protocols": protocols or ["resize"]}, "eval")
     if data == "embedded":
-        resolved = _resolve_paths(apply_overrides(cfg, {"data": "embedded"}, "eval"))[1]
+        resolved = resolve_data_paths(apply_overrides(cfg, {"data": "embedded"}, "eval"))[1]
         if resolved is None:
             raise ValueError(f"--data embedded: the checkpoint's config sets val_data={cfg.val_data!r}, so there is "
                              f"no validation set to evaluate on; pass --data with a folder of <class> images")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops._checks import unknown_name
+from ..._errors import unknown_name
 from .._checks import check_heads, check_input, check_int  # noqa: F401  (re-exported for the mixers)
 
 

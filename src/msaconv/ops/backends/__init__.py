@@ -31,7 +31,7 @@ from typing import Protocol
 
 import torch
 
-from .._checks import Problem
+from .._checks import Problem, did_you_mean
 from . import cpu, dense, portable, reference
 from . import triton as _triton  # the backend module; it imports the triton package only when a call needs it
 
@@ -80,3 +80,28 @@ def auto_reason(be: Backend, pb: Problem) -> str | None:
     reason = be.can_run(pb)
     declines = getattr(be, "declines", None)
     return declines(pb) if reason is None and declines is not None else reason
+
+
+def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d") -> Backend:
+    """The named backend if it can run (else a ValueError with its reason), or the first that can."""
+    table = BACKENDS
+    if backend is not None:
+        if backend not in table and backend in UNAVAILABLE:
+            raise ValueError(f"{fn}: backend {backend!r} cannot run here: {UNAVAILABLE[backend]}; "
+                             f"use backend=None to pick one that can")
+        if backend not in table:
+            raise ValueError(
+                f"{fn}: unknown backend {backend!r};{did_you_mean(str(backend), list(table))} "
+                f"choose one of {', '.join(repr(n) for n in table)} or None (automatic)"
+            )
+        reason = table[backend].can_run(pb)
+        if reason is not None:
+            raise ValueError(f"{fn}: backend {backend!r} cannot run this call: {reason}; use backend=None to pick one that can")
+        return table[backend]
+    reasons = []
+    for name, be in table.items():
+        reason = auto_reason(be, pb)
+        if reason is None:
+            return be
+        reasons.append(f"{name}: {reason}")
+    raise ValueError(f"{fn}: no backend can run this call; " + "; ".join(reasons))

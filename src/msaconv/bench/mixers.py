@@ -3,7 +3,7 @@
 :func:`mixer_table` measures; :func:`format_table` prints. Times are medians of warm forwards in eval mode
 under ``torch.no_grad()``, each relative to ``global`` timed interleaved with it in the same run (absolute
 milliseconds depend on the machine and its load; the ratio is what the table reports). GMACs are FLOPs / 2 from
-:func:`msaconv.layers.mixers._flops.count_flops`; operators it cannot count are named in the notes.
+:func:`msaconv.layers.mixers.flops.count_flops`; operators it cannot count are named in the notes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..registry import get_token_mixer, list_token_mixers, token_mixer_paper
-from ._flops import count_flops
+from ..layers import get_token_mixer, list_token_mixers, token_mixer_paper
+from ..layers.mixers.flops import count_flops
 
 # options a mixer needs to be built for the table's map (the spectral filter is sized at construction)
 def _table_options(name: str, size: tuple[int, int]) -> dict:
