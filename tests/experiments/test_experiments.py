@@ -7,6 +7,7 @@ checkpoints as the real runs do); the tests then check the records and the markd
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ def test_ablation_records(smoke):
         assert r["train_images"] == C.SMOKE["limit_train"] and r["val_images"] == C.SMOKE["limit_val"]
         assert r["img_per_s"] > 0 and r["train_seconds"] > 0 and Path(r["checkpoint"]).is_dir()
         assert r["env"]["torch"] and r["env"]["command"].startswith("msaconv experiment ablation --smoke")
+        assert len(r["train_sha256"]) == 64 and len(r["val_sha256"]) == 64
+        assert r["train_sha256"] == hashlib.sha256(Path(r["train_data"]).read_bytes()).hexdigest()
     # "off" must reach the model (None would be dropped by create_model and silently keep the default)
     assert runs["mdcsm_ipm_off"]["model_kwargs"] == {"shift": False, "inter_pool": False}
     assert runs["default"]["loss"] != runs["mdcsm_ipm_off"]["loss"]
@@ -161,6 +164,17 @@ def test_helpers():
     assert t.splitlines()[1] == "| --- | ---: |" and "x\\|y" in t
     recs = [{"config": "a", "seed": 0, "v": 1}, {"config": "a", "seed": 0, "v": 2}]
     assert C.latest_batch(recs, lambda r: (r["config"], r["seed"])) == [recs[1]]
+
+
+def test_data_that_cannot_be_found_is_an_error_never_a_fallback(tmp_path):
+    missing = tmp_path / "no" / "train.zip"
+    with pytest.raises(ValueError, match="does not exist") as e:
+        C.Budget(data=str(missing)).as_dict()
+    assert str(missing) in str(e.value) and "--data embedded" in str(e.value)
+    assert main(["experiment", "ablation", "--data", str(missing), "--configs", "default", "--seeds", "1",
+                 "--output", str(tmp_path / "r.jsonl")]) == 2
+    assert not (tmp_path / "r.jsonl").exists()
+    assert C.Budget().resolved_data() == "embedded"
 
 
 def test_cli_lists_experiments(capsys):

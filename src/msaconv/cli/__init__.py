@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("msaconv: interrupted", file=sys.stderr)
         return 130
-    except ValueError as e:  # our documented user errors: one clear line, no traceback
+    except (ValueError, TypeError) as e:  # our documented user errors: one clear line, no traceback
         print(f"msaconv {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -28,16 +28,6 @@ def default_output(name: str) -> Path:
     return RESULTS_DIR / name / "records.jsonl"
 
 
-def shared_train_zip() -> Path | None:
-    """The full CIFAR-10 (JPEG copy) train zip in ``../shared/data/cifar10`` when present (else None)."""
-    here = Path(__file__).resolve()
-    for root in (Path.cwd(), *here.parents):
-        p = root.parent / "shared" / "data" / "cifar10" / "train.zip"
-        if p.is_file():
-            return p
-    return None
-
-
 # --------------------------------------------------------------------------------------------- budget
 
 
@@ -49,15 +39,18 @@ class Budget:
     limit_train: int | None = 10000
     limit_val: int | None = None  # None: the whole 10,000-image test set
     batch_size: int = 128
-    data: str = "auto"  # 'auto': ../shared/data/cifar10/train.zip when present, else 'embedded'
+    data: str = "embedded"  # 'embedded' (the 20,000-image subset in the package) or a zip / ImageFolder path
     threads: int = 1  # torch threads per worker
     img_size: int = 32
 
     def resolved_data(self) -> str:
-        if self.data != "auto":
+        """``data`` checked: 'embedded', or a path that exists (never a silent fallback to another data set)."""
+        if self.data == "embedded":
             return self.data
-        z = shared_train_zip()
-        return str(z) if z is not None else "embedded"
+        if not Path(self.data).exists():
+            raise ValueError(f"--data: {self.data!r} does not exist (from {Path.cwd()}); pass the CIFAR-10 train zip, "
+                             f"e.g. --data ../shared/data/cifar10/train.zip, an ImageFolder dir, or --data embedded")
+        return str(Path(self.data).resolve())
 
     def as_dict(self) -> dict:
         return {**asdict(self), "data": self.resolved_data()}
@@ -77,8 +70,9 @@ def add_budget_arguments(p: argparse.ArgumentParser, seeds: int = 3, workers: in
                    help="test images, always the same subset ('none': all 10,000; default %(default)s)")
     g.add_argument("--batch-size", type=int, default=b.batch_size, help="default %(default)s")
     g.add_argument("--data", default=b.data,
-                   help="'auto' (the full train zip in ../shared/data/cifar10 when present, else 'embedded'), "
-                        "'embedded', or a zip / ImageFolder dir; evaluation is always the embedded 10k test set")
+                   help="'embedded' (default: the 20,000-image subset in the package) or a zip / ImageFolder dir, e.g. "
+                        "../shared/data/cifar10/train.zip (an error if it does not exist); evaluation is always the "
+                        "embedded 10,000-image test set; records store the data's SHA-256 and image count")
     g.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1 per configuration (default %(default)s)")
     g.add_argument("--workers", type=int, default=workers,
                    help="parallel training processes (default %(default)s; 1 runs in this process)")
@@ -194,8 +188,18 @@ def train_job(job: dict) -> dict:
         "steps": summary["steps"], "train_seconds": summary["train_seconds"],
         "total_seconds": summary["total_seconds"], "img_per_s": summary["img_per_s"], "params": summary["params"],
         "threads": summary["threads"], "checkpoint": str(run_dir), "reused_checkpoint": reused,
-        "budget": budget.as_dict(), **job.get("extra", {}),
+        "budget": budget.as_dict(), **data_identity(run_dir), **job.get("extra", {}),
     }
+
+
+def data_identity(run_dir: Path) -> dict:
+    """The training and test data of a run, from its metrics log's first line: paths and SHA-256 (the image
+    counts are the record's ``train_images`` / ``val_images``)."""
+    try:
+        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    except (OSError, IndexError, ValueError):
+        return {}
+    return {k: first.get(k) for k in ("train_data", "train_sha256", "val_data", "val_sha256")}
 
 
 def safe_train_job(job: dict) -> dict:

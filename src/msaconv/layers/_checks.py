@@ -28,8 +28,10 @@ def check_heads(cls: str, dim: int, num_heads: object, arg: str = "num_heads", d
 
 def check_input(cls: str, x: object, dim: int, dim_arg: str = "dim") -> tuple[int, int, int, int]:
     """``x`` must be ``[B, dim, H, W]`` with H, W >= 1; returns its shape."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{cls}: expected a tensor [B, C, H, W], got {type(x).__name__}")
+    if x.dim() != 4:
+        got = tuple(x.shape)
         raise ValueError(f"{cls}: expected input [B, C, H, W], got {got}; add a batch axis with x[None] for one image")
     if x.shape[1] != dim:
         raise ValueError(

@@ -96,7 +96,7 @@ class Problem:
 
 def _shape_5d(fn: str, name: str, t: object, layout: str) -> tuple[int, ...]:
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}; pass a tensor {_LAYOUT_AXES[layout]}")
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}; pass a tensor {_LAYOUT_AXES[layout]}")
     if t.dim() != 5:
         raise ValueError(
             f"{fn}: {name} must be a 5-D tensor {_LAYOUT_AXES[layout]} (layout={layout!r}), got shape "
