@@ -1,4 +1,4 @@
-"""``msaconv experiment <name>``: the experiments that test TiC's claims (issue 8), each one command.
+"""``msaconv experiment <name>``: the experiments that test TiC's claims, each one command.
 
 Every experiment module exposes the same four names:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# name -> module; "cost" is written by another helper (same contract)
+# name -> module (every module has the contract above)
 EXPERIMENTS: dict[str, str] = {
     "ablation": "msaconv.experiments.ablation",
     "mixers": "msaconv.experiments.mixers",

@@ -1,6 +1,6 @@
 """``msaconv experiment cost``: how inference time and peak memory grow with the image, MSA-Conv vs global attention.
 
-The paper's claim (issue 8, design/benchmarks.md §2): MSA-Conv is cheaper than global attention as images
+The paper's claim: MSA-Conv is cheaper than global attention as images
 grow. Measured here: for each model and square image size (default 64, 128, 256, 512, 768, 1024 px),
 batch 1, eval mode under ``no_grad``:
 

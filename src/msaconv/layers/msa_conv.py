@@ -63,7 +63,6 @@ class QKVAttention(nn.Module):
         qkv = self.qkv(x).view(B, 3, self.num_heads, self.head_dim, H, W)  # [B, 3, h, D, H, W]
         # unbind, not three selects: its backward stacks the three gradients into one tensor, where each
         # select's backward writes a zero tensor of the whole qkv size and autograd then adds three of them
-        # (2-3% of a tic_nano training step, measured by alternating steps in one process)
         q, k, v = qkv.unbind(1)
         return q, k, v
 
@@ -254,7 +253,7 @@ class MSAttention2d(nn.Module):
     NCHW in, NCHW out (the same size unless ``stride > 1``). ``num_heads=dim`` gives every channel its own
     attention weights (the depthwise form).
 
-    TiC's two strategies (design/msa_conv.md §3, details ours; see :mod:`msaconv.layers.shift_pool`):
+    TiC's two strategies (details ours; see :mod:`msaconv.layers.shift_pool`):
 
     - ``shift`` (MDCSM): None (off), True or ``'kv'`` (default reading: roll K and V of head groups in
       4 or 8 directions by a fraction of the map; q stays), ``'input'`` (alternative: roll channel groups of

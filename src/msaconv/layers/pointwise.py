@@ -3,7 +3,7 @@
 The projections of attention (q/k/v, output) and the MLP of every block are 1x1 convolutions on NCHW maps.
 On CPU, oneDNN's 1x1 convolution is slow on the small maps of the CIFAR-size models (8x8 down to 2x2 at
 batch 128): a ``linear`` over a channels-last view of the same tensor runs the same product 1.2-2x faster
-forward and backward, and the whole tic_nano training step ~12% faster (measured on 1 and 2 threads).
+forward and backward.
 The parameters, their names and shapes, the ``state_dict`` and ``isinstance(m, nn.Conv2d)`` are those of
 ``nn.Conv2d(in, out, 1)``, so checkpoints and weight-init rules are unchanged.
 """

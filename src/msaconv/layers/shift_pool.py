@@ -1,7 +1,7 @@
 """TiC's two capacity-enhancing strategies as options of :class:`~msaconv.layers.MSAttention2d`.
 
 The paper's abstract names them and their aim only ("establish long-distance connections between tokens
-and enlarge the effective receptive field"); every detail here is ours (design/msa_conv.md §3), and each
+and enlarge the effective receptive field"); every detail here is ours, and each
 has the spec's default reading and its alternative behind a ``mode`` switch.
 
 **MDCSM** (multi-directional cyclic shift), :class:`CyclicShift`:

@@ -1,6 +1,6 @@
 """TiC ("Transformer in Convolution", arXiv 2310.04134): the hierarchical backbone with MSA-Conv token mixers.
 
-The paper's body could not be read here, so every configuration is ours (design/msa_conv.md §4), and
+The paper's body could not be read here, so every configuration is ours, and
 every switch of the spec is a :class:`TiCConfig` field: ``kernel_size`` and ``dilation`` per stage (a list
 inside a stage cycles over its blocks, e.g. ``dilation=(1, [1, 2], [1, 2], 1)`` for DiNAT-style
 alternation), ``depthwise`` (one head per channel) or ``num_heads``/``head_dim``, ``border``, ``shift``
@@ -11,10 +11,8 @@ Sizes: ``tic_tiny``/``tic_small``/``tic_base`` follow NAT-Mini/Tiny/Small's widt
 28M, 51M parameters) for 224 px; ``tic_nano`` and ``tic_micro`` are CPU-trainable for 32-96 px images.
 
 - ``tic_nano`` (1.4M params, 32 px): stem stride 4 and *three* stages (64, 128, 256 channels; depths 1, 2,
-  1), so the stage maps at 32 px are 8, 4, 2 px, never 1x1. The four-stage form with a stride-2 stem
-  (maps 16, 8, 4, 2: ``stem_stride=2, dims=(32, 64, 128, 256), depths=(1, 1, 3, 1)``) trains about 1.7x
-  slower on 2 CPU cores and was no better after one CIFAR-10 epoch (40.5% vs 40.4% top-1), so the
-  time goes into more epochs instead.
+  1), so the stage maps at 32 px are 8, 4, 2 px, never 1x1 (a four-stage form with a stride-2 stem, maps
+  16, 8, 4, 2, is ``stem_stride=2, dims=(32, 64, 128, 256), depths=(1, 1, 3, 1)``: about 1.7x the cost).
 - ``tic_micro`` (5.7M params, 64 px default, 32-96 px): stem stride 2, four stages (maps 32, 16, 8, 4 at
   64 px; 16, 8, 4, 2 at 32 px), ``MSAConv2d`` downsampling.
 """

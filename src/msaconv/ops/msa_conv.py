@@ -1,6 +1,6 @@
 """``msa_conv2d``: check once, choose a backend, run.
 
-See design/msa_conv.md §1 and :mod:`msaconv.ops.shapes` for the exact window rules.
+See :mod:`msaconv.ops.shapes` for the exact window rules.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Window geometry shared by the ops, the layers, the docs and the tests.
 
-The rules (spec: design/msa_conv.md §1). A query at output position ``(yo, xo)`` sits at input position
+The rules. A query at output position ``(yo, xo)`` sits at input position
 ``(sh*yo, sw*xo)``. Slot ``n = i*kw + j`` of its window reads the key at
 
 - ``border in ('zeros', 'mask')``: ``(y + i*dh - dh*(kh-1)//2, x + j*dw - dw*(kw-1)//2)``, or nothing

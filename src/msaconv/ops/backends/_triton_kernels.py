@@ -1,6 +1,6 @@
 """Triton kernels of the ``triton`` backend (imported only by :mod:`.triton`, and only when a call needs them).
 
-Geometry (spec: design/msa_conv.md §1, :mod:`msaconv.ops.shapes`). Along each axis, output position ``o``
+Geometry (:mod:`msaconv.ops.shapes`). Along each axis, output position ``o``
 has a *first window position* ``f(o)``: ``s*o - d*(k-1)//2`` for 'zeros', 'mask' and 'circular', and the
 clamped start ``start*d + r`` of NATTEN's rule for 'clamp'. Its window is ``f, f+d, ..., f+(k-1)d`` in
 *virtual* coordinates: for 'zeros'/'mask' a virtual position outside the map is a zero key/value (taken
