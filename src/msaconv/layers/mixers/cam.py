@@ -16,13 +16,12 @@ New resolution: any H, W >= 1. ``num_heads`` is accepted for the common contract
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_input, check_int
+from ._common import GammaGated, check_input
 
 
-class ChannelAttentionModule2d(nn.Module):
+class ChannelAttentionModule2d(GammaGated):
     """DANet channel attention on a ``[B, C, H, W]`` map.
 
     Fidelity: DANet (Fu et al., CVPR'19) compared with the authors' junfu1115/DANet
@@ -31,21 +30,15 @@ class ChannelAttentionModule2d(nn.Module):
     """
 
     def __init__(self, dim: int, residual: bool = False, device=None, dtype=None):
-        super().__init__()
-        self.dim = check_int("ChannelAttentionModule2d", "dim", dim)
-        self.residual = bool(residual)
-        self.gamma = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
+        super().__init__("ChannelAttentionModule2d", dim, residual)
+        self.gamma = self.zero_gate(device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = check_input("ChannelAttentionModule2d", x, self.dim)
         X = x.flatten(2)                                                       # [B, C, N]
         E = X @ X.transpose(1, 2)                                              # [B, C, C]
         A = (E.amax(dim=-1, keepdim=True) - E).softmax(dim=-1)
-        o = self.gamma * (A @ X).reshape(B, C, H, W)
-        return o + x if self.residual else o
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, residual={self.residual}"
+        return self.gate((A @ X).reshape(B, C, H, W), x)
 
 
 @register_token_mixer("cam", paper="DANet CAM (Fu et al., CVPR'19)")

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_heads, check_input, check_int, check_probability
+from ._common import MultiHeadMixer, check_input, check_probability
 
 
-class ChannelAttention2d(nn.Module):
+class ChannelAttention2d(MultiHeadMixer):
     """DaViT channel-group attention on a ``[B, C, H, W]`` map.
 
     Fidelity: DaViT (Ding et al., ECCV'22) compared with the authors' dingmyu/davit
@@ -30,25 +30,20 @@ class ChannelAttention2d(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, proj_drop: float = 0.0,
                  device=None, dtype=None):
-        super().__init__()
         cls = "ChannelAttention2d"
-        self.dim = check_int(cls, "dim", dim)
-        self.num_heads = check_heads(cls, dim, num_heads)
-        self.head_dim = dim // self.num_heads
-        self.scale = self.head_dim ** -0.5
+        super().__init__(cls, dim, num_heads)
         dd = {"device": device, "dtype": dtype}
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
-        self.proj = nn.Linear(dim, dim, **dd)
+        self.qkv = self.qkv_layer(bias=qkv_bias, **dd)
+        self.proj = self.proj_layer(**dd)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = check_input("ChannelAttention2d", x, self.dim)
         t = x.flatten(2).transpose(1, 2)                                             # [B, N, C]
-        qkv = self.qkv(t).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)                                                      # [B, G, N, d]
+        q, k, v = self.split_heads(self.qkv(t), 3)                                   # [B, G, N, d]
         attn = ((k * self.scale).transpose(-1, -2) @ v).softmax(dim=-1)             # [B, G, d, d]
         out = (attn @ q.transpose(-1, -2)).transpose(-1, -2)                         # [B, G, N, d]
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, H * W, C)))
+        out = self.proj_drop(self.proj(self.join_heads(out)))
         return out.transpose(1, 2).reshape(B, C, H, W)
 
     def extra_repr(self) -> str:

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_heads, check_input, check_int, conv1x1, isqrt_exact
+from ._common import MultiHeadMixer, check_input, check_int, conv1x1, isqrt_exact
 
 
-class GLMix2d(nn.Module):
+class GLMix2d(MultiHeadMixer):
     """GLNet's GLMix token mixer on a ``[B, C, H, W]`` map.
 
     Fidelity: GLMix / GLNet (Zhu et al., NeurIPS'24) compared with the authors' rayleizhu/GLMix
@@ -45,11 +45,8 @@ class GLMix2d(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, num_slots: int = 64, local_kernel: int = 5,
                  learnable_scale: bool = True, device=None, dtype=None):
-        super().__init__()
         cls = "GLMix2d"
-        self.dim = check_int(cls, "dim", dim)
-        self.num_heads = check_heads(cls, dim, num_heads)
-        self.head_dim = dim // self.num_heads
+        super().__init__(cls, dim, num_heads)
         self.num_slots = check_int(cls, "num_slots", num_slots)
         side = isqrt_exact(self.num_slots)
         if side is None:
@@ -66,8 +63,8 @@ class GLMix2d(nn.Module):
             self.slot_scale = nn.Parameter(scale)
         else:
             self.register_buffer("slot_scale", scale)
-        self.slot_qkv = nn.Linear(dim, 3 * dim, **dd)
-        self.slot_proj = nn.Linear(dim, dim, **dd)
+        self.slot_qkv = self.qkv_layer(bias=True, **dd)
+        self.slot_proj = self.proj_layer(**dd)
         k = self.local_kernel
         self.local = nn.Sequential(
             conv1x1(dim, dim, **dd),
@@ -93,10 +90,8 @@ class GLMix2d(nn.Module):
         t = x.flatten(2).transpose(1, 2)                                                 # [B, N, C]
         L = self.logits(x, slot_source)                                                  # [B, S, N]
         slots = L.softmax(dim=-1) @ t                                                    # [B, S, C]
-        S = slots.shape[1]
-        qkv = self.slot_qkv(slots).reshape(B, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        slots = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])                   # [B, h, S, d]
-        slots = self.slot_proj(slots.transpose(1, 2).reshape(B, S, C))
+        slots = self.sdpa(*self.split_heads(self.slot_qkv(slots), 3))                   # [B, h, S, d]
+        slots = self.slot_proj(self.join_heads(slots))
         out = L.transpose(1, 2).softmax(dim=-1) @ slots                                  # [B, N, C]
         return out.transpose(1, 2).reshape(B, C, H, W) + self.local(x)
 

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_heads, check_input, check_int, check_probability, conv1x1
+from ._common import MultiHeadMixer, check_input, check_probability
 
 
-class GlobalAttention2d(nn.Module):
+class GlobalAttention2d(MultiHeadMixer):
     """Multi-head self-attention on a ``[B, C, H, W]`` map (optionally with DHVT head tokens).
 
     Fidelity: ViT MHSA (Dosovitskiy et al., ICLR'21) compared with google-research/vision_transformer
@@ -43,24 +43,19 @@ class GlobalAttention2d(nn.Module):
     queries and adds their mean output to the CLS token (this contract has no CLS token).
     """
 
+    layout = "map"
+
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, scale: float | None = None, head_token: bool = False,
                  device=None, dtype=None):
-        super().__init__()
         cls = "GlobalAttention2d"
-        self.dim = check_int(cls, "dim", dim)
-        self.num_heads = check_heads(cls, dim, num_heads)
-        self.head_dim = dim // self.num_heads
-        self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0):
-            raise ValueError(f"{cls}: scale must be a positive number or None (head_dim**-0.5), got {scale!r}")
-        self.scale = scale
+        super().__init__(cls, dim, num_heads, scale=scale, attn_drop=attn_drop)
         if not isinstance(head_token, bool):
             raise ValueError(f"{cls}: head_token must be True or False, got {head_token!r}")
         self.head_token = head_token
         dd = {"device": device, "dtype": dtype}
-        self.qkv = conv1x1(dim, 3 * dim, bias=qkv_bias, **dd)
-        self.proj = conv1x1(dim, dim, **dd)
+        self.qkv = self.qkv_layer(bias=qkv_bias, **dd)
+        self.proj = self.proj_layer(**dd)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
         if head_token:
             self.ht_proj = nn.Linear(self.head_dim, dim, **dd)
@@ -80,23 +75,20 @@ class GlobalAttention2d(nn.Module):
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q ``[B, h, N, d]``; k, v ``[B, h, N (+h head tokens), d]``."""
-        B, C, H, W = x.shape
-        h, d = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(B, 3, h, d, H * W).transpose(-1, -2)  # [B, 3, h, N, d]
-        q, k, v = qkv.unbind(1)
+        C = x.shape[1]
+        q, k, v = self.split_map_heads(self.qkv(x), 3)                 # [B, h, N, d] each
         if self.head_token:
             t = self.head_tokens(x)                                  # [B, h_tok, C]
             w, b = self.qkv.weight[C:, :, 0, 0], None if self.qkv.bias is None else self.qkv.bias[C:]
-            kv_t = F.linear(t, w, b).reshape(B, h, 2, h, d).permute(2, 0, 3, 1, 4)  # [2, B, h, h_tok, d]
-            k = torch.cat([k, kv_t[0]], dim=2)
-            v = torch.cat([v, kv_t[1]], dim=2)
+            k_t, v_t = self.split_heads(F.linear(t, w, b), 2)        # [B, h, h_tok, d] each
+            k = torch.cat([k, k_t], dim=2)
+            v = torch.cat([v, v_t], dim=2)
         return q, k, v
 
     def attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Per-head attention output ``[B, h, d, H, W]``."""
         H, W = size
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0,
-                                           scale=self.scale)            # [B, h, N, d]
+        o = self.sdpa(q, k, v)                                          # [B, h, N, d]
         return o.transpose(-1, -2).reshape(o.shape[0], o.shape[1], o.shape[-1], H, W)
 
     def merge_heads(self, o: torch.Tensor) -> torch.Tensor:
@@ -112,8 +104,7 @@ class GlobalAttention2d(nn.Module):
         """``[B, h, N, N(+h)]`` attention weights (explicit softmax, for analysis)."""
         check_input("GlobalAttention2d", x, self.dim)
         q, k, _ = self.qkv_heads(x)
-        s = self.scale if self.scale is not None else self.head_dim ** -0.5
-        return torch.softmax(q @ k.transpose(-1, -2) * s, dim=-1)
+        return torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)
 
     def extra_repr(self) -> str:
         s = f"dim={self.dim}, num_heads={self.num_heads}"
@@ -121,8 +112,8 @@ class GlobalAttention2d(nn.Module):
             s += ", head_token=True"
         if self.attn_drop:
             s += f", attn_drop={self.attn_drop}"
-        if self.scale is not None:
-            s += f", scale={self.scale}"
+        if self.sdpa_scale is not None:
+            s += f", scale={self.sdpa_scale}"
         return s
 
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_float, check_heads, check_input, check_int, check_probability, mean_distance
+from ._common import MultiHeadMixer, check_float, check_input, check_probability, mean_distance
 
 
 def rel_indices(H: int, W: int, device=None, dtype=None) -> torch.Tensor:
@@ -42,7 +43,7 @@ def rel_indices(H: int, W: int, device=None, dtype=None) -> torch.Tensor:
     return torch.stack([dx, dy, dx * dx + dy * dy], dim=-1)
 
 
-class GPSA2d(nn.Module):
+class GPSA2d(MultiHeadMixer):
     """ConViT's gated positional self-attention on a ``[B, C, H, W]`` map.
 
     Fidelity: ConViT (d'Ascoli et al., ICML'21) compared with the authors' facebookresearch/convit
@@ -55,20 +56,15 @@ class GPSA2d(nn.Module):
     def __init__(self, dim: int, num_heads: int = 4, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, locality_strength: float = 1.0, local_init: bool = True,
                  device=None, dtype=None):
-        super().__init__()
         cls = "GPSA2d"
-        self.dim = check_int(cls, "dim", dim)
-        self.num_heads = check_heads(cls, dim, num_heads)
-        self.head_dim = dim // self.num_heads
-        self.scale = self.head_dim ** -0.5
+        super().__init__(cls, dim, num_heads, attn_drop=attn_drop)
         self.locality_strength = check_float(cls, "locality_strength", locality_strength, 0.0, math.inf)
         dd = {"device": device, "dtype": dtype}
-        self.qk = nn.Linear(dim, 2 * dim, bias=qkv_bias, **dd)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.qk = self.qkv_layer(2, bias=qkv_bias, **dd)
+        self.v = self.qkv_layer(1, bias=qkv_bias, **dd)
         self.pos_proj = nn.Linear(3, self.num_heads, **dd)
         self.gating_param = nn.Parameter(torch.ones(self.num_heads, **dd))
-        self.proj = nn.Linear(dim, dim, **dd)
-        self.attn_drop = nn.Dropout(check_probability(cls, "attn_drop", attn_drop))
+        self.proj = self.proj_layer(**dd)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
         self.local_init_done = bool(local_init)
         if local_init:
@@ -98,10 +94,8 @@ class GPSA2d(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The gated, renormalised attention ``[B, h, N, N]`` (before dropout)."""
-        B, C, H, W = x.shape
-        t = self._tokens(x)
-        qk = self.qk(t).reshape(B, H * W, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = qk[0], qk[1]                                              # [B, h, N, d]
+        H, W = x.shape[-2:]
+        q, k = self.split_heads(self.qk(self._tokens(x)), 2)                 # [B, h, N, d] each
         content = (q @ k.transpose(-1, -2) * self.scale).softmax(dim=-1)
         pos = self.positional_scores(H, W, x.device, x.dtype)[None]
         g = torch.sigmoid(self.gating_param).view(1, -1, 1, 1)
@@ -110,10 +104,9 @@ class GPSA2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = check_input("GPSA2d", x, self.dim)
-        a = self.attn_drop(self.attention(x))
-        v = self.v(self._tokens(x)).reshape(B, H * W, self.num_heads, self.head_dim).transpose(1, 2)
-        out = (a @ v).transpose(1, 2).reshape(B, H * W, C)
-        out = self.proj_drop(self.proj(out))
+        a = F.dropout(self.attention(x), self.attn_drop, self.training)
+        (v,) = self.split_heads(self.v(self._tokens(x)), 1)                  # [B, h, N, d]
+        out = self.proj_drop(self.proj(self.join_heads(a @ v)))
         return out.transpose(1, 2).reshape(B, C, H, W)
 
     @torch.no_grad()
@@ -123,8 +116,9 @@ class GPSA2d(nn.Module):
         return mean_distance(self.attention(x), x.shape[-2], x.shape[-1])
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, locality_strength={self.locality_strength}, "
-                f"local_init={self.local_init_done}")
+        s = (f"dim={self.dim}, num_heads={self.num_heads}, locality_strength={self.locality_strength}, "
+             f"local_init={self.local_init_done}")
+        return s + (f", attn_drop={self.attn_drop}" if self.attn_drop else "")
 
 
 @register_token_mixer("gpsa", paper="ConViT (d'Ascoli et al., ICML'21)")

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_choice, check_heads, check_input, check_int, conv1x1, pad_to_multiple
+from ._common import MultiHeadMixer, check_choice, check_input, check_int, pad_to_multiple
 
 BORDERS = ("mask", "zeros")
 
 
-class HaloAttention2d(nn.Module):
+class HaloAttention2d(MultiHeadMixer):
     """HaloNet blocked local attention as a ``[B, C, H, W] -> [B, C, H, W]`` token mixer.
 
     Fidelity: HaloNet (Vaswani et al., CVPR'21); the authors released no code, so this was compared
@@ -48,26 +48,24 @@ class HaloAttention2d(nn.Module):
     (timm's module lives inside a bottleneck block that projects after it).
     """
 
+    layout = "map"
+
     def __init__(self, dim: int, num_heads: int = 8, block_size: int = 8, halo_size: int = 3, qkv_bias: bool = False,
                  border: str = "mask", proj: bool = True, scale_pos_embed: bool = False, device=None, dtype=None):
-        super().__init__()
         cls = "HaloAttention2d"
-        self.dim = check_int(cls, "dim", dim)
-        self.num_heads = check_heads(cls, dim, num_heads)
-        self.head_dim = dim // self.num_heads
+        super().__init__(cls, dim, num_heads)
         self.block_size = check_int(cls, "block_size", block_size)
         self.halo_size = check_int(cls, "halo_size", halo_size, minimum=0)
         self.border = check_choice(cls, "border", border, BORDERS)
         self.scale_pos_embed = bool(scale_pos_embed)
         self.win_size = self.block_size + 2 * self.halo_size
-        self.scale = self.head_dim ** -0.5
         dd = {"device": device, "dtype": dtype}
-        self.q = conv1x1(dim, dim, bias=qkv_bias, **dd)
-        self.kv = conv1x1(dim, 2 * dim, bias=qkv_bias, **dd)   # channels [k (all heads), v (all heads)]
+        self.q = self.qkv_layer(1, bias=qkv_bias, **dd)
+        self.kv = self.qkv_layer(2, bias=qkv_bias, **dd)       # channels [k (all heads), v (all heads)]
         R = 2 * self.win_size - 1
         self.rel_height = nn.Parameter(torch.empty(R, self.head_dim, **dd))
         self.rel_width = nn.Parameter(torch.empty(R, self.head_dim, **dd))
-        self.proj = conv1x1(dim, dim, **dd) if proj else nn.Identity()
+        self.proj = self.proj_layer(**dd) if proj else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import (check_float, check_heads, check_input, check_int, check_probability, default_heads,
+from ._common import (MultiHeadMixer, check_float, check_input, check_int, check_probability, default_heads,
                       pad_to_multiple, valid_mask)
 
 
@@ -37,7 +37,7 @@ def both_branch_heads(dim: int, alpha: float) -> int | None:
     return None
 
 
-class HiLo2d(nn.Module):
+class HiLo2d(MultiHeadMixer):
     """LITv2 HiLo attention on a ``[B, C, H, W]`` map, padded and cropped for any size.
 
     Fidelity: LITv2 (Pan et al., NeurIPS'22) compared with the authors' ziplab/LITv2 ``hilo.py``
@@ -48,14 +48,10 @@ class HiLo2d(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, window_size: int = 2, alpha: float = 0.5,
                  qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0, device=None, dtype=None):
-        super().__init__()
         cls = "HiLo2d"
-        self.dim = check_int(cls, "dim", dim)
-        self.num_heads = check_heads(cls, dim, num_heads)
-        self.head_dim = dim // self.num_heads
+        super().__init__(cls, dim, num_heads, attn_drop=attn_drop)
         self.window_size = check_int(cls, "window_size", window_size)
         self.alpha = check_float(cls, "alpha", alpha, 0.0, 1.0)
-        self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
         self.l_heads = self.num_heads if self.window_size == 1 else int(self.num_heads * self.alpha)
         self.h_heads = self.num_heads - self.l_heads
         if self.window_size > 1 and 0.0 < self.alpha < 1.0 and (self.l_heads == 0 or self.h_heads == 0):
@@ -67,38 +63,36 @@ class HiLo2d(nn.Module):
                 f"Hi-Fi heads (int(num_heads * alpha) are Lo-Fi), so the {gone} branch vanishes; {fix}, or pass "
                 f"alpha=0.0 (Hi-Fi only) or alpha=1.0 (Lo-Fi only) to ask for one branch")
         self.l_dim, self.h_dim = self.l_heads * self.head_dim, self.h_heads * self.head_dim
-        self.scale = self.head_dim ** -0.5
         dd = {"device": device, "dtype": dtype}
         if self.l_heads:
-            self.l_q = nn.Linear(dim, self.l_dim, bias=qkv_bias, **dd)
-            self.l_kv = nn.Linear(dim, 2 * self.l_dim, bias=qkv_bias, **dd)
-            self.l_proj = nn.Linear(self.l_dim, self.l_dim, **dd)
+            self.l_q = self.qkv_layer(1, self.l_heads, bias=qkv_bias, **dd)
+            self.l_kv = self.qkv_layer(2, self.l_heads, bias=qkv_bias, **dd)
+            self.l_proj = self.proj_layer(self.l_heads, **dd)
         if self.h_heads:
-            self.h_qkv = nn.Linear(dim, 3 * self.h_dim, bias=qkv_bias, **dd)
-            self.h_proj = nn.Linear(self.h_dim, self.h_dim, **dd)
+            self.h_qkv = self.qkv_layer(3, self.h_heads, bias=qkv_bias, **dd)
+            self.h_proj = self.proj_layer(self.h_heads, **dd)
         self.proj_drop = nn.Dropout(check_probability(cls, "proj_drop", proj_drop))
 
     def _hifi(self, x: torch.Tensor, valid: torch.Tensor, padded: bool) -> torch.Tensor:
         """``x [B, Hp, Wp, C]`` (padded), ``valid [Hp, Wp]`` -> ``[B, Hp, Wp, h_dim]``."""
         B, Hp, Wp, C = x.shape
-        s, h, d = self.window_size, self.h_heads, self.head_dim
+        s = self.window_size
         nh, nw = Hp // s, Wp // s
         xw = x.reshape(B, nh, s, nw, s, C).transpose(2, 3).reshape(B, nh * nw, s * s, C)
-        qkv = self.h_qkv(xw).reshape(B, nh * nw, s * s, 3, h, d).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)                                              # [B, nW, h, s*s, d]
+        q, k, v = self.split_heads(self.h_qkv(xw), 3)                       # [B, nW, h, s*s, d]
         mask = None
         if padded:
             vk = valid.reshape(nh, s, nw, s).transpose(1, 2).reshape(1, nh * nw, 1, 1, s * s)
             mask = vk.expand(1, nh * nw, 1, s * s, s * s)                    # padded keys masked
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
-        o = o.transpose(2, 3).reshape(B, nh, nw, s, s, self.h_dim).transpose(2, 3).reshape(B, Hp, Wp, self.h_dim)
+        o = self.join_heads(self.sdpa(q, k, v, attn_mask=mask))             # [B, nW, s*s, h_dim]
+        o = o.reshape(B, nh, nw, s, s, self.h_dim).transpose(2, 3).reshape(B, Hp, Wp, self.h_dim)
         return self.h_proj(o)
 
     def _lofi(self, x: torch.Tensor, valid: torch.Tensor, padded: bool) -> torch.Tensor:
         """``x [B, Hp, Wp, C]`` (padded, zeros outside), ``valid [Hp, Wp]`` -> ``[B, Hp, Wp, l_dim]``."""
         B, Hp, Wp, C = x.shape
-        s, h, d = self.window_size, self.l_heads, self.head_dim
-        q = self.l_q(x).reshape(B, Hp * Wp, h, d).transpose(1, 2)           # [B, h, N, d]
+        s = self.window_size
+        (q,) = self.split_heads(self.l_q(x).reshape(B, Hp * Wp, self.l_dim), 1)  # [B, h, N, d]
         xc = x.permute(0, 3, 1, 2)
         if s > 1:
             pooled = F.avg_pool2d(xc, s, s)
@@ -106,10 +100,9 @@ class HiLo2d(nn.Module):
                 pooled = pooled / F.avg_pool2d(valid[None, None].to(x.dtype), s, s)
         else:
             pooled = xc
-        kv = self.l_kv(pooled.flatten(2).transpose(1, 2))                   # [B, M, 2*l_dim]
-        kv = kv.reshape(B, kv.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
-        return self.l_proj(o.transpose(1, 2).reshape(B, Hp, Wp, self.l_dim))
+        k, v = self.split_heads(self.l_kv(pooled.flatten(2).transpose(1, 2)), 2)  # [B, h, M, d] each
+        o = self.join_heads(self.sdpa(q, k, v))                              # [B, N, l_dim]
+        return self.l_proj(o.reshape(B, Hp, Wp, self.l_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = check_input("HiLo2d", x, self.dim)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_choice, check_heads, check_input, check_int, check_probability, conv1x1
+from ._common import MultiHeadMixer, check_choice, check_input, check_int
 
 UPSAMPLERS = ("depthwise", "fused")
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,7 +50,7 @@ def upsampler_geometry(stride: int) -> tuple[int, int]:
     return (3, 1) if stride == 1 else (2 * stride, stride // 2)
 
 
-class Lowtention2d(nn.Module):
+class Lowtention2d(MultiHeadMixer):
     """LowFormer's downsample -> attention -> upsample token mixer.
 
     Fidelity: LowFormer (Nottebaum et al., WACV'25) compared with the authors' altair199797/LowFormer
@@ -62,17 +62,15 @@ class Lowtention2d(nn.Module):
     permutation of its outputs, the same function class).
     """
 
+    layout = "map"
+
     def __init__(self, dim: int, num_heads: int = 8, stride: int = 2, kernel_size: int = 5, qkv_bias: bool = False,
                  attn_drop: float = 0.0, upsampler: str | None = None, up_bias: bool | None = None,
                  preset: str | None = None, device=None, dtype=None):
-        super().__init__()
         cls = "Lowtention2d"
-        self.dim = check_int(cls, "dim", dim)
-        self.num_heads = check_heads(cls, dim, num_heads)
-        self.head_dim = dim // self.num_heads
+        super().__init__(cls, dim, num_heads, attn_drop=attn_drop)
         self.stride = check_int(cls, "stride", stride)
         self.kernel_size = check_int(cls, "kernel_size", kernel_size)
-        self.attn_drop = check_probability(cls, "attn_drop", attn_drop)
         self.preset = None if preset is None else check_choice(cls, "preset", preset, tuple(PRESETS))
         base: dict[str, Any] = PRESETS[self.preset] if self.preset else {"upsampler": "depthwise", "up_bias": False}
         self.upsampler = check_choice(cls, "upsampler", base["upsampler"] if upsampler is None else upsampler,
@@ -87,23 +85,20 @@ class Lowtention2d(nn.Module):
             nn.Conv2d(dim, dim, k, s, k // 2, groups=dim, bias=False, **dd),
             nn.BatchNorm2d(dim, **dd),
         )
-        self.qkv = conv1x1(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.qkv = self.qkv_layer(bias=qkv_bias, **dd)
         uk, up = upsampler_geometry(s)
         if self.upsampler == "depthwise":
-            self.proj: nn.Module = conv1x1(dim, dim, **dd)
+            self.proj: nn.Module = self.proj_layer(**dd)
             self.up = nn.ConvTranspose2d(dim, dim, uk, s, padding=up, groups=dim, bias=up_bias, **dd)
         else:
             self.proj = nn.Identity()
             self.up = nn.ConvTranspose2d(dim, dim, uk, s, padding=up, bias=up_bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = check_input("Lowtention2d", x, self.dim)
+        _, _, H, W = check_input("Lowtention2d", x, self.dim)
         y = self.down(x)
-        h, w = y.shape[-2:]
-        qkv = self.qkv(y).reshape(B, 3, self.num_heads, self.head_dim, h * w).transpose(-1, -2)
-        q, k, v = qkv.unbind(1)                                               # [B, heads, n, d]
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        o = self.proj(o.transpose(-1, -2).reshape(B, C, h, w))
+        o = self.sdpa(*self.split_map_heads(self.qkv(y), 3))                  # [B, heads, n, d]
+        o = self.proj(self.join_map_heads(o, (y.shape[-2], y.shape[-1])))
         o = self.up(o)
         if o.shape[-2] < H or o.shape[-1] < W:  # cannot happen with these paddings; kept as a guard
             o = F.pad(o, (0, max(0, W - o.shape[-1]), 0, max(0, H - o.shape[-2])))

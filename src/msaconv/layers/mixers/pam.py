@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..registry import register_token_mixer
-from ._common import check_input, check_int, conv1x1
+from ._common import GammaGated, check_input, check_int, conv1x1
 
 
-class PositionAttention2d(nn.Module):
+class PositionAttention2d(GammaGated):
     """DANet position (spatial) attention on a ``[B, C, H, W]`` map.
 
     Fidelity: DANet (Fu et al., CVPR'19) compared with the authors' junfu1115/DANet
@@ -35,17 +34,15 @@ class PositionAttention2d(nn.Module):
     """
 
     def __init__(self, dim: int, reduction: int = 8, residual: bool = False, device=None, dtype=None):
-        super().__init__()
         cls = "PositionAttention2d"
-        self.dim = check_int(cls, "dim", dim)
+        super().__init__(cls, dim, residual)
         self.reduction = check_int(cls, "reduction", reduction)
         self.qk_dim = max(1, dim // self.reduction)
-        self.residual = bool(residual)
         dd = {"device": device, "dtype": dtype}
         self.query = conv1x1(dim, self.qk_dim, **dd)
         self.key = conv1x1(dim, self.qk_dim, **dd)
         self.value = conv1x1(dim, dim, **dd)
-        self.gamma = nn.Parameter(torch.zeros(1, **dd))
+        self.gamma = self.zero_gate(**dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = check_input("PositionAttention2d", x, self.dim)
@@ -53,8 +50,7 @@ class PositionAttention2d(nn.Module):
         k = self.key(x).flatten(2).transpose(1, 2)[:, None]
         v = self.value(x).flatten(2).transpose(1, 2)[:, None]                  # [B, 1, N, C]
         o = F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0]           # [B, N, C]
-        o = self.gamma * o.transpose(1, 2).reshape(B, C, H, W)
-        return o + x if self.residual else o
+        return self.gate(o.transpose(1, 2).reshape(B, C, H, W), x)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, reduction={self.reduction}, residual={self.residual}"
