@@ -52,7 +52,7 @@ def _load(cfg: AnalysisConfig):
 def _images(cfg: AnalysisConfig, tcfg, size: int):
     from ..data.transforms import normalize, resize
     from ..train.config import apply_overrides
-    from ..train.engine import resolve_data_paths, batches, load_split
+    from ..train.data import resolve_data_paths, batches, load_split
 
     tcfg = apply_overrides(tcfg, {"data": cfg.data, "img_size": size}, "analyze")
     path = resolve_data_paths(tcfg)[1] if cfg.data == "embedded" else cfg.data

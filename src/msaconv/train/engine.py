@@ -1,135 +1,523 @@
-"""The training engine, readable top to bottom: data -> model -> optimizer -> loop -> evaluation -> files.
+"""The training engine, read top to bottom as nanoGPT's train.py reads: set-up (run folder, data, model,
+optimizer, resume), then the loop of single steps, what happens at the end of an epoch, and the end of the run.
 
 Everything random is a pure function of ``(seed, epoch, step, rank)``: the epoch's permutation, each batch's
 augmentation and the torch RNG seen by dropout / drop path (reseeded every step). Together with checkpoints
 that hold every optimizer, EMA and schedule tensor, a run resumed after ``kill -9`` ends with the same
-weights, bit for bit, as one never interrupted.
+weights, bit for bit, as one never interrupted. The data lives in :mod:`.data`, the weight average in
+:mod:`.ema`, evaluation in :mod:`.evaluate`.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import platform
-import random
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, cast
 
 import torch
 import torch.nn.functional as F
 
-from ..data import (
-    InMemoryImages,
-    StreamingImages,
-    collate_skip,
-    derive_seed,
-    embedded_path,
-    generator,
-    mixup_cutmix,
-    normalize,
-    rand_augment,
-    random_crop_flip,
-    resize,
-    size_at,
-    to_eval_size,
-)
+from ..data import derive_seed
 from ..layers import MOH_LOAD_BALANCE_WEIGHT, auxiliary_losses
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, dump_yaml
+from .data import Split, augment, batches, check_splits, epoch_eval_indices, epoch_order, load_split, resolve_data_paths
+from .ema import ModelEma
+from .evaluate import autocast, evaluate, final_evaluations
 from .schedule import lr_at
 
-# ---------------------------------------------------------------------------------------------- data
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How a run is cut into steps: ``micro`` images per forward on each rank, ``grad_accum`` forwards a step."""
+
+    micro: int
+    grad_accum: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def images_per_step(self) -> int:
+        """Images one rank takes in a step."""
+        return self.micro * self.grad_accum
 
 
 @dataclass
-class Split:
-    """A dataset in memory (``images``/``labels``) or streamed (``stream``)."""
+class Run:
+    """One training run once set up: what every step, end of epoch and the end of the run read and update."""
 
-    classes: list[str]
-    source: str
-    images: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    stream: StreamingImages | None = None
-    skipped: int = 0
+    cfg: TrainConfig
+    info: D.DistInfo
+    say: Callable[[str], None]
+    run_dir: Path
+    tr: Split
+    va: Split | None
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: ModelEma | None
+    plan: StepPlan
+    step: int = 0
+    best_top1: float = -1.0
+    best_step: int | None = None
+    resumed_from: int | None = None
+    ddp: torch.nn.Module = field(init=False)  # the model, in DistributedDataParallel over several processes
+    metrics: MetricsLog = field(init=False)
+    eval_idx: torch.Tensor | None = None  # the validation images of the per-epoch check (None: all)
 
-    def __len__(self) -> int:
-        if self.stream is not None:
-            return len(self.stream)
-        assert self.images is not None  # a split holds either a stream or images
-        return self.images.shape[0]
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluated: the EMA when there is one."""
+        return self.ema.module if self.ema else self.model
+
+    @property
+    def n_params(self) -> int:
+        """The model's parameter count."""
+        return sum(p.numel() for p in self.model.parameters())
 
 
-def resolve_data_paths(cfg: TrainConfig) -> tuple[str, str | None]:
-    if cfg.data == "embedded":
-        train = str(embedded_path("train"))
-        val = str(embedded_path("test")) if cfg.val_data == "auto" else cfg.val_data
+@dataclass
+class Tally:
+    """Training figures: sums since the last log line (reset there), and the run's totals."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    aux: dict[str, float] = field(default_factory=dict)  # auxiliary losses (MoH load balance) x images
+    log_images: int = 0
+    t_log: float = field(default_factory=time.perf_counter)
+    t_train: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    bad: int = 0
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+
+    def add(self, loss: float, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Count one micro-batch: its summed loss, its top-1 hits, its images."""
+        self.loss += loss * len(y)
+        self.correct += (out.argmax(1) == y).sum().item()
+        self.seen += len(y)
+        self.log_images += len(y)
+        self.images += len(y)
+
+    def start_log(self) -> None:
+        """Begin the sums of the next log line."""
+        self.loss = self.correct = self.seen = 0.0
+        self.aux = {}
+        self.t_log, self.log_images = time.perf_counter(), 0
+
+
+def train(cfg: TrainConfig, log=None) -> dict:
+    """Run (or resume) training as ``cfg`` says; returns the summary dict (also written as summary.json)."""
+    info = D.setup()
+    try:
+        return _train(cfg, info, log)
+    finally:
+        D.teardown(info)
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
+    """Set up, loop, finish. A mistake in the model's options fails before any data is read."""
+    say = (log or (lambda s: print(s, file=sys.stderr, flush=True))) if info.is_main else (lambda s: None)
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    _set_threads(cfg, info)
+    run_dir, resume_doc = _open_run_dir(cfg, info)
+    check_model_config(cfg)
+    tr, va, train_path, val_path = _load_data(cfg, info, say)
+    backend = _kernel_backend(info, say)
+    run = _set_up(cfg, info, say, run_dir, resume_doc, tr, va)
+    run.metrics = _open_metrics(run, backend, train_path, val_path)
+    run.eval_idx = epoch_eval_indices(cfg, va)
+    tally, stopped, signum = _loop(run)
+    if stopped:
+        return _interrupted(run, signum)
+    return _finish(run, tally, t_start, cpu_start)
+
+
+# --------------------------------------------------------------------------------------------- set-up
+
+
+def _set_threads(cfg: TrainConfig, info: D.DistInfo) -> None:
+    """``cfg.threads`` when set; with several processes on one machine, its cores shared out between them."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif info.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+
+
+def _open_run_dir(cfg: TrainConfig, info: D.DistInfo) -> tuple[Path, dict | None]:
+    """The run folder (made, with the config that drives it) and the checkpoint to resume from."""
+    run_dir, resume_doc = resolve_run_dir(cfg)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
+    D.barrier(info)
+    return run_dir, resume_doc
+
+
+def _load_data(cfg: TrainConfig, info: D.DistInfo, say) -> tuple[Split, Split | None, str, str | None]:
+    """(train split, validation split, their paths). A first use of the CPU kernels compiles them meanwhile,
+    in a thread."""
+    if torch.device(info.device).type == "cpu":
+        from ..ops import prepare
+
+        prepare(background=True)
+    train_path, val_path = resolve_data_paths(cfg)
+    t0 = time.perf_counter()
+    tr = load_split(cfg, train_path, True, cfg.limit_train, say)
+    va = load_split(cfg, val_path, False, cfg.limit_val, say) if val_path else None
+    check_splits(tr, va, train_path)
+    say(f"data: {len(tr)} train images ({train_path}), {len(va) if va else 0} val images"
+        f"{f' ({val_path})' if va else ''}, {len(tr.classes)} classes, loaded in {time.perf_counter() - t0:.1f}s")
+    return tr, va, train_path, val_path
+
+
+def _kernel_backend(info: D.DistInfo, say) -> str | None:
+    """On CPU, the report of the kernels the model runs on, once their background build is done."""
+    if torch.device(info.device).type != "cpu":
+        return None
+    from ..ops import backend_report
+
+    backend = backend_report()
+    say(backend)
+    return backend
+
+
+def _set_up(cfg: TrainConfig, info: D.DistInfo, say, run_dir: Path, resume_doc: dict | None, tr: Split,
+            va: Split | None) -> Run:
+    """Model, optimizer, EMA and step plan, with the state of ``resume_doc`` (when given) loaded into them."""
+    model = _make_model(cfg, info, len(tr.classes))
+    optimizer = make_optimizer(cfg, model)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    run = Run(cfg, info, say, run_dir, tr, va, model, optimizer, ema, plan_steps(cfg, len(tr), info))
+    if resume_doc is not None:
+        _resume(run, resume_doc)
+    run.ddp = _wrap_ddp(model, info)
+    return run
+
+
+def _make_model(cfg: TrainConfig, info: D.DistInfo, num_classes: int) -> torch.nn.Module:
+    """The model, its initial weights drawn from ``cfg.seed``, on the device (channels-last when asked)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, num_classes).to(info.device)
+    if cfg.channels_last:
+        # cast: torch's stubs leave out Module.to's memory_format keyword (torch accepts it)
+        model = cast(Any, model).to(memory_format=torch.channels_last)
+    return model
+
+
+def plan_steps(cfg: TrainConfig, n_train: int, info: D.DistInfo) -> StepPlan:
+    """Steps per epoch from this rank's share of ``n_train`` images (a last partial step is dropped)."""
+    per_rank = len(D.shard(torch.arange(n_train), info))
+    steps_per_epoch = max(1, per_rank // (cfg.batch_size * cfg.grad_accum))
+    return StepPlan(cfg.batch_size, cfg.grad_accum, steps_per_epoch, steps_per_epoch * cfg.epochs,
+                    round(cfg.warmup_epochs * steps_per_epoch))
+
+
+def _resume(run: Run, doc: dict) -> None:
+    """Load weights, optimizer, EMA, step and best score from checkpoint ``doc``; it must cut epochs into as
+    many steps as this config does, or the data order would differ."""
+    w, _ = ckpt.load_checkpoint_file(doc, "weights")
+    run.model.load_state_dict(w)
+    state, _ = ckpt.load_checkpoint_file(doc, "state")
+    run.optimizer.load_state_dict(ckpt.optimizer_from_flat(state, doc["optimizer"]))
+    if run.ema is not None:
+        run.ema.module.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+    run.step = run.resumed_from = int(doc["step"])
+    run.best_top1 = float(doc.get("best_top1", -1.0))
+    run.best_step = doc.get("best_step")
+    steps_per_epoch = run.plan.steps_per_epoch
+    if doc.get("steps_per_epoch") not in (None, steps_per_epoch):
+        raise ValueError(f"--resume: the checkpoint has {doc['steps_per_epoch']} steps per epoch, this "
+                         f"config gives {steps_per_epoch}; keep batch_size, grad_accum, limit_train and the "
+                         "number of processes of the original run")
+    run.say(f"resume: {run.run_dir} from step {run.step} (epoch {run.step / steps_per_epoch:.2f})")
+
+
+def _wrap_ddp(model: torch.nn.Module, info: D.DistInfo) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when there are several processes, else ``model`` itself."""
+    if not info.enabled:
+        return model
+    import warnings
+
+    # 1x1 convolutions' weight gradients arrive with other strides than DDP's buckets: harmless, only a copy
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+
+def _open_metrics(run: Run, backend: str | None, train_path: str, val_path: str | None) -> MetricsLog:
+    """metrics.jsonl, cut back to the resumed step, or new with the run's record (machine, data, code)."""
+    cfg, info, plan = run.cfg, run.info, run.plan
+    metrics = MetricsLog(run.run_dir / "metrics.jsonl", info.is_main, run.resumed_from)
+    if info.is_main and run.resumed_from is None:
+        metrics.write(_run_record(run, backend, train_path, val_path))
+    run.say(f"model: {cfg.model} {run.n_params / 1e6:.2f}M params; {cfg.epochs} epochs x {plan.steps_per_epoch} "
+            f"steps, batch {plan.micro}x{cfg.grad_accum}x{info.world_size}, {cfg.optimizer} lr {cfg.lr}, "
+            f"{torch.get_num_threads()} threads; run folder {run.run_dir}")
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- loop
+
+
+def _loop(run: Run) -> tuple[Tally, bool, int | None]:
+    """Steps until the last one or a stop signal on any rank: (figures, stopped early, the signal seen here)."""
+    from tqdm import tqdm
+
+    cfg, plan = run.cfg, run.plan
+    bar = tqdm(total=plan.total_steps, initial=run.step, disable=not (run.info.is_main and cfg.progress),
+               unit="step", dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
+    tally, stop_now = Tally(), False
+    run.ddp.train()
+    with _Stop() as stop:
+        epoch_iter = None
+        while run.step < plan.total_steps and not stop_now:
+            epoch, it = divmod(run.step, plan.steps_per_epoch)
+            if epoch_iter is None:
+                epoch_iter = _epoch_batches(run, epoch, it)
+            lr = _step(run, tally, epoch_iter, epoch, it)
+            run.step += 1
+            ckpt.fault_point("step")
+            bar.update(1)
+            stop_now = D.any_flag(stop.signal is not None, run.info)
+            end_of_epoch = run.step % plan.steps_per_epoch == 0
+            if run.step % cfg.log_every == 0 or end_of_epoch or run.step == plan.total_steps or stop_now:
+                _log_train(run, tally, bar, lr, epoch)
+            if end_of_epoch:
+                epoch_iter = None
+                _end_of_epoch(run, tally, bar, epoch)
+            if end_of_epoch or run.step % cfg.checkpoint_every == 0 or stop_now:
+                _save(run, "last")
+    bar.close()
+    tally.train_seconds = time.perf_counter() - tally.t_train
+    if tally.bad:
+        run.say(f"data: skipped {tally.bad} bad image(s) while training")
+    return tally, stop_now, stop.signal
+
+
+def _epoch_batches(run: Run, epoch: int, it: int) -> Iterator:
+    """This rank's micro-batches of ``epoch`` from step ``it`` on."""
+    per_step = run.plan.images_per_step
+    order = epoch_order(len(run.tr), run.cfg, run.info, epoch, run.plan.steps_per_epoch * per_step, it * per_step)
+    return batches(run.tr, order, run.plan.micro, run.cfg, epoch)
+
+
+# ------------------------------------------------------------------------------------------- one step
+
+
+def _step(run: Run, tally: Tally, epoch_iter: Iterator, epoch: int, it: int) -> float:
+    """One optimizer step: ``grad_accum`` micro-batches forward and backward, then the update; a loss that is
+    not finite on any rank stops the run or skips the update (``nonfinite_loss``). Returns the step's lr."""
+    cfg, info = run.cfg, run.info
+    torch.manual_seed(derive_seed(cfg.seed, epoch, it, info.rank, 0xD0))
+    lr = lr_at(run.step, cfg.schedule, cfg.lr, run.plan.warmup_steps, run.plan.total_steps, cfg.min_lr_ratio)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    nonfinite = None
+    for m in range(cfg.grad_accum):
+        x, y, nbad = next(epoch_iter)
+        tally.bad += nbad
+        if len(y) == 0:
+            continue
+        value = _forward_backward(run, tally, x, y, epoch, it, m, backward=nonfinite is None)
+        if not math.isfinite(value) and nonfinite is None:
+            nonfinite = value
+    if D.any_flag(nonfinite is not None, info):
+        _skip_or_stop(run, tally, nonfinite if nonfinite is not None else math.nan, epoch, it)
     else:
-        p = Path(cfg.data)
-        train, val = cfg.data, None
-        if p.is_dir() and (p / "train").is_dir():
-            train = str(p / "train")
-            for name in ("val", "validation", "test"):
-                if (p / name).is_dir():
-                    val = str(p / name)
-                    break
-        if cfg.val_data != "auto":
-            val = cfg.val_data
-    if val in ("none", "", None):
-        val = None
-    return train, val
+        _update(run)
+    return lr
 
 
-def _memory_mode(cfg: TrainConfig, path: str) -> bool:
-    if cfg.data_mode != "auto":
-        return cfg.data_mode == "memory"
-    p = Path(path)
-    size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return size < 500e6  # compressed bytes: CIFAR-size sets decode to well under a few GB
+def _forward_backward(run: Run, tally: Tally, x: torch.Tensor, y: torch.Tensor, epoch: int, it: int, m: int,
+                      backward: bool) -> float:
+    """Augment micro-batch ``m`` and run it forward; unless ``backward`` is False or the loss is not finite,
+    run it backward too (gradients summed over the step) and count it. Returns the loss.
+
+    After a non-finite loss the step's later micro-batches are still read and run forward, so the data order
+    and the auxiliary-loss sums are those of any other step."""
+    cfg, info = run.cfg, run.info
+    x, target = augment(x, y, len(run.tr.classes), cfg, epoch, it, m, info.rank)
+    x, y, target = x.to(info.device), y.to(info.device), target.to(info.device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    aux_weight = MOH_LOAD_BALANCE_WEIGHT if cfg.aux_loss_weight is None else cfg.aux_loss_weight
+    with _no_sync(run, last=m == cfg.grad_accum - 1):
+        with autocast(cfg, info):
+            out = run.ddp(x)
+        loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
+        for name, aux in auxiliary_losses(run.model).items():
+            loss = loss + aux_weight * aux
+            tally.aux[name] = tally.aux.get(name, 0.0) + aux.item() * len(y)
+        value = loss.item()
+        if not backward or not math.isfinite(value):
+            return value
+        (loss / cfg.grad_accum).backward()
+    tally.add(value, out, y)
+    return value
 
 
-def load_split(cfg: TrainConfig, path: str, train: bool, limit: int | None, log) -> Split:
-    # a limited training set is a subset chosen by the run's seed; a limited validation set is always the same
-    # subset (seed 0), so `msaconv eval --limit-val N` sees the images the run was evaluated on
-    seed = cfg.seed if train else 0
-    if _memory_mode(cfg, path):
-        # small images are kept at their stored size (augmented, then resized to img_size on the batch)
-        d = InMemoryImages.load(path, limit=limit, skip_bad=cfg.skip_bad, seed=seed)
-        if d.skipped:
-            log(f"data: skipped {len(d.skipped)} bad image(s) in {path} (first: {d.skipped[0]})")
-        return Split(d.classes, path, d.images, d.labels, skipped=len(d.skipped))
-    s = StreamingImages(path, cfg.img_size, train=train, limit=limit, skip_bad=cfg.skip_bad, seed=seed)
-    return Split(s.classes, path, stream=s)
+def _no_sync(run: Run, last: bool) -> ContextManager[Any]:
+    """DDP's ``no_sync()`` for each micro-batch but a step's last, so gradients are all-reduced once a step."""
+    if run.info.enabled and not last:  # info.enabled: ddp is the DistributedDataParallel wrapper
+        return cast(torch.nn.parallel.DistributedDataParallel, run.ddp).no_sync()
+    return contextlib.nullcontext()
 
 
-def batches(split: Split, order: torch.Tensor, batch_size: int, cfg: TrainConfig, epoch: int):
-    """Yield ``(uint8 images, labels, n_bad)`` for consecutive ``batch_size`` chunks of ``order``."""
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if split.stream is None:
-        images, labels = split.images, split.labels
-        assert images is not None and labels is not None  # a split holds either a stream or images and labels
-        for idx in chunks:
-            yield images[idx], labels[idx], 0
+def _update(run: Run) -> None:
+    """Clip (when set), step the optimizer, clear the gradients, move the EMA."""
+    if run.cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(run.model)
+
+
+def _skip_or_stop(run: Run, tally: Tally, loss: float, epoch: int, it: int) -> None:
+    """A non-finite ``loss`` at this step: record it, then raise (``nonfinite_loss=stop``, nothing saved) or
+    drop the step's gradients (``skip``)."""
+    cfg, plan, step = run.cfg, run.plan, run.step + 1
+    where = (f"loss is {loss} at step {step}/{plan.total_steps} (epoch {epoch + 1}, batch {it + 1} "
+             f"of {plan.steps_per_epoch})")
+    run.metrics.write({"type": "nonfinite", "step": step, "loss": str(loss), "action": cfg.nonfinite_loss})
+    if cfg.nonfinite_loss == "stop":
+        last = ckpt.read_checkpoint(run.run_dir / "last.json") if run.info.is_main else None
+        kept = (f"the last good checkpoint {str(run.run_dir / 'last.json')!r} (step {last['step']}) is kept"
+                if last else "no checkpoint was written before it")
+        raise NonFiniteLossError(
+            f"train: {where}; stopped without saving, {kept}. Lower lr, set clip_grad, check the data, "
+            "or set nonfinite_loss=skip to skip such batches")
+    run.say(f"train: {where}; batch skipped (nonfinite_loss=skip), weights unchanged")
+    tally.skipped_steps += 1
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _log_train(run: Run, tally: Tally, bar, lr: float, epoch: int) -> None:
+    """A metrics line of the steps since the last one (summed over ranks), and the progress bar's text."""
+    info = run.info
+    ls, cs, ns, nl = D.all_reduce_sum([tally.loss, tally.correct, tally.seen, float(tally.log_images)], info)
+    ips = nl / max(time.perf_counter() - tally.t_log, 1e-9)
+    rec = {"type": "train", "step": run.step, "epoch": round(run.step / run.plan.steps_per_epoch, 4), "lr": lr,
+           "loss": ls / max(ns, 1), "acc": 100 * cs / max(ns, 1), "img_per_s": ips,
+           "elapsed_s": time.perf_counter() - tally.t_train}
+    for name, total in tally.aux.items():
+        rec[name] = D.all_reduce_sum([total], info)[0] / max(ns, 1)
+    run.metrics.write(rec)
+    bar.set_postfix_str(f"ep {epoch + 1}/{run.cfg.epochs} loss {rec['loss']:.3f} acc {rec['acc']:.1f}% "
+                        f"{ips:.0f} img/s lr {lr:.3g}")
+    tally.start_log()
+
+
+# ------------------------------------------------------------------------------------------ epoch end
+
+
+def _end_of_epoch(run: Run, tally: Tally, bar, epoch: int) -> None:
+    """Every ``eval_every`` epochs and after the last: evaluate, log, and keep the best weights as 'best'."""
+    cfg = run.cfg
+    if run.va is None or not ((epoch + 1) % cfg.eval_every == 0 or run.step == run.plan.total_steps):
         return
-    split.stream.set_epoch(epoch)
-    loader = torch.utils.data.DataLoader(split.stream, batch_sampler=[c.tolist() for c in chunks],
-                                         num_workers=cfg.workers, collate_fn=collate_skip,
-                                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
-    yield from loader
+    ev = evaluate(run.eval_model, run.va, cfg.img_size, cfg, run.info, cfg.limit_val, run.eval_idx)
+    run.metrics.write({"type": "val", "step": run.step, "epoch": epoch + 1, **ev,
+                       "elapsed_s": time.perf_counter() - tally.t_train})
+    if run.info.is_main:
+        bar.write(f"epoch {epoch + 1}/{cfg.epochs}: val top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% "
+                  f"loss {ev['loss']:.3f} ({ev['images']} images, {ev['seconds']:.1f}s)")
+    if ev["top1"] > run.best_top1:
+        run.best_top1, run.best_step = ev["top1"], run.step
+        _save(run, "best")
 
 
-# --------------------------------------------------------------------------------------------- model
+def _save(run: Run, tag: str) -> None:
+    """Checkpoint ``tag`` ('last' / 'best') at the current step, written by rank 0 while the others wait."""
+    if run.info.is_main:
+        epoch = run.step // run.plan.steps_per_epoch
+        ckpt.save_checkpoint(
+            run.run_dir, tag, step=run.step, model_state=run.model.state_dict(),
+            model_meta=model_meta(run.cfg, run.tr.classes, run.step, epoch),
+            optimizer_state=run.optimizer.state_dict(), ema_state=run.ema.module.state_dict() if run.ema else None,
+            info=_checkpoint_info(run, epoch))
+    D.barrier(run.info)
+
+
+def _checkpoint_info(run: Run, epoch: int) -> dict:
+    """What a checkpoint records beside the tensors: position, best score, schedule, RNG scheme."""
+    cfg, plan = run.cfg, run.plan
+    return {"epoch": epoch, "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+            "best_top1": run.best_top1, "best_step": run.best_step,
+            "scheduler": {"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": plan.warmup_steps,
+                          "total_steps": plan.total_steps, "min_lr_ratio": cfg.min_lr_ratio, "step": run.step},
+            "rng": {"scheme": "derived from (seed, epoch, step, rank): permutation, augmentation and "
+                              "torch.manual_seed each step", "seed": cfg.seed},
+            "world_size": run.info.world_size}
+
+
+# -------------------------------------------------------------------------------------------- run end
+
+
+def _interrupted(run: Run, signum: int | None) -> dict:
+    """A run stopped by SIGINT / SIGTERM: its last checkpoint is saved; say how to continue it."""
+    name = signal.Signals(signum).name if signum in (signal.SIGINT, signal.SIGTERM) else str(signum)
+    run.say(f"{name}: saved {run.run_dir / 'last.json'} at step {run.step}/{run.plan.total_steps}; continue with "
+            f"--resume {run.run_dir} (or --resume auto)")
+    return {"status": "interrupted", "signal": signum, "step": run.step, "run_dir": str(run.run_dir)}
+
+
+def _finish(run: Run, tally: Tally, t_start: float, cpu_start: float) -> dict:
+    """The final evaluations (several sizes, same weights), summary.json and the plots; ``t_start`` /
+    ``cpu_start`` are the wall and CPU clocks when the run began."""
+    evals = []
+    if run.va is not None:
+        for ev in final_evaluations(run.eval_model, run.va, run.cfg, run.info):
+            evals.append(ev)
+            run.metrics.write({"type": "final", "step": run.step, **ev})
+    summary = _summary(run, tally, evals, time.perf_counter() - t_start, time.process_time() - cpu_start)
+    if run.info.is_main:
+        ckpt.atomic_write(run.run_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+        try:
+            from .plots import plot_run
+
+            plot_run(run.run_dir)
+        except ImportError as e:
+            run.say(f"plots skipped: {e}")
+    D.barrier(run.info)
+    return summary
+
+
+def _summary(run: Run, tally: Tally, evals: list[dict], total_seconds: float, cpu_seconds: float) -> dict:
+    """summary.json: what ran, how long it took, its best and final scores, what was skipped."""
+    cfg, info, va = run.cfg, run.info, run.va
+    return {
+        "status": "finished", "model": cfg.model, "params": run.n_params, "run_dir": str(run.run_dir),
+        "epochs": cfg.epochs, "steps": run.step, "train_images": len(run.tr), "val_images": len(va) if va else 0,
+        "train_seconds": tally.train_seconds, "total_seconds": total_seconds, "cpu_seconds": cpu_seconds,
+        "threads": torch.get_num_threads(),
+        "img_per_s": tally.images * info.world_size / max(tally.train_seconds, 1e-9) if tally.images else None,
+        "best_top1": run.best_top1 if run.best_top1 >= 0 else None, "best_step": run.best_step, "final": evals,
+        "world_size": info.world_size, "resumed_from": run.resumed_from,
+        "skipped_bad_images": run.tr.skipped + (va.skipped if va else 0) + tally.bad,
+        "skipped_nonfinite_steps": tally.skipped_steps,
+    }
+
+
+# ----------------------------------------------------------------------------------- model, optimizer
 
 
 def build_model(cfg: TrainConfig, num_classes: int | None) -> torch.nn.Module:
+    """The model ``cfg.model`` names, with ``cfg.model_kwargs`` and ``num_classes`` outputs."""
     from ..models import create_model_from_config
 
     return create_model_from_config(cfg.model, cfg.model_kwargs, num_classes)
@@ -160,6 +548,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW, as ``cfg.optimizer`` says, over :func:`param_groups`."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -167,96 +556,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
 
 
-class ModelEma:
-    """Exponential moving average of the weights (buffers copied); ``module`` is evaluated in their place."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        src = model.state_dict()
-        for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(self.decay).add_(src[k].detach(), alpha=1 - self.decay)
-            else:
-                v.copy_(src[k])
-
-
-# -------------------------------------------------------------------------------------------- evaluate
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConfig, info: D.DistInfo,
-             limit: int | None = None, indices: torch.Tensor | None = None, protocol: str = "resize",
-             tta: bool = False) -> dict:
-    """top-1 / top-5 / loss over ``split`` (or its ``indices``; sharded over ranks, summed) at ``img_size``.
-
-    ``protocol`` says how an image of the training size becomes ``img_size`` (see
-    :func:`msaconv.data.to_eval_size`); ``tta=True`` adds ``top1_flip`` / ``top5_flip`` / ``loss_flip``,
-    the same figures for the mean of the logits of each image and its horizontal mirror.
-    """
-    was_training = model.training
-    model.eval()
-    n = len(split) if limit is None else min(limit, len(split))
-    items = torch.arange(n) if indices is None else indices
-    n = len(items)
-    order = D.shard(items, info)
-    if info.enabled and len(order) * info.world_size > n:  # padded items would be counted twice
-        order = order[: len(range(info.rank, n, info.world_size))]
-    sums = [0.0] * 7  # loss, top1, top5, count, then loss, top1, top5 with flip TTA
-    t0 = time.perf_counter()
-    ev_split = split
-    base = cfg.img_size
-    stream_size = img_size if protocol == "resize" else base
-    if split.stream is not None and split.stream.size != stream_size:
-        ev_split = Split(split.classes, split.source, stream=StreamingImages(
-            split.source, stream_size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=0))
-    for x, y, _bad in batches(ev_split, order, cfg.eval_batch_size, cfg, 0):
-        if len(y) == 0:
-            continue
-        x = to_eval_size(normalize(x, cfg.mean, cfg.std), img_size, protocol, base).to(info.device)
-        y = y.to(info.device)
-        views = [x, x.flip(-1)] if tta else [x]
-        logits = []
-        for v in views:
-            if cfg.channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg, info):
-                logits.append(model(v).float())
-        _score(sums, 0, logits[0], y)
-        if tta:
-            _score(sums, 4, (logits[0] + logits[1]) / 2, y)
-        sums[3] += len(y)
-        ckpt.fault_point("eval")
-    totals = D.all_reduce_sum(sums, info)
-    model.train(was_training)
-    cnt = max(totals[3], 1)
-    out = {"img_size": img_size, "protocol": protocol, "top1": 100 * totals[1] / cnt, "top5": 100 * totals[2] / cnt,
-           "loss": totals[0] / cnt, "images": int(totals[3]), "seconds": time.perf_counter() - t0}
-    if tta:
-        out.update(top1_flip=100 * totals[5] / cnt, top5_flip=100 * totals[6] / cnt, loss_flip=totals[4] / cnt)
-    return out
-
-
-def _score(sums: list[float], at: int, out: torch.Tensor, y: torch.Tensor) -> None:
-    """Add the summed loss, top-1 and top-5 hits of ``out`` for labels ``y`` to ``sums[at:at + 3]``."""
-    sums[at] += F.cross_entropy(out, y, reduction="sum").item()
-    top5 = out.topk(min(5, out.shape[1]), dim=1).indices
-    sums[at + 1] += (top5[:, 0] == y).sum().item()
-    sums[at + 2] += (top5 == y[:, None]).any(dim=1).sum().item()
-
-
-def _autocast(cfg: TrainConfig, info: D.DistInfo):
-    if cfg.amp == "bf16":
-        return torch.autocast(info.device.type, dtype=torch.bfloat16)
-    return torch.autocast(info.device.type, enabled=False)
-
-
-# ---------------------------------------------------------------------------------------------- train
+# ----------------------------------------------------------------------- run folder, records, signals
 
 
 class _Stop:
@@ -286,6 +586,17 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _run_record(run: Run, backend: str | None, train_path: str, val_path: str | None) -> dict:
+    """The first metrics line of a run: software, machine, command, data files (with their hashes)."""
+    info, va = run.info, run.va
+    return {"type": "run", "step": 0, "model": run.cfg.model, "params": run.n_params, "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "world_size": info.world_size, "git": _git_commit(),
+            "command": " ".join(sys.argv), "train_images": len(run.tr), "val_images": len(va) if va else 0,
+            "backend": backend, **cpu_description(), "train_data": train_path,
+            "train_sha256": file_sha256(train_path), "val_data": val_path, "val_sha256": file_sha256(val_path)}
 
 
 def _git_commit() -> str | None:
@@ -370,318 +681,10 @@ class MetricsLog:
                 f.write(json.dumps(rec) + "\n")
 
 
-def train(cfg: TrainConfig, log=None) -> dict:
-    """Run (or resume) training as ``cfg`` says; returns the summary dict (also written as summary.json)."""
-    info = D.setup()
-    try:
-        return _train(cfg, info, log)
-    finally:
-        D.teardown(info)
-
-
-def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
-    main = info.is_main
-    say = (log or (lambda s: print(s, file=sys.stderr, flush=True))) if main else (lambda s: None)
-    t_start, cpu_start = time.perf_counter(), time.process_time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif info.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
-
-    run_dir, resume_doc = resolve_run_dir(cfg)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
-    D.barrier(info)
-
-    check_model_config(cfg)
-
-    # -- data (a first-use compile of the CPU kernels runs meanwhile, in a thread)
-    if torch.device(info.device).type == "cpu":
-        from ..ops import prepare
-
-        prepare(background=True)
-    train_path, val_path = resolve_data_paths(cfg)
-    t0 = time.perf_counter()
-    tr = load_split(cfg, train_path, True, cfg.limit_train, say)
-    va = load_split(cfg, val_path, False, cfg.limit_val, say) if val_path else None
-    if va is not None and va.classes != tr.classes:
-        raise ValueError(f"data: validation classes {va.classes[:5]}... differ from training classes "
-                         f"{tr.classes[:5]}...; both need the same <class> folders")
-    if len(tr.classes) < 2:
-        raise ValueError(f"data: {train_path!r} holds one class folder ({tr.classes[0]!r}); a classifier needs at "
-                         "least two <class> folders")
-    say(f"data: {len(tr)} train images ({train_path}), {len(va) if va else 0} val images"
-        f"{f' ({val_path})' if va else ''}, {len(tr.classes)} classes, loaded in {time.perf_counter() - t0:.1f}s")
-    backend = None
-    if torch.device(info.device).type == "cpu":
-        from ..ops import backend_report
-
-        backend = backend_report()  # waits for the background build started above
-        say(backend)
-
-    # -- model, optimizer
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(tr.classes)).to(info.device)
-    if cfg.channels_last:
-        # cast: torch's stubs leave out Module.to's memory_format keyword (torch accepts it)
-        model = cast(Any, model).to(memory_format=torch.channels_last)
-    n_params = sum(p.numel() for p in model.parameters())
-    optimizer = make_optimizer(cfg, model)
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-
-    per_rank = len(D.shard(torch.arange(len(tr)), info))
-    micro = cfg.batch_size
-    steps_per_epoch = max(1, per_rank // (micro * cfg.grad_accum))
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-
-    start_step, best_top1, best_step = 0, -1.0, None
-    if resume_doc is not None:
-        w, _ = ckpt.load_checkpoint_file(resume_doc, "weights")
-        model.load_state_dict(w)
-        state, _ = ckpt.load_checkpoint_file(resume_doc, "state")
-        optimizer.load_state_dict(ckpt.optimizer_from_flat(state, resume_doc["optimizer"]))
-        if ema is not None:
-            ema.module.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
-        start_step = int(resume_doc["step"])
-        best_top1 = float(resume_doc.get("best_top1", -1.0))
-        best_step = resume_doc.get("best_step")
-        if resume_doc.get("steps_per_epoch") not in (None, steps_per_epoch):
-            raise ValueError(f"--resume: the checkpoint has {resume_doc['steps_per_epoch']} steps per epoch, this "
-                             f"config gives {steps_per_epoch}; keep batch_size, grad_accum, limit_train and the "
-                             "number of processes of the original run")
-        say(f"resume: {run_dir} from step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
-    ddp = model
-    if info.enabled:
-        import warnings
-
-        # 1x1 convolutions' weight gradients arrive with other strides than DDP's buckets: harmless, only a copy
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-
-    metrics = MetricsLog(run_dir / "metrics.jsonl", main, start_step if resume_doc else None)
-    if main and resume_doc is None:
-        metrics.write({"type": "run", "step": 0, "model": cfg.model, "params": n_params, "torch": torch.__version__,
-                       "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                       "threads": torch.get_num_threads(), "world_size": info.world_size, "git": _git_commit(),
-                       "command": " ".join(sys.argv), "train_images": len(tr), "val_images": len(va) if va else 0,
-                       "backend": backend, **cpu_description(), "train_data": train_path,
-                       "train_sha256": file_sha256(train_path), "val_data": val_path,
-                       "val_sha256": file_sha256(val_path)})
-    say(f"model: {cfg.model} {n_params / 1e6:.2f}M params; {cfg.epochs} epochs x {steps_per_epoch} steps, batch "
-        f"{micro}x{cfg.grad_accum}x{info.world_size}, {cfg.optimizer} lr {cfg.lr}, {torch.get_num_threads()} threads; "
-        f"run folder {run_dir}")
-
-    def save(tag: str, step: int):
-        if main:
-            epoch = step // steps_per_epoch
-            ckpt.save_checkpoint(
-                run_dir, tag, step=step, model_state=model.state_dict(),
-                model_meta=model_meta(cfg, tr.classes, step, epoch), optimizer_state=optimizer.state_dict(),
-                ema_state=ema.module.state_dict() if ema else None,
-                info={"epoch": epoch, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                      "best_top1": best_top1, "best_step": best_step,
-                      "scheduler": {"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": warmup_steps,
-                                    "total_steps": total_steps, "min_lr_ratio": cfg.min_lr_ratio, "step": step},
-                      "rng": {"scheme": "derived from (seed, epoch, step, rank): permutation, augmentation and "
-                                        "torch.manual_seed each step", "seed": cfg.seed},
-                      "world_size": info.world_size})
-        D.barrier(info)
-
-    epoch_eval_idx = None  # a fixed, seeded subset of the validation images for the per-epoch check
-    if va is not None and cfg.epoch_eval_images:
-        n_val = len(va) if cfg.limit_val is None else min(cfg.limit_val, len(va))
-        if cfg.epoch_eval_images < n_val:
-            perm = torch.randperm(n_val, generator=generator(cfg.seed, 0xE7A1))
-            epoch_eval_idx = perm[: cfg.epoch_eval_images].sort().values
-
-    # -- loop
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (main and cfg.progress), unit="step",
-               dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
-    run_loss = run_correct = run_n = 0.0
-    aux_sums: dict[str, float] = {}  # auxiliary losses (MoH load balance), summed over the logged images
-    aux_weight = MOH_LOAD_BALANCE_WEIGHT if cfg.aux_loss_weight is None else cfg.aux_loss_weight
-    bad_total = 0
-    skipped_steps = 0
-    t_train = time.perf_counter()
-    t_log, n_log = time.perf_counter(), 0
-    images_done = 0
-    step = start_step
-    status = "finished"
-    ddp.train()
-    with _Stop() as stop:
-        epoch_iter = None
-        while step < total_steps:
-            epoch, it = divmod(step, steps_per_epoch)
-            if epoch_iter is None:
-                order = torch.randperm(len(tr), generator=generator(cfg.seed, epoch, 0xDA7A))
-                mine = D.shard(order, info)[: steps_per_epoch * micro * cfg.grad_accum]
-                mine = mine[it * micro * cfg.grad_accum :]
-                epoch_iter = batches(tr, mine, micro, cfg, epoch)
-            torch.manual_seed(derive_seed(cfg.seed, epoch, it, info.rank, 0xD0))
-            lr = lr_at(step, cfg.schedule, cfg.lr, warmup_steps, total_steps, cfg.min_lr_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            nonfinite = None
-            for m in range(cfg.grad_accum):
-                x, y, nbad = next(epoch_iter)
-                bad_total += nbad
-                if len(y) == 0:
-                    continue
-                gen = generator(cfg.seed, epoch, it, m, info.rank)
-                if cfg.crop_pad or cfg.hflip:
-                    x = random_crop_flip(x, gen, cfg.crop_pad, cfg.hflip)
-                if cfg.rand_augment_n:
-                    x = rand_augment(x, gen, cfg.rand_augment_n, cfg.rand_augment_m)
-                size = size_at(cfg.train_sizes, cfg.seed, epoch, it) if cfg.train_sizes else cfg.img_size
-                x = normalize(resize(x, size), cfg.mean, cfg.std)
-                x, target = mixup_cutmix(x, y, len(tr.classes), random.Random(derive_seed(cfg.seed, epoch, it, m, info.rank, 7)),
-                                         cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing)
-                x, y, target = x.to(info.device), y.to(info.device), target.to(info.device)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                sync = (m == cfg.grad_accum - 1) or not info.enabled
-                ctx: ContextManager[Any]
-                if info.enabled and not sync:  # info.enabled: ddp is the DistributedDataParallel wrapper
-                    ctx = cast(torch.nn.parallel.DistributedDataParallel, ddp).no_sync()
-                else:
-                    ctx = _null()
-                with ctx:
-                    with _autocast(cfg, info):
-                        out = ddp(x)
-                    loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
-                    for aux_name, aux in auxiliary_losses(model).items():
-                        loss = loss + aux_weight * aux
-                        aux_sums[aux_name] = aux_sums.get(aux_name, 0.0) + aux.item() * len(y)
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value) and nonfinite is None:
-                        nonfinite = loss_value
-                    if nonfinite is not None:
-                        continue  # the step is dropped; later micro-batches are still read (same data order)
-                    (loss / cfg.grad_accum).backward()
-                run_loss += loss_value * len(y)
-                run_correct += (out.argmax(1) == y).sum().item()
-                run_n += len(y)
-                n_log += len(y)
-                images_done += len(y)
-            nonfinite = D.any_flag(nonfinite is not None, info) and (nonfinite if nonfinite is not None else math.nan)
-            if nonfinite is not False:
-                where = (f"loss is {nonfinite} at step {step + 1}/{total_steps} (epoch {epoch + 1}, batch {it + 1} "
-                         f"of {steps_per_epoch})")
-                metrics.write({"type": "nonfinite", "step": step + 1, "loss": str(nonfinite),
-                               "action": cfg.nonfinite_loss})
-                if cfg.nonfinite_loss == "stop":
-                    last = ckpt.read_checkpoint(run_dir / "last.json") if main else None
-                    kept = (f"the last good checkpoint {str(run_dir / 'last.json')!r} (step {last['step']}) is kept"
-                            if last else "no checkpoint was written before it")
-                    raise NonFiniteLossError(
-                        f"train: {where}; stopped without saving, {kept}. Lower lr, set clip_grad, check the data, "
-                        "or set nonfinite_loss=skip to skip such batches")
-                say(f"train: {where}; batch skipped (nonfinite_loss=skip), weights unchanged")
-                skipped_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-            step += 1
-            ckpt.fault_point("step")
-            bar.update(1)
-            stop_now = D.any_flag(stop.signal is not None, info)
-            end_of_epoch = step % steps_per_epoch == 0
-            if step % cfg.log_every == 0 or end_of_epoch or step == total_steps or stop_now:
-                ls, cs, ns, nl = D.all_reduce_sum([run_loss, run_correct, run_n, float(n_log)], info)
-                dt = time.perf_counter() - t_log
-                ips = nl / max(dt, 1e-9)
-                rec = {"type": "train", "step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
-                       "loss": ls / max(ns, 1), "acc": 100 * cs / max(ns, 1), "img_per_s": ips,
-                       "elapsed_s": time.perf_counter() - t_train}
-                for aux_name, total in aux_sums.items():
-                    rec[aux_name] = D.all_reduce_sum([total], info)[0] / max(ns, 1)
-                aux_sums = {}
-                metrics.write(rec)
-                bar.set_postfix_str(f"ep {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} acc {rec['acc']:.1f}% "
-                                    f"{ips:.0f} img/s lr {lr:.3g}")
-                run_loss = run_correct = run_n = 0.0
-                t_log, n_log = time.perf_counter(), 0
-            if end_of_epoch:
-                epoch_iter = None
-                if va is not None and ((epoch + 1) % cfg.eval_every == 0 or step == total_steps):
-                    ev = evaluate(ema.module if ema else model, va, cfg.img_size, cfg, info, cfg.limit_val, epoch_eval_idx)
-                    metrics.write({"type": "val", "step": step, "epoch": epoch + 1, **ev,
-                                   "elapsed_s": time.perf_counter() - t_train})
-                    bar.write(f"epoch {epoch + 1}/{cfg.epochs}: val top1 {ev['top1']:.2f}% top5 {ev['top5']:.2f}% "
-                              f"loss {ev['loss']:.3f} ({ev['images']} images, {ev['seconds']:.1f}s)") if main else None
-                    if ev["top1"] > best_top1:
-                        best_top1, best_step = ev["top1"], step
-                        save("best", step)
-            if end_of_epoch or step % cfg.checkpoint_every == 0 or stop_now:
-                save("last", step)
-            if stop_now:
-                status = "interrupted"
-                break
-    bar.close()
-    train_seconds = time.perf_counter() - t_train
-    if bad_total:
-        say(f"data: skipped {bad_total} bad image(s) while training")
-    if status == "interrupted":
-        name = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}.get(stop.signal, str(stop.signal))
-        say(f"{name}: saved {run_dir / 'last.json'} at step {step}/{total_steps}; continue with "
-            f"--resume {run_dir} (or --resume auto)")
-        return {"status": status, "signal": stop.signal, "step": step, "run_dir": str(run_dir)}
-
-    # -- final evaluation at several sizes with the same weights
-    final_model = ema.module if ema else model
-    evals = []
-    if va is not None:
-        sizes = sorted(set(cfg.eval_sizes) | {cfg.img_size})
-        for protocol in cfg.eval_protocols:
-            for s in sizes:
-                if protocol != "resize" and s == cfg.img_size and "resize" in cfg.eval_protocols:
-                    continue  # at the training size both protocols show the same images
-                ev = evaluate(final_model, va, s, cfg, info, cfg.limit_val, protocol=protocol, tta=cfg.tta != "none")
-                evals.append(ev)
-                metrics.write({"type": "final", "step": step, **ev})
-    total_seconds = time.perf_counter() - t_start
-    summary = {
-        "status": status, "model": cfg.model, "params": n_params, "run_dir": str(run_dir), "epochs": cfg.epochs,
-        "steps": step, "train_images": len(tr), "val_images": len(va) if va else 0, "train_seconds": train_seconds,
-        "total_seconds": total_seconds, "cpu_seconds": time.process_time() - cpu_start, "threads": torch.get_num_threads(),
-        "img_per_s": images_done * info.world_size / max(train_seconds, 1e-9) if images_done else None,
-        "best_top1": best_top1 if best_top1 >= 0 else None, "best_step": best_step, "final": evals,
-        "world_size": info.world_size, "resumed_from": int(resume_doc["step"]) if resume_doc else None,
-        "skipped_bad_images": tr.skipped + (va.skipped if va else 0) + bad_total,
-        "skipped_nonfinite_steps": skipped_steps,
-    }
-    if main:
-        ckpt.atomic_write(run_dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
-        try:
-            from .plots import plot_run
-
-            plot_run(run_dir)
-        except ImportError as e:
-            say(f"plots skipped: {e}")
-    D.barrier(info)
-    return summary
-
-
 class NonFiniteLossError(FloatingPointError, ValueError):
     """The loss became NaN or inf (``nonfinite_loss=stop``); the message names the step. A ValueError too, so the
     CLI prints one line."""
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def format_summary(summary: dict) -> str:

@@ -1,16 +1,110 @@
-"""Evaluate a saved checkpoint at several image sizes (what ``msaconv eval`` calls)."""
+"""Evaluation: top-1 / top-5 / loss of a model on a split at one size (what the engine runs each epoch and at
+the end), and of a saved checkpoint at several sizes (what ``msaconv eval`` calls)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from ..data import StreamingImages, normalize, to_eval_size
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, apply_overrides, parse_set
+from .data import Split, batches, load_split, resolve_data_paths
+
+
+def autocast(cfg: TrainConfig, info: D.DistInfo):
+    """bf16 autocast on ``info.device`` when ``cfg.amp`` is 'bf16', a disabled one otherwise."""
+    if cfg.amp == "bf16":
+        return torch.autocast(info.device.type, dtype=torch.bfloat16)
+    return torch.autocast(info.device.type, enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConfig, info: D.DistInfo,
+             limit: int | None = None, indices: torch.Tensor | None = None, protocol: str = "resize",
+             tta: bool = False) -> dict:
+    """top-1 / top-5 / loss over ``split`` (or its ``indices``; sharded over ranks, summed) at ``img_size``.
+
+    ``protocol`` says how an image of the training size becomes ``img_size`` (see
+    :func:`msaconv.data.to_eval_size`); ``tta=True`` adds ``top1_flip`` / ``top5_flip`` / ``loss_flip``,
+    the same figures for the mean of the logits of each image and its horizontal mirror.
+    """
+    was_training = model.training
+    model.eval()
+    order = _rank_items(split, limit, indices, info)
+    sums = [0.0] * 7  # loss, top1, top5, count, then loss, top1, top5 with flip TTA
+    t0 = time.perf_counter()
+    ev_split = _at_stream_size(split, img_size if protocol == "resize" else cfg.img_size, cfg)
+    for x, y, _bad in batches(ev_split, order, cfg.eval_batch_size, cfg, 0):
+        if len(y) == 0:
+            continue
+        x = to_eval_size(normalize(x, cfg.mean, cfg.std), img_size, protocol, cfg.img_size).to(info.device)
+        y = y.to(info.device)
+        logits = [_logits(model, v, cfg, info) for v in ([x, x.flip(-1)] if tta else [x])]
+        _score(sums, 0, logits[0], y)
+        if tta:
+            _score(sums, 4, (logits[0] + logits[1]) / 2, y)
+        sums[3] += len(y)
+        ckpt.fault_point("eval")
+    totals = D.all_reduce_sum(sums, info)
+    model.train(was_training)
+    cnt = max(totals[3], 1)
+    out = {"img_size": img_size, "protocol": protocol, "top1": 100 * totals[1] / cnt, "top5": 100 * totals[2] / cnt,
+           "loss": totals[0] / cnt, "images": int(totals[3]), "seconds": time.perf_counter() - t0}
+    if tta:
+        out.update(top1_flip=100 * totals[5] / cnt, top5_flip=100 * totals[6] / cnt, loss_flip=totals[4] / cnt)
+    return out
+
+
+def _rank_items(split: Split, limit: int | None, indices: torch.Tensor | None, info: D.DistInfo) -> torch.Tensor:
+    """This rank's share of the images to evaluate: ``indices``, or the first ``limit`` (all when None)."""
+    n = len(split) if limit is None else min(limit, len(split))
+    items = torch.arange(n) if indices is None else indices
+    n = len(items)
+    order = D.shard(items, info)
+    if info.enabled and len(order) * info.world_size > n:  # padded items would be counted twice
+        order = order[: len(range(info.rank, n, info.world_size))]
+    return order
+
+
+def _at_stream_size(split: Split, size: int, cfg: TrainConfig) -> Split:
+    """``split``, or for a stream decoded at another size, the same images streamed at ``size``."""
+    if split.stream is None or split.stream.size == size:
+        return split
+    return Split(split.classes, split.source, stream=StreamingImages(
+        split.source, size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=0))
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor, cfg: TrainConfig, info: D.DistInfo) -> torch.Tensor:
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(cfg, info):
+        return model(x).float()
+
+
+def _score(sums: list[float], at: int, out: torch.Tensor, y: torch.Tensor) -> None:
+    """Add the summed loss, top-1 and top-5 hits of ``out`` for labels ``y`` to ``sums[at:at + 3]``."""
+    sums[at] += F.cross_entropy(out, y, reduction="sum").item()
+    top5 = out.topk(min(5, out.shape[1]), dim=1).indices
+    sums[at + 1] += (top5[:, 0] == y).sum().item()
+    sums[at + 2] += (top5 == y[:, None]).any(dim=1).sum().item()
+
+
+def final_evaluations(model: torch.nn.Module, split: Split, cfg: TrainConfig, info: D.DistInfo) -> Iterator[dict]:
+    """The end of a run: ``evaluate`` at ``img_size`` and every ``eval_sizes`` size, for each protocol, one
+    result as each is done. At the training size 'canvas' shows the images 'resize' does, so it runs once."""
+    sizes = sorted(set(cfg.eval_sizes) | {cfg.img_size})
+    for protocol in cfg.eval_protocols:
+        for s in sizes:
+            if protocol != "resize" and s == cfg.img_size and "resize" in cfg.eval_protocols:
+                continue
+            yield evaluate(model, split, s, cfg, info, cfg.limit_val, protocol=protocol, tta=cfg.tta != "none")
 
 
 def load_model_from_checkpoint(path: str, model: str | None = None, sets: list[str] | None = None):
@@ -50,8 +144,6 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
                         protocols: list[str] | None = None) -> tuple[list[dict], Path]:
     """Top-1/top-5 of a checkpoint at every size and protocol ('resize' / 'canvas', see
     :func:`msaconv.data.to_eval_size`), with flip TTA when ``tta`` is 'flip' or 'both'."""
-    from .engine import resolve_data_paths, evaluate, load_split
-
     m, cfg, classes = load_model_from_checkpoint(path, model, sets)
     cfg = apply_overrides(cfg, {"eval_batch_size": batch_size, "skip_bad": skip_bad, "limit_val": limit, "tta": tta,
                                 "eval_protocols": protocols or ["resize"]}, "eval")
