@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> Path:
     from ..data.transforms import normalize, resize
     from ..models import create_model, plain_overrides
     from ..train.config import TrainConfig, apply_overrides
-    from ..train.engine import load_split
+    from ..train.data import load_split
     from ..train.evaluate import load_model_from_checkpoint
     from . import ablation
 

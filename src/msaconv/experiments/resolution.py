@@ -99,7 +99,8 @@ def eval_job(job: dict) -> dict:
     from ..data import embedded_path
     from ..train import distributed as D
     from ..train.config import apply_overrides
-    from ..train.engine import evaluate, load_split
+    from ..train.data import load_split
+    from ..train.evaluate import evaluate
     from ..train.evaluate import load_model_from_checkpoint
     from . import _models  # noqa: F401  (registers vit_nano_abspe)
 
