@@ -100,8 +100,7 @@ def eval_job(job: dict) -> dict:
     from ..train import distributed as D
     from ..train.config import apply_overrides
     from ..train.data import load_split
-    from ..train.evaluate import evaluate
-    from ..train.evaluate import load_model_from_checkpoint
+    from ..train.evaluate import evaluate, load_model_from_checkpoint
     from . import _models  # noqa: F401  (registers vit_nano_abspe)
 
     torch.set_num_threads(job["threads"])
