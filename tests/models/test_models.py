@@ -299,7 +299,7 @@ def test_switches_are_config_fields():
     (dict(depthwise="yes"), r"depthwise='yes' is invalid"),
     (dict(dims=(32, 64)), r"depths=\(1, 2, 1\) is invalid; use a tuple of 2 positive ints"),
     (dict(token_mixer="global"), r"TiC models always use 'msa_conv'"),
-    (dict(stem_stride=3), r"stem_stride=3 is invalid; use 1, 2 or 4"),
+    (dict(stem_stride=3), r"stem_stride=3 is invalid; use one of \(1, 2, 4\) with stem=.conv.*8 and 16: stem=.patch."),
     (dict(drop_path_rate=1.5), r"drop_path_rate=1.5 is invalid"),
     (dict(kernal_size=3), r"unknown option 'kernal_size'; did you mean 'kernel_size'\?"),
     (dict(num_heads=(3, 4, 8)), r"num_heads=.* is invalid; stage 0 has dim 64"),
