@@ -1,27 +1,54 @@
-"""What every experiment shares: the training budget and its knobs, a pool of training workers, JSON lines
-(with the environment stamp of :mod:`msaconv.bench.common`), mean and spread, markdown tables and links.
+"""What every experiment shares: the training budget, one training run (cached and resumable), JSON lines
+(with the environment stamp of :mod:`msaconv.bench.common`), paired statistics and markdown.
 
-Training always goes through the public engine (:func:`msaconv.train.engine.train`) with a
-:class:`~msaconv.train.config.TrainConfig` built from the ``tic_nano`` recipe (the main job's optimiser and
-one-cycle schedule) with the budget's epochs, images and a warm-up scaled to the same share of the run.
+**The budget.** Every run trains with the main job's recipe (``tic_conv_nano.yaml``: SGD with Nesterov
+momentum, one-cycle schedule, label smoothing, random crop + flip, batch 256) scaled to the budget: the
+budget's epochs, the recipe's warm-up kept at the same share of the run, all 20,000 embedded training
+images, the final evaluation on all 10,000 test images. A run is fixed-size (32 px, ``mode='fixed'``) or
+multi-size (``mode='multi'``: the engine's ``train_sizes`` 24, 32, 40). Its final evaluations at every
+(size, protocol) the experiment asks for come from the run itself (the engine's ``eval_sizes`` and
+``eval_protocols``).
+
+**One run, once.** A run's folder under ``--scratch`` is named by the model, the mode, the seed and a hash
+of every training setting (evaluation settings left out), so two experiments that need the same training
+share one run: the second reuses the finished run (evaluating only the (size, protocol) pairs the first
+did not ask for, from the run's final weights). A run killed midway continues from its last epoch
+checkpoint. An experiment skips every (arm, mode, seed) that already has a record at the same budget in
+its records file, so rerunning the same command resumes the experiment.
+
+**Records of older budgets.** A record whose budget names no ``recipe`` was made by an earlier version of
+these experiments, at a budget too short to decide anything; the report keeps such records out of every
+table and lists them apart as superseded.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 RESULTS_DIR = Path("results")
-SCRATCH_DIR = Path("runs") / "experiments"  # checkpoints: git-ignored, reused by later experiments
-RECIPE = "tic_nano"  # optimiser and schedule of every experiment's training
-RECIPE_EPOCHS, RECIPE_WARMUP = 12, 0.5  # the recipe's warm-up share (0.5 of 12 epochs) is kept
+SCRATCH_DIR = Path("runs") / "experiments"  # run folders: git-ignored, shared by the experiments
+RECIPE = "tic_conv_nano"  # the main job's recipe: optimiser, schedule, augmentation of every run
+DEFAULT_MODEL = "tic_conv_nano"  # the default TiC: the main job's model, fixed 32 px training
+DEFAULT_EPOCHS = 4
+BAR = 70.0  # the default arm's top-1 (%) the budget must reach for its differences to mean anything
+EVAL_SIZES = (16, 24, 32, 40, 48, 64)
+PROTOCOLS = ("resize", "canvas")
+MULTI_SIZES = (24, 32, 40)  # multi-size training: one of these per step
+MODES = {"fixed": None, "multi": list(MULTI_SIZES)}  # mode -> the engine's train_sizes
+SMOKE_EVAL_SIZES = (16, 32, 48)
+EPOCH_EVAL_IMAGES = 500  # the engine's end-of-epoch check (once, at the end); the record uses the final evaluations
+# TrainConfig keys that only say how a run is evaluated, logged or where it goes: not part of the run's identity
+NOT_TRAINING = ("output", "name", "resume", "progress", "log_every", "checkpoint_every", "threads", "workers",
+                "eval_sizes", "eval_protocols", "tta", "eval_batch_size")
 
 
 def default_output(name: str) -> Path:
@@ -33,14 +60,15 @@ def default_output(name: str) -> Path:
 
 @dataclass
 class Budget:
-    """One training budget for every model of an experiment (same images, epochs, batch and schedule)."""
+    """One training budget for every run of an experiment (same recipe, images, epochs and batch)."""
 
-    epochs: int = 3
-    limit_train: int | None = 10000
+    recipe: str = RECIPE
+    epochs: int = DEFAULT_EPOCHS
+    limit_train: int | None = None  # None: every image of ``data`` (20,000 embedded)
     limit_val: int | None = None  # None: the whole 10,000-image test set
-    batch_size: int = 128
+    batch_size: int = 256  # the recipe's
     data: str = "embedded"  # 'embedded' (the 20,000-image subset in the package) or a zip / ImageFolder path
-    threads: int = 1  # torch threads per worker
+    threads: int = 1  # torch threads per run
     img_size: int = 32
 
     def resolved_data(self) -> str:
@@ -56,34 +84,53 @@ class Budget:
         return {**asdict(self), "data": self.resolved_data()}
 
 
+BUDGET_FIELDS = tuple(f.name for f in fields(Budget))
 SMOKE: dict[str, Any] = dict(epochs=1, limit_train=192, limit_val=96, batch_size=64, data="embedded", threads=1)
 
 
-def add_budget_arguments(p: argparse.ArgumentParser, seeds: int = 3, workers: int = 2, **defaults) -> None:
-    """The knobs of a training budget (``--epochs``, ``--limit-train``, ...), ``--smoke``, ``--output``."""
-    b = Budget(**defaults)
-    g = p.add_argument_group("budget (the same for every model of the experiment)")
-    g.add_argument("--epochs", type=int, default=b.epochs, help="training epochs (default %(default)s)")
+def budget_key(b: dict | None) -> str:
+    """What makes two runs' budgets the same (threads and the data's folder left out)."""
+    b = b or {}
+    data = str(b.get("data", ""))
+    return json.dumps([b.get("recipe"), b.get("epochs"), b.get("limit_train"), b.get("limit_val"),
+                       b.get("batch_size"), data if data == "embedded" else Path(data).name, b.get("img_size")])
+
+
+def is_current(rec: dict) -> bool:
+    """A record made at a budget of this framework (its budget names the recipe); older ones are superseded."""
+    b = rec.get("budget")
+    return isinstance(b, dict) and bool(b.get("recipe"))
+
+
+def add_budget_arguments(p: argparse.ArgumentParser, seeds: int = 3, workers: int = 1) -> None:
+    """The knobs of a training budget (``--epochs``, ``--data``, ...), ``--smoke``, ``--output``, ``--scratch``."""
+    b = Budget()
+    g = p.add_argument_group("budget (the same for every run of the experiment)")
+    g.add_argument("--epochs", type=int, default=b.epochs,
+                   help="training epochs (default %(default)s); the recipe's warm-up share is kept")
+    g.add_argument("--recipe", default=b.recipe,
+                   help="the recipe every run trains with (default %(default)s: the main job's)")
     g.add_argument("--limit-train", type=_int_or_none, default=b.limit_train,
-                   help="training images, a class-balanced subset chosen by the seed ('none': all; default %(default)s)")
+                   help="training images, a class-balanced subset chosen by the seed (default: all)")
     g.add_argument("--limit-val", type=_int_or_none, default=b.limit_val,
-                   help="test images, always the same subset ('none': all 10,000; default %(default)s)")
-    g.add_argument("--batch-size", type=int, default=b.batch_size, help="default %(default)s")
+                   help="test images, always the same subset (default: all 10,000)")
+    g.add_argument("--batch-size", type=int, default=b.batch_size, help="default %(default)s (the recipe's)")
     g.add_argument("--data", default=b.data,
                    help="'embedded' (default: the 20,000-image subset in the package) or a zip / ImageFolder dir, e.g. "
-                        "../shared/data/cifar10/train.zip (an error if it does not exist); evaluation is always the "
-                        "embedded 10,000-image test set; records store the data's SHA-256 and image count")
-    g.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1 per configuration (default %(default)s)")
+                        "../shared/data/cifar10/train.zip (an error if it does not exist; all of its images are a "
+                        "different budget, reported apart); evaluation is always the embedded 10,000-image test set; "
+                        "records store the data's SHA-256 and image count")
+    g.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1 per arm, paired by seed (default %(default)s)")
     g.add_argument("--workers", type=int, default=workers,
-                   help="parallel training processes (default %(default)s; 1 runs in this process)")
-    g.add_argument("--threads", type=int, default=b.threads, help="torch threads per worker (default %(default)s)")
+                   help="parallel training processes (default %(default)s: one run at a time, in this process)")
+    g.add_argument("--threads", type=int, default=b.threads, help="torch threads per run (default %(default)s)")
     p.add_argument("--smoke", action="store_true",
-                   help=f"a tiny run for CI: {SMOKE['limit_train']} images, {SMOKE['epochs']} epoch, 1 seed, few configs")
+                   help=f"a tiny run for CI: {SMOKE['limit_train']} images, {SMOKE['epochs']} epoch, 1 seed, few arms")
     p.add_argument("--output", default=None, help="JSON lines to append to (default results/<experiment>/records.jsonl)")
     p.add_argument("--scratch", default=str(SCRATCH_DIR),
-                   help="where checkpoints go, reused by later experiments (default %(default)s, git-ignored)")
+                   help="where run folders go, shared by the experiments (default %(default)s, git-ignored)")
     p.add_argument("--fresh", action="store_true",
-                   help="retrain even when a finished run with the same config is in --scratch")
+                   help="retrain, and rerun arms that already have a record, instead of reusing them")
 
 
 def _int_or_none(text: str) -> int | None:
@@ -99,49 +146,163 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     for k in ("epochs", "batch_size", "seeds", "workers", "threads"):
         if getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
-    return Budget(epochs=args.epochs, limit_train=args.limit_train, limit_val=args.limit_val,
-                  batch_size=args.batch_size, data=args.data, threads=args.threads)
+    return Budget(recipe=getattr(args, "recipe", RECIPE), epochs=args.epochs, limit_train=args.limit_train,
+                  limit_val=args.limit_val, batch_size=args.batch_size, data=args.data, threads=args.threads)
 
 
 def output_path(args: argparse.Namespace, name: str) -> Path:
     return Path(args.output) if args.output else default_output(name)
 
 
-def scratch_dir(args: argparse.Namespace, name: str) -> Path:
-    return Path(args.scratch) / (f"{name}-smoke" if args.smoke else name)
+def scratch_dir(args: argparse.Namespace) -> Path:
+    return Path(args.scratch) / ("smoke" if args.smoke else "runs")
+
+
+def eval_sizes(args: argparse.Namespace) -> list[int]:
+    return list(SMOKE_EVAL_SIZES if args.smoke else EVAL_SIZES)
 
 
 def command_line() -> str:
     return " ".join(["msaconv", *sys.argv[1:]])
 
 
+def recipe_values(name: str = RECIPE) -> dict:
+    from ..train.config import load_yaml
+
+    return load_yaml(name)
+
+
+def recipe_summary(b: dict) -> str:
+    """One sentence: the recipe and how the budget scales it."""
+    r = recipe_values(b.get("recipe") or RECIPE)
+    share = float(r.get("warmup_epochs", 0)) / float(r.get("epochs", 1))
+    opt = r.get("optimizer", "?")
+    return (f"recipe `{b.get('recipe')}.yaml` ({opt}{' Nesterov' if opt == 'sgd' and r.get('nesterov') else ''}, "
+            f"lr {r.get('lr')}, momentum {r.get('momentum')}, weight decay {r.get('weight_decay')}, "
+            f"{r.get('schedule')} schedule with the warm-up kept at {share:.3g} of the run, label smoothing "
+            f"{r.get('label_smoothing')}, random crop (pad {r.get('crop_pad')}) + flip, batch {b.get('batch_size')})")
+
+
+def describe_budget(b: dict, runs: Sequence[dict] = ()) -> str:
+    """The budget in words, with the measured images, steps and test images of ``runs`` when given."""
+    tr = sorted({r["train_images"] for r in runs if r.get("train_images")})
+    steps = sorted({r["steps"] for r in runs if r.get("steps")})
+    val = sorted({r["val_images"] for r in runs if r.get("val_images")})
+    data = str(b.get("data"))
+    images = (", ".join(f"{n:,}" for n in tr) if tr else (f"{b['limit_train']:,}" if b.get("limit_train") else "all"))
+    return (f"{b.get('epochs')} epoch(s) of {images} training images ("
+            + ("the embedded CIFAR-10 subset" if data == "embedded" else Path(data).name) + ")"
+            + (f", {', '.join(map(str, steps))} optimizer steps" if steps else "") + f"; {recipe_summary(b)}; "
+            f"final evaluation on " + (", ".join(f"{n:,}" for n in val) if val else
+                                       (f"{b['limit_val']:,}" if b.get("limit_val") else "all 10,000"))
+            + " test images")
+
+
 # ------------------------------------------------------------------------------------------- training
 
 
-def train_config(model: str, model_kwargs: dict, seed: int, budget: Budget, output: Path, name: str):
-    """The :class:`TrainConfig` of one run: the tic_nano recipe scaled to the budget."""
+def model_cfg(model: str, model_kwargs: dict):
+    """The model's config dataclass (``model.cfg``), from a build on the meta device (no memory)."""
+    import torch
+
+    from ..models import create_model_from_config
+    from . import _models  # noqa: F401  (registers the experiment-only models)
+
+    with torch.device("meta"):
+        return create_model_from_config(model, model_kwargs, 10).cfg
+
+
+def runnable_sizes(model: str, model_kwargs: dict, sizes: Iterable[int]) -> tuple[list[int], dict[str, str]]:
+    """(the sizes ``model`` runs at, {size: why not} for the others): one forward of a blank image each, so a
+    run never fails in its final evaluations after hours of training."""
+    key = json.dumps([model, model_kwargs, sorted(set(sizes))], sort_keys=True, default=str)
+    if key not in _RUNNABLE:
+        _RUNNABLE[key] = _runnable_sizes(model, model_kwargs, sorted(set(sizes)))
+    ok, bad = _RUNNABLE[key]
+    return list(ok), dict(bad)
+
+
+_RUNNABLE: dict[str, tuple[list[int], dict[str, str]]] = {}
+
+
+def _runnable_sizes(model: str, model_kwargs: dict, sizes: list[int]) -> tuple[list[int], dict[str, str]]:
+    import torch
+
+    from ..models import create_model_from_config
+    from . import _models  # noqa: F401
+
+    torch.manual_seed(0)
+    m = create_model_from_config(model, model_kwargs, 10).eval()
+    ok, bad = [], {}
+    for s in sizes:
+        try:
+            with torch.no_grad():
+                m(torch.zeros(1, 3, s, s))
+            ok.append(s)
+        except (ValueError, RuntimeError) as e:
+            bad[str(s)] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    return ok, bad
+
+
+def make_job(experiment: str, config: str, model: str, model_kwargs: dict, seed: int, budget: Budget,
+             args: argparse.Namespace, mode: str = "fixed", sizes: Sequence[int] | None = None,
+             protocols: Sequence[str] = PROTOCOLS, extra: dict | None = None) -> dict:
+    """One training job: arm ``config`` of ``experiment``, evaluated at ``sizes`` (those it can run) x ``protocols``."""
+    if mode not in MODES:
+        raise ValueError(f"{experiment}: training mode {mode!r} is not one of {list(MODES)}")
+    want = sorted(set(sizes if sizes is not None else [budget.img_size]) | {budget.img_size})
+    ok, bad = runnable_sizes(model, model_kwargs, want)
+    if budget.img_size not in ok:
+        bad_at = bad.get(str(budget.img_size), "?")
+        raise ValueError(f"{experiment}: arm {config} ({model}) cannot run at its training size "
+                         f"{budget.img_size} px: {bad_at}")
+    return {"experiment": experiment, "config": config, "mode": mode, "seed": seed, "model": model,
+            "model_kwargs": dict(model_kwargs), "train_sizes": MODES[mode], "eval_sizes": ok,
+            "eval_protocols": list(protocols), "eval_errors": bad, "budget": budget.as_dict(),
+            "scratch": str(scratch_dir(args)), "fresh": bool(args.fresh), "extra": dict(extra or {})}
+
+
+def train_config(job: dict):
+    """The :class:`TrainConfig` of one job: the budget's recipe, scaled to its epochs."""
     from ..data import embedded_path
-    from ..train.config import resolve
+    from ..train.config import apply_overrides, resolve
 
-    data = budget.resolved_data()
+    b = Budget(**job["budget"])
+    data = b.resolved_data()
+    r = recipe_values(b.recipe)
+    share = float(r.get("warmup_epochs", 0)) / float(r.get("epochs", 1))
     flags = {
-        "model": model, "model_kwargs": dict(model_kwargs), "data": data,
+        "model": job["model"], "model_kwargs": dict(job["model_kwargs"]), "data": data,
         "val_data": "auto" if data == "embedded" else str(embedded_path("test")),
-        "epochs": budget.epochs, "limit_train": budget.limit_train, "limit_val": budget.limit_val,
-        "batch_size": budget.batch_size, "warmup_epochs": budget.epochs * RECIPE_WARMUP / RECIPE_EPOCHS,
-        "img_size": budget.img_size, "eval_sizes": [budget.img_size], "eval_every": budget.epochs,
-        "epoch_eval_images": 200, "eval_batch_size": 250, "seed": seed, "output": str(output), "name": name,
-        "threads": budget.threads, "progress": False, "log_every": 50, "checkpoint_every": 10**6,
+        "epochs": b.epochs, "batch_size": b.batch_size, "warmup_epochs": b.epochs * share, "img_size": b.img_size,
+        "eval_sizes": list(job["eval_sizes"]), "eval_protocols": list(job["eval_protocols"]), "tta": "none",
+        "eval_every": b.epochs, "epoch_eval_images": EPOCH_EVAL_IMAGES, "eval_batch_size": 250, "seed": job["seed"],
+        "output": job["scratch"], "threads": b.threads, "progress": False, "log_every": 50,
+        "checkpoint_every": 10**6,  # plus every epoch end: a killed run continues from its last epoch
     }
-    return resolve(RECIPE, flags=flags)
+    cfg = resolve(b.recipe, flags=flags)
+    # resolve() leaves None flags out: the values that mean "all images" / "one size" are set here
+    cfg = apply_overrides(cfg, {"limit_train": b.limit_train, "limit_val": b.limit_val,
+                                "train_sizes": job["train_sizes"]}, "experiment")
+    return apply_overrides(cfg, {"name": run_name(job, cfg)}, "experiment")
 
 
-_COMPARED = ("model", "model_kwargs", "data", "val_data", "epochs", "limit_train", "limit_val", "batch_size", "lr",
-             "warmup_epochs", "schedule", "optimizer", "img_size", "seed", "weight_decay", "label_smoothing")
+def training_identity(cfg_dict: dict) -> dict:
+    """The settings that decide what a run learns: every TrainConfig key but :data:`NOT_TRAINING`, kept only where
+    it differs from TrainConfig's default (so a new config key with a default does not rename every run)."""
+    from ..train.config import TrainConfig
+
+    default = TrainConfig().to_dict()
+    return {k: v for k, v in sorted(cfg_dict.items()) if k not in NOT_TRAINING and default.get(k, object()) != v}
+
+
+def run_name(job: dict, cfg) -> str:
+    digest = hashlib.sha256(json.dumps(training_identity(cfg.to_dict()), sort_keys=True, default=str).encode())
+    return f"{job['model']}-{job['mode']}-s{job['seed']}-{digest.hexdigest()[:10]}"
 
 
 def _finished_summary(run_dir: Path, cfg) -> dict | None:
-    """The summary of a finished run in ``run_dir`` made with the same config (None: train it)."""
+    """The summary of a finished run in ``run_dir`` that trained exactly as ``cfg`` says (None: train it)."""
     import yaml
 
     s, c = run_dir / "summary.json", run_dir / "config.yaml"
@@ -152,43 +313,74 @@ def _finished_summary(run_dir: Path, cfg) -> dict | None:
         summary = json.loads(s.read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    new = cfg.to_dict()
-    if summary.get("status") != "finished" or any(old.get(k) != new.get(k) for k in _COMPARED):
+    if summary.get("status") != "finished" or training_identity(old) != training_identity(cfg.to_dict()):
         return None
     return summary
 
 
-def train_job(job: dict) -> dict:
-    """Train (or reuse) one run; returns its record. A top-level function, so a process pool can run it.
+def _pairs(cfg) -> list[tuple[int, str]]:
+    """The (size, protocol) pairs of a run's final evaluations (the engine runs 'canvas' at the training size as
+    'resize': the same images)."""
+    sizes = sorted(set(cfg.eval_sizes) | {cfg.img_size})
+    return [(s, p) for p in cfg.eval_protocols for s in sizes
+            if not (p != "resize" and s == cfg.img_size and "resize" in cfg.eval_protocols)]
 
-    ``job``: ``experiment, config, seed, model, model_kwargs, budget (dict), scratch, fresh, extra``.
-    """
+
+def evaluate_run(run_dir: Path, cfg, pairs: Sequence[tuple[int, str]]) -> list[dict]:
+    """Evaluate a finished run's final weights (``last.json``) at ``pairs``, as the engine's final evaluations do."""
+    from ..data import embedded_path
+    from ..train import distributed as D
+    from ..train.data import load_split
+    from ..train.evaluate import evaluate, load_model_from_checkpoint
+
+    model, _, _ = load_model_from_checkpoint(str(run_dir / "last.json"))
+    val = str(embedded_path("test")) if cfg.val_data in ("auto", None) else cfg.val_data
+    split = load_split(cfg, val, False, cfg.limit_val, lambda s: None)
+    return [evaluate(model, split, s, cfg, D.DistInfo(), cfg.limit_val, protocol=p) for s, p in pairs]
+
+
+def train_job(job: dict) -> dict:
+    """Train (or reuse) one run; returns its record. A top-level function, so a process pool can run it."""
     import torch
 
+    from ..train.config import apply_overrides
     from ..train.engine import train
     from . import _models  # noqa: F401  (registers the experiment-only models in this process)
 
-    fields: dict[str, Any] = job["budget"]
-    budget = Budget(**fields)
+    budget = Budget(**job["budget"])
     torch.set_num_threads(budget.threads)
-    name = job.get("run_name") or f"{job['config']}-s{job['seed']}"
-    cfg = train_config(job["model"], job["model_kwargs"], job["seed"], budget, Path(job["scratch"]), name)
-    run_dir = Path(job["scratch"]) / name
+    cfg = train_config(job)
+    run_dir = Path(cfg.output) / str(cfg.name)
     summary = None if job.get("fresh") else _finished_summary(run_dir, cfg)
     reused = summary is not None
     if summary is None:
+        cfg = apply_overrides(cfg, {"resume": None if job.get("fresh") else "auto"}, "experiment")
         summary = train(cfg, log=lambda s: None)
-    final = next((e for e in summary.get("final", []) if e["img_size"] == budget.img_size), None)
-    if final is None:
-        raise ValueError(f"experiment {job['experiment']}: run {name} has no final evaluation at {budget.img_size} px")
+        if summary.get("status") != "finished":
+            raise RuntimeError(f"run {run_dir} did not finish: {summary.get('status')}")
+    evals = [{k: e[k] for k in ("img_size", "protocol", "top1", "top5", "loss", "images", "seconds") if k in e}
+             for e in summary.get("final", [])]
+    have = {(e["img_size"], e.get("protocol", "resize")) for e in evals}
+    missing = [p for p in _pairs(cfg) if p not in have]
+    if missing:  # a run reused from an experiment that asked for fewer evaluations
+        evals += [{k: e[k] for k in ("img_size", "protocol", "top1", "top5", "loss", "images", "seconds")}
+                  for e in evaluate_run(run_dir, cfg, missing)]
+    wanted = set(_pairs(cfg))
+    evals = [e for e in evals if (e["img_size"], e.get("protocol", "resize")) in wanted]
+    main = next((e for e in evals if e["img_size"] == budget.img_size and e.get("protocol", "resize") == "resize"), None)
+    if main is None:
+        raise ValueError(f"experiment {job['experiment']}: run {run_dir} has no final evaluation at {budget.img_size} px")
     return {
-        "experiment": job["experiment"], "config": job["config"], "seed": job["seed"], "model": job["model"],
-        "model_kwargs": job["model_kwargs"], "top1": final["top1"], "top5": final["top5"], "loss": final["loss"],
-        "val_images": final["images"], "train_images": summary["train_images"], "epochs": summary["epochs"],
-        "steps": summary["steps"], "train_seconds": summary["train_seconds"],
-        "total_seconds": summary["total_seconds"], "img_per_s": summary["img_per_s"], "params": summary["params"],
-        "threads": summary["threads"], "checkpoint": str(run_dir), "reused_checkpoint": reused,
-        "budget": budget.as_dict(), **data_identity(run_dir), **job.get("extra", {}),
+        "experiment": job["experiment"], "config": job["config"], "mode": job["mode"], "seed": job["seed"],
+        "model": job["model"], "model_kwargs": job["model_kwargs"], "train_sizes": job["train_sizes"],
+        "top1": main["top1"], "top5": main["top5"], "loss": main["loss"], "val_images": main["images"],
+        "evals": evals, "eval_errors": job.get("eval_errors", {}), "evals_from_weights": len(missing),
+        "train_images": summary["train_images"], "epochs": summary["epochs"], "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"], "cpu_seconds": summary.get("cpu_seconds"),
+        "eval_seconds": sum(e.get("seconds", 0.0) for e in evals), "total_seconds": summary["total_seconds"],
+        "img_per_s": summary["img_per_s"], "params": summary["params"], "threads": summary["threads"],
+        "checkpoint": str(run_dir), "reused_checkpoint": reused, "budget": budget.as_dict(),
+        **data_identity(run_dir), **job.get("extra", {}),
     }
 
 
@@ -207,14 +399,28 @@ def safe_train_job(job: dict) -> dict:
     try:
         return train_job(job)
     except Exception as e:  # noqa: BLE001 - recorded, with its type, as the run's result
-        return {"experiment": job["experiment"], "config": job["config"], "seed": job["seed"], "model": job["model"],
-                "model_kwargs": job["model_kwargs"], "budget": job["budget"], "error": f"{type(e).__name__}: {e}",
-                **job.get("extra", {})}
+        return {"experiment": job["experiment"], "config": job["config"], "mode": job.get("mode"), "seed": job["seed"],
+                "model": job["model"], "model_kwargs": job["model_kwargs"], "budget": job["budget"],
+                "error": f"{type(e).__name__}: {e}", **job.get("extra", {})}
+
+
+def record_key(r: dict) -> tuple:
+    return (r.get("config"), r.get("mode", "fixed"), r.get("seed"), budget_key(r.get("budget")))
+
+
+def pending(jobs: Sequence[dict], records: Iterable[dict], fresh: bool = False) -> tuple[list[dict], int]:
+    """(the jobs without a successful record at the same budget in ``records``, how many were skipped)."""
+    if fresh:
+        return list(jobs), 0
+    done = {record_key(r) for r in records if is_current(r) and "top1" in r and not r.get("error")}
+    todo = [j for j in jobs if record_key(j) not in done]
+    return todo, len(jobs) - len(todo)
 
 
 def run_jobs(jobs: Sequence[dict], workers: int, on_record: Callable[[dict], None],
              job_fn: Callable[[dict], dict] = safe_train_job) -> list[dict]:
-    """Run ``jobs`` (``workers`` processes; 1: in this process), calling ``on_record`` as each one finishes."""
+    """Run ``jobs`` (``workers`` processes; 1: in this process, one after another), calling ``on_record`` as each
+    one finishes."""
     out: list[dict] = []
     t0 = time.perf_counter()
 
@@ -223,8 +429,9 @@ def run_jobs(jobs: Sequence[dict], workers: int, on_record: Callable[[dict], Non
         on_record(rec)
         top = f"top1 {rec['top1']:.2f}% " if isinstance(rec.get("top1"), (int, float)) else ""
         top += f"ERROR {rec['error']} " if rec.get("error") else ""
-        print(f"[{len(out)}/{len(jobs)} {time.perf_counter() - t0:6.0f}s] {rec.get('config')} seed {rec.get('seed')}: "
-              f"{top}{'(reused checkpoint)' if rec.get('reused_checkpoint') else ''}", file=sys.stderr, flush=True)
+        print(f"[{len(out)}/{len(jobs)} {time.perf_counter() - t0:6.0f}s] {rec.get('config')} {rec.get('mode', '')} "
+              f"seed {rec.get('seed')}: {top}{'(reused run)' if rec.get('reused_checkpoint') else ''}",
+              file=sys.stderr, flush=True)
 
     if workers <= 1 or len(jobs) <= 1:
         for j in jobs:
@@ -240,6 +447,17 @@ def run_jobs(jobs: Sequence[dict], workers: int, on_record: Callable[[dict], Non
     return out
 
 
+def run_training(name: str, args: argparse.Namespace, jobs: Sequence[dict], stamp_: dict, out: Path,
+                 extra: Callable[[dict], dict] | None = None) -> list[dict]:
+    """Skip the jobs already recorded in ``out``, run the rest, append each record as it comes."""
+    todo, skipped = pending(jobs, read_records(out), args.fresh)
+    if skipped:
+        print(f"{name}: {skipped} of {len(jobs)} runs already have a record at this budget in {out}: skipped",
+              file=sys.stderr, flush=True)
+    return run_jobs(todo, args.workers,
+                    lambda rec: append(out, [{**stamp_, **(extra(rec) if extra else {}), **rec}]))
+
+
 # ----------------------------------------------------------------------------------------- records
 
 
@@ -253,7 +471,9 @@ def stamp(experiment: str, smoke: bool) -> dict:
 def append(path: Path, records: Iterable[dict]) -> None:
     from ..bench.common import write_jsonl
 
-    write_jsonl(path, records, append=True)
+    records = list(records)
+    if records:  # no empty file for a run that recorded nothing
+        write_jsonl(path, records, append=True)
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -269,6 +489,31 @@ def latest_batch(records: list[dict], key: Callable[[dict], Any]) -> list[dict]:
     for r in records:
         last[key(r)] = r
     return list(last.values())
+
+
+def split_budgets(records: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(records at the primary budget, records at other budgets of this framework, superseded records).
+
+    The primary budget is that of the newest current record (:func:`is_current`); a record without a budget
+    of this framework (no ``recipe``) is superseded. Every record an experiment writes carries its budget.
+    """
+    current = [r for r in records if is_current(r)]
+    superseded = [r for r in records if not is_current(r)]
+    if not current:
+        return [], [], superseded
+    key = budget_key(current[-1]["budget"])
+    return ([r for r in current if budget_key(r["budget"]) == key],
+            [r for r in current if budget_key(r["budget"]) != key], superseded)
+
+
+def top1_at(rec: dict, size: int, protocol: str = "resize") -> float | None:
+    """A record's top-1 at (size, protocol); 'canvas' at the training size is the 'resize' evaluation."""
+    for e in rec.get("evals", []):
+        if e["img_size"] == size and e.get("protocol", "resize") == protocol:
+            return float(e["top1"])
+    if protocol != "resize" and size == rec.get("budget", {}).get("img_size", 32):
+        return top1_at(rec, size, "resize")
+    return None
 
 
 def commands(records: list[dict]) -> list[str]:
@@ -295,13 +540,107 @@ def provenance(records: list[dict]) -> str:
     return "\n\n".join(lines)
 
 
-def mean_spread(xs: Sequence[float]) -> dict:
+def how_to_run(name: str, extra: str = "") -> str:
+    """The commands that make an experiment's records from a fresh clone, naming the data they train on."""
+    tail = f" {extra}" if extra else ""
+    return (f"Run from a fresh clone (`pip install -e .`), on the embedded 20,000-image subset: "
+            f"`msaconv experiment {name} --data embedded --workers 1 --threads 1{tail}` (reruns skip the arms "
+            f"already recorded; `tools/run_issue19.sh` runs every experiment in order). With "
+            f"`--data ../shared/data/cifar10/train.zip` the runs train on that zip's 50,000 images: another budget, "
+            f"reported apart.")
+
+
+def not_run_yet(name: str, title: str, extra: str = "") -> str:
+    return f"**Not run yet** at the budget: no record of `{name}` at this budget. {how_to_run(name, extra)}"
+
+
+def other_budgets_section(other: list[dict]) -> str:
+    if not other:
+        return ""
+    keys = list(dict.fromkeys(budget_key(r["budget"]) for r in other))
+    lines = [f"Records at {len(keys)} other budget(s) ({len(other)} records) are not mixed into the tables above: "]
+    for k in keys:
+        rs = [r for r in other if budget_key(r["budget"]) == k]
+        lines.append(f"- {describe_budget(rs[0]['budget'], rs)}: {len(rs)} record(s).")
+    return "\n".join(lines)
+
+
+def superseded_section(records: list[dict], note: str = "") -> str:
+    """The marked section listing records of a budget too small to decide (kept apart from every table)."""
+    if not records:
+        return ""
+    b: dict = next((r["budget"] for r in records if isinstance(r.get("budget"), dict)), {})
+    steps = sorted({r["steps"] for r in records if r.get("steps")})
+    runs = latest_batch([r for r in records if "top1" in r and r.get("img_size", 32) == 32],
+                        lambda r: (r.get("config"), r.get("seed")))
+    by: dict[str, list[float]] = {}
+    for r in runs:
+        by.setdefault(str(r.get("config")), []).append(float(r["top1"]))
+    what = (f" ({b.get('limit_train')} training images x {b.get('epochs')} epoch(s)"
+            + (f", {', '.join(map(str, steps))} optimizer steps" if steps else "") + ")") if b else ""
+    text = ["### Superseded: budget too small to decide",
+            f"{len(records)} older record(s) in this file were made before the budget above existed{what}, by "
+            + ", ".join(f"`{c}`" for c in commands(records)) + ". At that budget every difference is inside the "
+            "noise, so these records decide nothing" + (f" ({note})" if note else "") + "; they are listed here "
+            "for the record and left out of every table and finding above."]
+    if by:
+        text.append(md_table(["arm (old budget)", "seeds", "top-1 % at 32 px (mean; decides nothing)"],
+                             [[c, len(v), f"{statistics.fmean(v):.2f}"] for c, v in by.items()]))
+    return "\n\n".join(text)
+
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+def mean_spread(xs: Sequence[float | None]) -> dict:
     """Mean, sample standard deviation (0 for one value), min, max and n of ``xs`` (NaN-free)."""
     v = [float(x) for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "min": min(v),
             "max": max(v), "n": len(v)}
+
+
+def binomial_se(top1: float, images: int) -> float:
+    """The standard error (points) of one top-1 of ``top1`` % measured on ``images`` test images."""
+    p = min(max(top1 / 100, 0.0), 1.0)
+    return 100 * math.sqrt(max(p * (1 - p), 1e-9) / max(images, 1))
+
+
+def paired(arm: dict[int, float], base: dict[int, float]) -> list[float]:
+    """Per-seed differences ``arm - base`` over the seeds both have (the same seed: the same initialisation
+    draw, augmentation stream and test images)."""
+    return [arm[s] - base[s] for s in sorted(arm) if s in base and arm[s] is not None and base[s] is not None]
+
+
+def verdict(diffs: Sequence[float], base_std: float = 0.0, floor: float = 0.0) -> dict:
+    """A paired difference and whether it is real.
+
+    noise = the largest of the standard deviation of the per-seed differences, the reference's standard
+    deviation over seeds and ``floor`` (the binomial standard error of one top-1 on the test images: two or
+    three seeds cannot estimate a spread by themselves). The difference is **real** when its mean exceeds
+    twice the noise and at least two seeds measured it.
+    """
+    d = mean_spread(diffs)
+    noise = max([x for x in (d["std"], base_std, floor) if not math.isnan(x)] or [0.0])
+    real = d["n"] >= 2 and abs(d["mean"]) > 2 * noise
+    return {**d, "noise": noise, "real": real}
+
+
+def fmt_verdict(v: dict, digits: int = 2) -> str:
+    if not v["n"]:
+        return "-"
+    return (f"{v['mean']:+.{digits}f} ± {v['std']:.{digits}f} (n {v['n']}; noise {v['noise']:.{digits}f}: "
+            + ("**real**" if v["real"] else "within noise") + ")")
+
+
+def bar_sentence(top1: dict, what: str) -> str:
+    """The default arm's measured top-1 against the 70% bar."""
+    if not top1["n"]:
+        return f"{what}: not run yet at this budget."
+    s = f"{what}: top-1 {top1['mean']:.2f} ± {top1['std']:.2f} % ({top1['n']} seed(s)) at 32 px"
+    return s + (f", **below the {BAR:.0f}% bar**: the budget is too short to decide." if top1["mean"] < BAR
+                else f", at or above the {BAR:.0f}% bar.")
 
 
 def fmt(x: Any, digits: int = 2) -> str:

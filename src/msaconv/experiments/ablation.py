@@ -1,16 +1,28 @@
-"""``msaconv experiment ablation``: tic_nano-sized variants of MSA-Conv under one training budget.
+"""``msaconv experiment ablation``: the mechanisms of MSA-Conv, each switched in tic_conv_nano, where it is alive.
 
-Each switch of the spec is one :class:`~msaconv.models.tic.TiCConfig` field passed as ``model_kwargs``
-(``--set model_kwargs.X=...`` in ``msaconv train``): kernel (standard / dilated / depthwise), MDCSM
-(``shift``: off / 'kv' default / 'input'), IPM (``inter_pool``: off / 'grid' default / 'local') and the
-border (zeros default / mask / clamp). "Off" is written ``False``: ``create_model`` drops keywords set to
-None (timm's rule), so ``shift=None`` would silently keep the default. Every variant trains with the same images, epochs and schedule
-(the tic_nano recipe scaled down), over several seeds; top-1 is reported as mean and spread.
+The model is the main job's, ``tic_conv_nano`` (TiC read as a ConvNet of MSA-Convs, trained at a fixed
+32 px): a plain 3x3 stem and first conv at 32 px, then MSA-Convs (3x3 windows, head dim 32) reading maps of
+16 | 16, 8 | 8, 4 px in its three stages. As registered it has no MDCSM and no IPM: that is the
+``default`` arm. Each other arm changes one :class:`~msaconv.models.tic_conv.ConvNetConfig` field
+(``--set model_kwargs.X=...`` in ``msaconv train``; per-stage values are lists, ``null`` is off in a
+stage): MDCSM (``shift``: 'kv', 'input', 8 directions), IPM (``inter_pool``: 'grid', 'local'), both,
+the border (``border``: mask, clamp), the kernel (``dilation``, ``depthwise``).
 
-``border='clamp'`` needs a whole window inside every stage's map (NATTEN's rule): tic_nano's last stage is
-2x2 at 32 px, too small for its 3x3 window, so the plain clamp variant cannot run at 32 px. It is recorded
-with its reason, and ``border_clamp`` runs with a 2x2 window in the last stage (which covers that whole
-map, as the zeros 3x3 window does inside the image).
+**A mechanism must be alive where it is on.** :func:`mechanism_check` goes through every MSA-Conv layer
+at the training size (the maps of :meth:`ConvNetConfig.layer_maps`, the layers' own windows, heads and
+settings) and refuses an arm, with the reason and without training it, when
+
+- MDCSM or IPM is on in a layer whose map is smaller than twice its window (the rolled window then
+  overlaps the query's own and, at a map no larger than the window, the roll is a no-op; IPM's 4x4 grid
+  at a map of 4 or less passes the raw map, which is global attention, not pooling), or
+- the arm builds the same mechanism as an arm listed before it (e.g. 8 MDCSM directions where the layers
+  have too few heads for more than the first groups of 4).
+
+So MDCSM and IPM are on in stages 0-1 only (maps 16, 16 and 8 at 32 px: at least 6 = 2 x 3); the arms
+with MDCSM or IPM in every stage are recorded as refused (stage 2's last conv reads a 4x4 map).
+
+Every arm trains under the same budget (:mod:`msaconv.experiments._common`), 3 seeds paired by seed,
+and is evaluated by its run at 16-64 px under both protocols ('resize', 'canvas').
 """
 
 from __future__ import annotations
@@ -20,34 +32,54 @@ from pathlib import Path
 
 from . import _common as C
 
-HELP = "tic_nano variants (kernel / MDCSM / IPM / border) under one budget, several seeds: top-1 mean and spread"
+HELP = ("tic_conv_nano with MDCSM / IPM / border / dilated / depthwise switched, where each is alive; "
+        "3 seeds, paired differences, evaluated at 16-64 px")
 
-# name -> (group, model_kwargs for tic_nano, description)
+MODEL = C.DEFAULT_MODEL
+ON2 = "stages 0-1 (maps 16, 16, 8 at 32 px); off in stage 2 (8, 4)"
+
+
+def _two(value) -> list:
+    """``value`` in stages 0 and 1, off (``None``) in stage 2."""
+    return [value, value, None]
+
+
+H16 = {"head_dim": 16}  # MDCSM 'kv' splits heads into a local and shifted groups: it needs >= 2 heads per layer
+
+# name -> (group, model_kwargs for tic_conv_nano, description)
 CONFIGS: dict[str, tuple[str, dict, str]] = {
-    "default": ("default", {}, "tic_nano as registered: 3x3 windows, MDCSM 'kv' (every block), IPM 'grid', border zeros"),
-    "dilated": ("kernel", {"dilation": [2, 2, 1]}, "dilation 2 in stages 1-2 (3x3 window spans 5x5)"),
-    "depthwise": ("kernel", {"depthwise": True}, "one head per channel (head dim 1)"),
-    "mdcsm_off": ("mdcsm", {"shift": False}, "no cyclic shift"),
-    "mdcsm_input": ("mdcsm", {"shift": "input"}, "MDCSM 'input': the block input is rolled, not the keys/values"),
-    "ipm_off": ("ipm", {"inter_pool": False}, "no pooled keys"),
-    "ipm_local": ("ipm", {"inter_pool": "local"}, "IPM 'local' reading instead of 'grid'"),
-    "border_mask": ("border", {"border": "mask"}, "keys outside the map masked out"),
-    "border_clamp": ("border", {"border": "clamp", "kernel_size": [3, 3, 2]},
-                     "window shifted inside the map (NATTEN); last stage 2x2 window (a 3x3 cannot fit its 2x2 map)"),
-    "mdcsm_ipm_off": ("mdcsm+ipm", {"shift": False, "inter_pool": False}, "neither MDCSM nor IPM (plain windows; for erf)"),
+    "default": ("default", {}, "tic_conv_nano as registered: 3x3 windows, head dim 32, no MDCSM, no IPM, border zeros"),
+    "head_dim16": ("heads", dict(H16), "head dim 16 (twice the heads): the control of the MDCSM 'kv' arms"),
+    "mdcsm_kv": ("mdcsm", {**H16, "shift": _two("kv")},
+                 f"MDCSM 'kv' (K, V of half the heads rolled by half the map), head dim 16, in {ON2}"),
+    "mdcsm_kv_8dir": ("mdcsm", {**H16, "shift": _two({"mode": "kv", "directions": 8})},
+                      f"MDCSM 'kv' with 8 directions instead of 4, head dim 16, in {ON2}"),
+    "mdcsm_kv_all": ("mdcsm", {**H16, "shift": "kv"}, "MDCSM 'kv' in every stage (stage 2 too), head dim 16"),
+    "mdcsm_kv_h32": ("mdcsm", {"shift": _two("kv")}, f"MDCSM 'kv' at head dim 32 (1 head in 16 px layers), in {ON2}"),
+    "mdcsm_input": ("mdcsm", {"shift": _two("input")},
+                    f"MDCSM 'input' (channel groups of the input rolled before q, k, v) in {ON2}"),
+    "mdcsm_input_8dir": ("mdcsm", {"shift": _two({"mode": "input", "directions": 8})},
+                         f"MDCSM 'input' with 8 directions (diagonals too) instead of 4, in {ON2}"),
+    "ipm_grid": ("ipm", {"inter_pool": _two("grid")}, f"IPM 'grid' (4x4 pooled keys added to every window) in {ON2}"),
+    "ipm_local": ("ipm", {"inter_pool": _two("local")}, f"IPM 'local' (keys smoothed over 3x3) in {ON2}"),
+    "ipm_grid_all": ("ipm", {"inter_pool": "grid"}, "IPM 'grid' in every stage (stage 2 too)"),
+    "mdcsm_ipm": ("mdcsm+ipm", {**H16, "shift": _two("kv"), "inter_pool": _two("grid")},
+                  f"MDCSM 'kv' and IPM 'grid' together (the paper's TiC block), head dim 16, in {ON2}"),
+    "border_mask": ("border", {"border": "mask"}, "keys outside the map masked out instead of zero keys"),
+    "border_clamp": ("border", {"border": "clamp"}, "window shifted inside the map (NATTEN's rule)"),
+    "dilated": ("kernel", {"dilation": [2, 2, 1]}, "dilation 2 in stages 0-1 (the 3x3 window spans 5x5)"),
+    "depthwise": ("kernel", {"depthwise": True}, "depthwise MSA-Conv: one head per channel, then a 1x1 conv"),
 }
-# recorded with the reason it cannot run at 32 px, never trained
-CANNOT_RUN: dict[str, tuple[str, dict, str]] = {
-    "border_clamp_k3": ("border", {"border": "clamp"}, "clamp with tic_nano's 3x3 windows in every stage"),
-}
-SMOKE_CONFIGS = ("default", "mdcsm_ipm_off")
-GROUP_ORDER = ("default", "kernel", "mdcsm", "ipm", "border", "mdcsm+ipm")
+# arm -> the arm it differs from by its mechanism alone (besides the default): its control
+CONTROL: dict[str, str] = {n: "head_dim16" for n, (_g, kw, _d) in CONFIGS.items()
+                           if kw.get("head_dim") == 16 and n != "head_dim16"}
+SMOKE_CONFIGS = ("default", "mdcsm_kv", "mdcsm_kv_all")
+GROUP_ORDER = ("default", "heads", "mdcsm", "ipm", "mdcsm+ipm", "border", "kernel")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    C.add_budget_arguments(p, seeds=3, workers=2)
-    p.add_argument("--configs", default="all",
-                   help=f"comma-separated variants (default all): {', '.join(CONFIGS)}")
+    C.add_budget_arguments(p, seeds=3)
+    p.add_argument("--configs", default="all", help=f"comma-separated arms (default all): {', '.join(CONFIGS)}")
 
 
 def selected(args: argparse.Namespace) -> list[str]:
@@ -63,23 +95,103 @@ def selected(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def cannot_run_records(stamp: dict, budget: C.Budget) -> list[dict]:
+# ------------------------------------------------------------------------------------- mechanism check
+
+
+def _extent(kernel: tuple[int, int], dilation: tuple[int, int]) -> int:
+    return max((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+
+
+def mechanism_check(model: str, model_kwargs: dict, img_size: int) -> dict:
+    """Where MDCSM and IPM act in ``model`` (a ConvNet, e.g. tic_conv_nano) at ``img_size``.
+
+    Returns ``notes`` (one line per MSA-Conv layer with a mechanism on), ``problems`` (why the arm is a
+    no-op somewhere it is on; empty: alive everywhere) and ``signature`` (the mechanisms as they act, to
+    find two arms that build the same thing). Layer maps come from ``ConvNetConfig.layer_maps``, the
+    windows, heads and settings from the built layers.
+    """
     import torch
 
-    from ..models import create_model, plain_overrides
+    from ..layers import MSAConv2d
+    from ..models import ConvNetConfig, create_model_from_config
 
-    out = []
-    for name, (group, kw, desc) in CANNOT_RUN.items():
-        m = create_model("tic_nano", num_classes=10, **plain_overrides(kw))
-        try:
-            m(torch.zeros(1, 3, budget.img_size, budget.img_size))
-            error = None
-        except ValueError as e:
-            error = str(e)
-        out.append({**stamp, "config": name, "group": group, "description": desc, "model": "tic_nano",
-                    "model_kwargs": kw, "seed": None, "error": error, "min_input_size": m.min_input_size,
-                    "budget": budget.as_dict()})
-    return out
+    try:
+        with torch.device("meta"):
+            m = create_model_from_config(model, model_kwargs, 10)
+    except ValueError as e:  # e.g. MDCSM 'kv' in a layer with one head
+        return {"notes": [], "problems": [f"the model cannot be built: {e}"], "signature": f"error: {e}"}
+    cfg = getattr(m, "cfg", None)
+    if not isinstance(cfg, ConvNetConfig):
+        raise ValueError(f"mechanism_check: {model} is not a ConvNet (ConvNetConfig); the ablation arms are "
+                         f"tic_conv_nano variants")
+    maps = cfg.layer_maps(img_size)
+    convs = [x for x in m.modules() if isinstance(x, MSAConv2d)]
+    positions = [(i, j) for i, d in enumerate(cfg.depths) for j in range(d)][cfg.plain_convs:] if convs else []
+    if len(positions) != len(convs):
+        raise RuntimeError(f"mechanism_check: {len(convs)} MSA-Conv layers but {len(positions)} MSA positions")
+    notes: list[str] = []
+    problems: list[str] = []
+    signature = []
+    for (i, j), conv in zip(positions, convs):
+        a = conv.attn
+        side, ext = maps[i][j], _extent(a.kernel_size, a.dilation)
+        where = f"stage {i} conv {j} ({side}x{side} map, {ext}x{ext} window, {a.num_heads} head(s))"
+        sh, ip = a.shift, a.inter_pool
+        sig: list = [i, j]
+        if sh is not None:
+            n = a.num_heads if sh.mode == "kv" else conv.in_channels
+            bounds = sh.groups(n)
+            offs = sh.offsets(side, side)
+            used = sorted({(b, (oy % side, ox % side)) for b, (oy, ox) in zip(bounds[1:], offs) if b[1] > b[0]})
+            shifts = sorted({o for _b, o in used if o != (0, 0)})
+            what = (f"MDCSM '{sh.mode}' rolls {n - (bounds[0][1] - bounds[0][0])} of {n} "
+                    f"{'heads' if sh.mode == 'kv' else 'channels'} by {len(shifts)} distinct shift(s) {shifts}")
+            notes.append(f"{where}: {what}")
+            if side < 2 * ext or not shifts:
+                problems.append(f"{where}: MDCSM '{sh.mode}' is on but the map is smaller than twice the window "
+                                f"({2 * ext}x{2 * ext}): the rolled window overlaps the query's own"
+                                + (" and the roll is a no-op" if not shifts or side <= ext else ""))
+            sig.append(("shift", sh.mode, bounds[0], tuple((b, o) for b, o in used)))
+        if ip is not None:
+            if ip.mode == "grid":
+                g = ip.grid_size(side, side)
+                raw = g == (side, side)
+                notes.append(f"{where}: IPM 'grid' adds " + (f"the raw {side}x{side} map as extra keys (global "
+                                                              f"attention, no pooling)" if raw else
+                                                              f"{g[0]}x{g[1]} pooled keys"))
+                sig.append(("pool", "grid", g))
+            else:
+                raw = False
+                notes.append(f"{where}: IPM 'local' smooths keys over {ip.kernel}x{ip.kernel}")
+                sig.append(("pool", "local", ip.kernel))
+            if side < 2 * ext or raw:
+                problems.append(f"{where}: IPM '{ip.mode}' is on but the map is smaller than twice the window "
+                                f"({2 * ext}x{2 * ext})" + (": its grid passes the raw map (global attention, "
+                                                            "not pooling)" if raw else ""))
+        if len(sig) > 2:
+            signature.append(tuple(sig))
+    rest = {k: v for k, v in sorted(model_kwargs.items()) if k not in ("shift", "inter_pool")}
+    return {"notes": notes, "problems": problems, "signature": repr((model, sorted(rest.items()), signature))}
+
+
+def refusals(img_size: int, names: list[str] | None = None) -> dict[str, str]:
+    """arm -> why it is refused at ``img_size`` (a mechanism that is a no-op where it is on, or the same
+    mechanism as an arm listed before it), for ``names`` (default: every arm)."""
+    seen: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for name, (_group, kw, _desc) in CONFIGS.items():
+        check = mechanism_check(MODEL, kw, img_size)
+        if check["problems"]:
+            out[name] = (f"refused at {img_size} px: " + "; ".join(check["problems"]))
+        elif check["signature"] in seen and (kw.get("shift") is not None or kw.get("inter_pool") is not None):
+            out[name] = (f"refused at {img_size} px: builds the same mechanism as `{seen[check['signature']]}` "
+                         f"(" + "; ".join(check["notes"]) + ")")
+        else:
+            seen.setdefault(check["signature"], name)
+    return {n: r for n, r in out.items() if names is None or n in names}
+
+
+# ------------------------------------------------------------------------------------------------- run
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -87,20 +199,32 @@ def run(args: argparse.Namespace) -> Path:
     names = selected(args)
     out = C.output_path(args, "ablation")
     stamp = C.stamp("ablation", args.smoke)
-    scratch = C.scratch_dir(args, "ablation")
-    C.append(out, cannot_run_records(stamp, budget))
-    jobs = [{"experiment": "ablation", "config": n, "seed": s, "model": "tic_nano",
-             "model_kwargs": dict(CONFIGS[n][1]), "budget": budget.as_dict(), "scratch": str(scratch),
-             "fresh": args.fresh, "extra": {"group": CONFIGS[n][0], "description": CONFIGS[n][2]}}
-            for s in range(args.seeds) for n in names]
-    C.run_jobs(jobs, args.workers, lambda rec: C.append(out, [{**stamp, **rec}]))
+    refused = refusals(budget.img_size, names)
+    old = {(r.get("config"), C.budget_key(r.get("budget")), r.get("refused")) for r in C.read_records(out)}
+    new = [{**stamp, "config": n, "group": CONFIGS[n][0], "description": CONFIGS[n][2], "model": MODEL,
+            "model_kwargs": CONFIGS[n][1], "seed": None, "refused": why, "budget": budget.as_dict()}
+           for n, why in refused.items()]
+    C.append(out, [r for r in new if (r["config"], C.budget_key(r["budget"]), r["refused"]) not in old])
+    for n, why in refused.items():
+        print(f"ablation: {n} {why}", flush=True)
+    jobs = []
+    for s in range(args.seeds):
+        for n in names:
+            if n in refused:
+                continue
+            group, kw, desc = CONFIGS[n]
+            notes = mechanism_check(MODEL, kw, budget.img_size)["notes"]
+            jobs.append(C.make_job("ablation", n, MODEL, kw, s, budget, args, "fixed", C.eval_sizes(args),
+                                   extra={"group": group, "description": desc, "mechanism": notes}))
+    C.run_training("ablation", args, jobs, stamp, out)
     return out
 
 
 def checkpoints(records: list[dict], config: str) -> dict[int, str]:
-    """seed -> checkpoint folder of ``config``'s trained runs in ``records`` (that still exist)."""
+    """seed -> run folder of ``config``'s trained runs at the primary budget of ``records`` (that still exist)."""
+    primary, _, _ = C.split_budgets(records)
     out = {}
-    for r in records:
+    for r in primary:
         if r.get("config") == config and r.get("checkpoint") and "top1" in r and Path(r["checkpoint"]).is_dir():
             out[r["seed"]] = r["checkpoint"]
     return out
@@ -109,102 +233,158 @@ def checkpoints(records: list[dict], config: str) -> dict[int, str]:
 # ------------------------------------------------------------------------------------------------ render
 
 
-def summarise(records: list[dict]) -> list[dict]:
-    """One row per variant: mean and spread of top-1 over its seeds (latest record per config and seed)."""
-    runs = C.latest_batch([r for r in records if "top1" in r], lambda r: (r["config"], r["seed"]))
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per arm: top-1 mean and spread over its seeds, the paired difference to the default and its
+    verdict, at 32 px and at every (size, protocol) of the runs."""
     base = {r["seed"]: r["top1"] for r in runs if r["config"] == "default"}
+    base_std = C.mean_spread(list(base.values()))["std"] if base else 0.0
+    val = max((r.get("val_images", 0) for r in runs), default=0)
+    floor = C.binomial_se(C.mean_spread(list(base.values()))["mean"] if base else 50.0, val)
+    pairs = sorted({(e["img_size"], e.get("protocol", "resize")) for r in runs for e in r.get("evals", [])},
+                   key=lambda t: (t[1] != "resize", t[0]))
     rows = []
     for name in [*CONFIGS, *sorted({r["config"] for r in runs} - set(CONFIGS))]:
         rs = [r for r in runs if r["config"] == name]
         if not rs:
             continue
-        top1 = C.mean_spread([r["top1"] for r in rs])
+        at = {}
+        for s, p in pairs:
+            vals = {r["seed"]: C.top1_at(r, s, p) for r in rs}
+            bvals = {r["seed"]: C.top1_at(r, s, p) for r in runs if r["config"] == "default"}
+            at[(s, p)] = {"top1": C.mean_spread(list(vals.values())),
+                          "delta": C.verdict(C.paired({k: v for k, v in vals.items() if v is not None},
+                                                      {k: v for k, v in bvals.items() if v is not None}),
+                                             C.mean_spread(list(bvals.values()))["std"], floor)}
         rows.append({"config": name, "group": rs[0].get("group", "?"), "description": rs[0].get("description", ""),
-                     "seeds": sorted(r["seed"] for r in rs), "top1": top1,
-                     "top5": C.mean_spread([r["top5"] for r in rs]), "loss": C.mean_spread([r["loss"] for r in rs]),
-                     "params": rs[0]["params"], "img_per_s": C.mean_spread([r["img_per_s"] for r in rs]),
-                     "train_seconds": C.mean_spread([r["train_seconds"] for r in rs]),
-                     # paired by seed: the same training subset, augmentation stream and test images as the default
-                     "delta": C.mean_spread([r["top1"] - base[r["seed"]] for r in rs if r["seed"] in base])})
+                     "seeds": sorted(r["seed"] for r in rs), "top1": C.mean_spread([r["top1"] for r in rs]),
+                     "top5": C.mean_spread([r["top5"] for r in rs]), "params": rs[0]["params"],
+                     "img_per_s": C.mean_spread([r["img_per_s"] for r in rs]),
+                     "train_min": C.mean_spread([r["train_seconds"] / 60 for r in rs]),
+                     "delta": C.verdict(C.paired({r["seed"]: r["top1"] for r in rs}, base), base_std, floor),
+                     "control": CONTROL.get(name), "control_delta": _vs(rs, runs, CONTROL.get(name), floor),
+                     "at": at, "mechanism": rs[0].get("mechanism", [])})
     return rows
 
 
-def findings(rows: list[dict], val_images: int) -> list[str]:
-    """Per group: the best variant, and whether its lead over the runner-up exceeds the noise.
-
-    Noise: the largest of the std of the paired per-seed differences, the default's std over seeds, and
-    the binomial standard error of one top-1 on ``val_images`` test images (a floor: two or three seeds
-    cannot estimate a spread by themselves). "Clear" means a lead of more than twice that.
-    """
-    import math
-
-    base = next((r for r in rows if r["config"] == "default"), None)
-    if base is None:
-        return []
-    p = base["top1"]["mean"] / 100
-    se = 100 * math.sqrt(max(p * (1 - p), 1e-9) / max(val_images, 1))
-    out = []
-    for group in GROUP_ORDER[1:]:
-        members = [base] + [r for r in rows if r["group"] == group]
-        if len(members) < 2:
-            continue
-        ranked = sorted(members, key=lambda r: -r["top1"]["mean"])
-        best, second = ranked[0], ranked[1]
-        lead = best["top1"]["mean"] - second["top1"]["mean"]
-        paired = [r["delta"]["std"] for r in (best, second) if r is not base and r["delta"]["n"] > 1]
-        noise = max([se, base["top1"]["std"], *paired])
-        others = ", ".join(f"{r['config']} {r['top1']['mean']:.2f}" for r in members)
-        clear = lead > 2 * noise
-        out.append(f"- {group}: {'**' + best['config'] + '**' if clear else best['config']} ranks first, "
-                   f"{lead:.2f} points ahead of {second['config']}; noise {noise:.2f} points, so "
-                   + ("a clear lead" if clear else "not a clear difference") + f" ({others}).")
-    return out
+def _vs(rs: list[dict], runs: list[dict], other: str | None, floor: float) -> dict:
+    """The paired difference of runs ``rs`` to arm ``other``'s runs at 32 px (n 0 when there are none)."""
+    ref = {r["seed"]: r["top1"] for r in runs if other and r["config"] == other}
+    return C.verdict(C.paired({r["seed"]: r["top1"] for r in rs}, ref), C.mean_spread(list(ref.values()))["std"]
+                     if ref else 0.0, floor)
 
 
 def render(records: list[dict], figdir: Path) -> str:
     figdir = Path(figdir)
-    rows = summarise(records)
-    errors = C.latest_batch([r for r in records if "error" in r], lambda r: r["config"])
-    runs = [r for r in records if "top1" in r]
-    parts = ["## Ablation: MSA-Conv variants of tic_nano", C.provenance(records)]
-    if runs:
+    primary, other, superseded = C.split_budgets(records)
+    runs = C.latest_batch([r for r in primary if "top1" in r], lambda r: (r["config"], r["seed"]))
+    refused = C.latest_batch([r for r in primary if r.get("refused")], lambda r: r["config"])
+    failed = C.latest_batch([r for r in primary if r.get("error")], lambda r: (r["config"], r["seed"]))
+    parts = [f"## Ablation: the mechanisms of MSA-Conv in {MODEL}"]
+    if primary:
+        parts.append(C.provenance(primary))
+    if not runs:
+        parts.append(C.not_run_yet("ablation", "ablation"))
+    else:
         b = runs[-1]["budget"]
+        rows = summarise(runs)
+        base = next((r for r in rows if r["config"] == "default"), None)
         n_seeds = max(len(r["seeds"]) for r in rows)
-        parts.append(
-            f"Budget per run: {b['limit_train'] or 'all'} training images ({Path(str(b['data'])).name}) x {b['epochs']} "
-            f"epochs, batch {b['batch_size']}, the tic_nano recipe's AdamW + one-cycle schedule scaled to the run, "
-            f"evaluated at {b['img_size']} px on {runs[-1]['val_images']} CIFAR-10 (JPEG copy) test images; "
-            f"{n_seeds} seed(s) per variant (the seed picks the training subset, the initialisation and the "
-            f"augmentation); {b['threads']} torch thread(s) per run. Short training: these are early-training "
-            f"accuracies, far below the main recipe's (tic_nano.yaml, 11 epochs of 20,000 images).")
+        parts.append(f"Budget per run: {C.describe_budget(b, runs)}; trained at {b['img_size']} px (fixed); "
+                     f"{n_seeds} seed(s) per arm (the seed draws the initialisation and the augmentation; the same "
+                     f"seed is the same draw in every arm, so differences are paired by seed).")
+        parts.append(C.bar_sentence(base["top1"] if base else C.mean_spread([]), f"Default arm (`{MODEL}`, fixed 32 px)"))
         table = []
         for r in rows:
-            t = r["top1"]
-            d = r["delta"]
+            t, d = r["top1"], r["delta"]
             table.append([r["group"], r["config"], r["description"], len(r["seeds"]),
                           f"{t['mean']:.2f} ± {t['std']:.2f}", f"{t['min']:.2f}-{t['max']:.2f}",
-                          "-" if r["config"] == "default" or not d["n"] else f"{d['mean']:+.2f} ± {d['std']:.2f}",
-                          f"{r['top5']['mean']:.2f}", f"{r['loss']['mean']:.3f}", f"{r['params'] / 1e6:.3f}",
-                          f"{r['img_per_s']['mean']:.0f}"])
-        parts.append(C.md_table(["group", "variant", "what", "seeds", "top-1 % (mean ± std)", "top-1 min-max",
-                                 "Δ top-1 vs default, paired by seed", "top-5 %", "loss", "params (M)", "train img/s"],
-                                table, "lllrrrrrrrr"))
-        missing = [n for n in CONFIGS if n not in {r["config"] for r in rows}]
+                          "-" if r["config"] == "default" else C.fmt_verdict(d),
+                          (f"vs {r['control']}: " + (C.fmt_verdict(r["control_delta"]) if r["control_delta"]["n"]
+                                                       else "control not run yet")) if r["control"] else "-",
+                          f"{r['top5']['mean']:.2f}",
+                          f"{r['params'] / 1e6:.3f}", f"{r['img_per_s']['mean']:.0f}", f"{r['train_min']['mean']:.1f}"])
+        parts.append(C.md_table(["group", "arm", "what", "seeds", "top-1 % (mean ± std)", "min-max",
+                                 "Δ top-1 vs default, paired by seed (real: beyond 2x noise)",
+                                 "Δ top-1 vs its control (same heads, mechanism off)", "top-5 %",
+                                 "params (M)", "train img/s", "train min"], table, "lllrrrrrrrrr"))
+        missing = [n for n in CONFIGS if n not in {r["config"] for r in rows} | {r["config"] for r in refused}]
         few = [r["config"] for r in rows if len(r["seeds"]) < n_seeds]
         if (missing or few) and not all(r.get("smoke") for r in runs):
-            parts.append("**Not run within the budget**: " + (f"variants {', '.join(missing)}" if missing else "")
-                         + ("; " if missing and few else "") + (f"fewer seeds for {', '.join(few)}" if few else "") + ".")
-        parts.append("Findings (computed from the table; 'noise' is defined in `ablation.findings`: the largest of "
-                     "the paired per-seed spread, the default's spread and the binomial standard error of one "
-                     "top-1 on the test images):\n\n" + "\n".join(findings(rows, runs[-1]["val_images"])))
+            parts.append("**Not run yet**: " + (f"arms {', '.join(missing)}" if missing else "")
+                         + ("; " if missing and few else "") + (f"fewer seeds for {', '.join(few)}" if few else "")
+                         + f". {C.how_to_run('ablation')}")
+        parts.append("Findings (computed; noise as defined in `_common.verdict`: the largest of the per-seed spread of "
+                     "the paired differences, the default's spread over seeds and the binomial standard error of one "
+                     "top-1 on the test images; real: beyond twice the noise):\n\n" + "\n".join(findings(rows)))
+        parts.append(_sizes_section(rows))
         png = _plot(rows, figdir)
         if png:
             parts.append(C.image(figdir, png, "ablation top-1"))
-    for e in errors:
-        parts.append(f"- `{e['config']}` ({e['description']}): "
-                     + (f"cannot run at {e['budget']['img_size']} px: {e['error']}" if e.get("error")
-                        else "runs (no error recorded)."))
-    return "\n\n".join(parts) + "\n"
+        notes = [f"- `{r['config']}`: " + "; ".join(r["mechanism"]) for r in rows if r["mechanism"]]
+        if notes:
+            parts.append(f"Where each mechanism acts at {b['img_size']} px (`ablation.mechanism_check`):\n\n"
+                         + "\n".join(notes))
+    if refused:
+        parts.append("Refused arms (recorded, never trained: a mechanism on where it is a no-op, or the same "
+                     "mechanism as an earlier arm):\n\n"
+                     + "\n".join(f"- `{r['config']}` ({r['description']}): {r['refused']}" for r in refused))
+    if failed:
+        parts.append("Failed runs:\n\n" + "\n".join(f"- `{r['config']}` seed {r['seed']}: {r['error']}" for r in failed))
+    old_note = ("and in tic_nano at 32 px MDCSM was a no-op in the last stage and IPM global attention in stages "
+                "1-2, so those arms did not test the mechanisms they name")
+    for extra in (C.other_budgets_section(other), C.superseded_section(superseded, old_note)):
+        if extra:
+            parts.append(extra)
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """Per arm: its paired difference to the default at 32 px, real or within the noise; then every (size,
+    protocol) at which an arm's paired difference is real."""
+    out = []
+    for r in rows:
+        if r["config"] == "default" or not r["delta"]["n"]:
+            continue
+        d, c = r["delta"], r["control_delta"]
+        line = (f"- {r['config']} ({r['group']}): {d['mean']:+.2f} points vs default at 32 px, "
+                + ("**real**" if d["real"] else "within the noise") + f" (noise {d['noise']:.2f}, {d['n']} seeds)")
+        if r["control"] and c["n"]:
+            line += (f"; {c['mean']:+.2f} vs its control {r['control']}, "
+                     + ("**real**" if c["real"] else "within the noise") + f" (noise {c['noise']:.2f})")
+        out.append(line + ".")
+    elsewhere = [f"{r['config']} at {s} px {p} {v['delta']['mean']:+.2f}" for r in rows if r["config"] != "default"
+                 for (s, p), v in r["at"].items() if s != 32 and v["delta"]["real"]]
+    out.append("- Real paired differences at other sizes: " + (", ".join(elsewhere) if elsewhere else "none") + ".")
+    return out
+
+
+def _sizes_section(rows: list[dict]) -> str:
+    pairs = sorted({k for r in rows for k in r["at"]}, key=lambda t: (t[1] != "resize", t[0]))
+    if not pairs:
+        return ""
+    parts = []
+    for proto in ("resize", "canvas"):
+        sizes = [s for s, p in pairs if p == proto] or []
+        if not sizes:
+            continue
+        if proto == "canvas":
+            sizes = sorted(set(sizes) | {32})
+        table = []
+        for r in rows:
+            cells = []
+            for s in sizes:
+                v = r["at"].get((s, proto)) or r["at"].get((s, "resize"))
+                if v is None or not v["top1"]["n"]:
+                    cells.append("x")
+                    continue
+                d = v["delta"]
+                mark = "" if r["config"] == "default" or not d["n"] else f" ({d['mean']:+.1f}{'*' if d['real'] else ''})"
+                cells.append(f"{v['top1']['mean']:.1f}{mark}")
+            table.append([r["config"], *cells])
+        parts.append(f"Top-1 % at other sizes, protocol '{proto}' (mean over seeds; in brackets the paired Δ vs "
+                     f"default, * real; x: the arm cannot run at that size):\n\n"
+                     + C.md_table(["arm", *[f"{s} px" for s in sizes]], table))
+    return "\n\n".join(parts)
 
 
 def _plot(rows: list[dict], figdir: Path) -> str | None:
@@ -219,14 +399,13 @@ def _plot(rows: list[dict], figdir: Path) -> str | None:
     ax.bar(xs, [r["top1"]["mean"] for r in rows], yerr=[r["top1"]["std"] for r in rows], capsize=3,
            color=[colors.get(r["group"], "gray") for r in rows])
     for i, r in enumerate(rows):
-        seeds_top1 = r["top1"]
-        ax.plot([i, i], [seeds_top1["min"], seeds_top1["max"]], "k.", ms=3)
+        ax.plot([i, i], [r["top1"]["min"], r["top1"]["max"]], "k.", ms=3)
     ax.set_xticks(list(xs), [r["config"] for r in rows], rotation=30, ha="right")
     lo = min(r["top1"]["min"] for r in rows)
     hi = max(r["top1"]["max"] for r in rows)
     ax.set_ylim(max(0, lo - 3), hi + 2)
-    ax.set_ylabel("top-1 % (mean ± std; dots: min/max)")
-    ax.set_title("tic_nano variants, same budget")
+    ax.set_ylabel("top-1 % at 32 px (mean ± std; dots: min/max)")
+    ax.set_title(f"{MODEL} arms, same budget")
     fig.tight_layout()
     fig.savefig(figdir / "ablation_top1.png", dpi=110)
     plt.close(fig)

@@ -1,15 +1,17 @@
-"""``msaconv experiment erf``: effective receptive field and attention distance with MDCSM / IPM on and off.
+"""``msaconv experiment erf``: effective receptive field (and attention distance) with MDCSM / IPM on and off.
 
 The paper says the cyclic shift (MDCSM) and inter-pooling (IPM) "establish long-distance connections
-between tokens and enlarge the effective receptive field". This measures it on tic_nano-sized models
-trained by the ablation (its ``default``, ``mdcsm_off``, ``ipm_off`` and ``mdcsm_ipm_off`` runs, every seed
-found; missing ones are trained with the same budget), and on the same architectures at initialisation:
+between tokens and enlarge the effective receptive field". This measures it on the ablation's
+tic_conv_nano arms (``default``, ``ipm_grid``, ``head_dim16``, ``mdcsm_kv``, ``mdcsm_ipm``: every seed
+found in the ablation's records at the same budget; missing runs are trained with that budget, into the
+run folders the ablation shares), and on the same architectures at initialisation:
 
 - ERF (:func:`msaconv.analysis.effective_receptive_field`): the mean |gradient| of each stage's centre
   feature with respect to the input image; summarised by the radius (image pixels) holding 50% / 90% of
-  its mass, at the training size and at 2x (where a 3x3 window cannot reach the whole image by itself);
-- mean attention distance per layer (:func:`msaconv.analysis.mean_attention_distance`, exact over the
-  window weights, the MDCSM roll and the IPM cells), in image pixels.
+  its mass, at the training size and at 2x;
+- mean attention distance per layer (:func:`msaconv.analysis.mean_attention_distance`), in image pixels,
+  for models whose mixers expose their attention weights (hierarchical MSA-Conv models; the ConvNet's
+  MSAConv2d layers do not, so their records hold the ERF only).
 """
 
 from __future__ import annotations
@@ -19,25 +21,26 @@ from pathlib import Path
 
 from . import _common as C
 
-HELP = "ERF radius and attention distance of tic_nano with MDCSM / IPM on and off (the ablation's checkpoints)"
+HELP = "ERF radius of tic_conv_nano with MDCSM / IPM on and off (the ablation's runs), trained and at init"
 
-CONFIGS = ("default", "mdcsm_off", "ipm_off", "mdcsm_ipm_off")
-SMOKE_CONFIGS = ("default", "mdcsm_ipm_off")
+CONFIGS = ("default", "ipm_grid", "head_dim16", "mdcsm_kv", "mdcsm_ipm")
+SMOKE_CONFIGS = ("default", "mdcsm_kv")
 SHARES = (0.5, 0.9)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    C.add_budget_arguments(p, seeds=3, workers=2)
+    C.add_budget_arguments(p, seeds=3)
     p.add_argument("--images", type=int, default=64, help="test images averaged per ERF (default %(default)s)")
     p.add_argument("--sizes", default="32,64", help="input sizes of the ERF (default %(default)s)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help="ablation variants (default %(default)s)")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="ablation arms (default %(default)s)")
     p.add_argument("--ablation-records", default=str(C.default_output("ablation")),
-                   help="where to find the checkpoints (default %(default)s)")
+                   help="where to find the ablation's runs (default %(default)s)")
     p.add_argument("--no-init", action="store_true", help="skip the untrained (initialisation) models")
 
 
 def analyse(model, x_by_size: dict, config: str, seed: int, state: str, keep_maps: bool) -> list[dict]:
-    """ERF records (one per stage and size) and attention-distance records (one per layer) of ``model``."""
+    """ERF records (one per stage and size) and attention-distance records (one per layer, when the model's
+    mixers have attention weights to measure) of ``model``."""
     from ..analysis import effective_receptive_field, mean_attention_distance
 
     out = []
@@ -48,7 +51,10 @@ def analyse(model, x_by_size: dict, config: str, seed: int, state: str, keep_map
             if keep_maps:
                 rec["map"] = [[float(f"{v:.4g}") for v in row] for row in e.map.tolist()]
             out.append(rec)
-        dists = mean_attention_distance(model, x)
+        try:
+            dists = mean_attention_distance(model, x)
+        except ValueError:  # no mixer with window weights (a ConvNet of MSAConv2d layers)
+            continue
         layers = list(dict.fromkeys(d.layer for d in dists))
         for layer in layers:
             hs = [d for d in dists if d.layer == layer]
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from ..data import embedded_path
     from ..data.transforms import normalize, resize
-    from ..models import create_model, plain_overrides
+    from ..models import create_model_from_config
     from ..train.config import TrainConfig, apply_overrides
     from ..train.data import load_split
     from ..train.evaluate import load_model_from_checkpoint
@@ -79,13 +85,18 @@ def run(args: argparse.Namespace) -> Path:
         if c not in ablation.CONFIGS:
             from .._errors import unknown_name
             raise unknown_name("msaconv experiment erf", "--configs entry", c, list(ablation.CONFIGS))
+    refused = ablation.refusals(budget.img_size, configs)
+    if refused:
+        raise ValueError("msaconv experiment erf: " + "; ".join(f"{n} {why}" for n, why in refused.items()))
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    abl = C.read_records(args.ablation_records)
-    found = {c: ablation.checkpoints(abl, c) for c in configs}
-    jobs = [{"experiment": "ablation", "config": c, "seed": s, "model": "tic_nano",
-             "model_kwargs": dict(ablation.CONFIGS[c][1]), "budget": budget.as_dict(),
-             "scratch": str(C.scratch_dir(args, "ablation")), "fresh": args.fresh,
-             "extra": {"group": ablation.CONFIGS[c][0], "description": ablation.CONFIGS[c][2]}}
+    key = C.budget_key(budget.as_dict())
+    found: dict[str, dict[int, str]] = {c: {} for c in configs}
+    for r in C.read_records(args.ablation_records):
+        if (r.get("config") in found and "top1" in r and C.is_current(r) and C.budget_key(r["budget"]) == key
+                and Path(r.get("checkpoint", "")).is_dir()):
+            found[r["config"]][r["seed"]] = r["checkpoint"]
+    jobs = [C.make_job("ablation", c, ablation.MODEL, ablation.CONFIGS[c][1], s, budget, args, "fixed",
+                       C.eval_sizes(args), extra={"group": ablation.CONFIGS[c][0], "description": ablation.CONFIGS[c][2]})
             for c in configs for s in range(args.seeds) if s not in found[c]]
     for rec in C.run_jobs(jobs, args.workers, lambda rec: None):
         if "checkpoint" in rec:
@@ -98,18 +109,24 @@ def run(args: argparse.Namespace) -> Path:
     assert split.images is not None  # the embedded test set is always loaded into memory
     x32 = split.images[:n_images]
     xs = {s: normalize(resize(x32, s) if s != x32.shape[-1] else x32, tcfg.mean, tcfg.std) for s in sizes}
+    base = {**stamp, "budget": budget.as_dict(), "model": ablation.MODEL}
+    # (config, seed, state, size) already analysed at this budget: skipped (a rerun resumes), unless --fresh
+    done = set() if args.fresh else {
+        (r["config"], r["seed"], r["state"], r["img_size"], r.get("checkpoint")) for r in C.read_records(out)
+        if r.get("kind") == "erf" and C.is_current(r) and C.budget_key(r["budget"]) == key}
     for c in configs:
         for seed, ck in sorted(found[c].items()):
-            model, _cfg, _ = load_model_from_checkpoint(ck)
+            if all((c, seed, "trained", s, ck) in done for s in sizes):
+                continue
+            model, _cfg, _ = load_model_from_checkpoint(str(Path(ck) / "last.json"))
             recs = analyse(model, xs, c, seed, "trained", keep_maps=seed == 0)
-            C.append(out, [{**stamp, "checkpoint": ck, **r} for r in recs])
+            C.append(out, [{**base, "checkpoint": ck, **r} for r in recs])
             print(f"erf {c} seed {seed}: " + ", ".join(f"{r['stage']}@{r['img_size']} r50 {r['radius50']:.1f}"
                                                       for r in recs if r["kind"] == "erf"), flush=True)
-        if not args.no_init:
+        if not args.no_init and not all((c, 0, "init", s, None) in done for s in sizes):
             torch.manual_seed(0)
-            kw = plain_overrides(ablation.CONFIGS[c][1])
-            model = create_model("tic_nano", num_classes=10, **kw).eval()
-            C.append(out, [{**stamp, **r} for r in analyse(model, xs, c, 0, "init", keep_maps=True)])
+            model = create_model_from_config(ablation.MODEL, ablation.CONFIGS[c][1], 10).eval()
+            C.append(out, [{**base, **r} for r in analyse(model, xs, c, 0, "init", keep_maps=True)])
     return out
 
 
@@ -118,23 +135,29 @@ def run(args: argparse.Namespace) -> Path:
 
 def render(records: list[dict], figdir: Path) -> str:
     figdir = Path(figdir)
-    erf = [r for r in records if r.get("kind") == "erf"]
-    dist = [r for r in records if r.get("kind") == "distance"]
-    parts = ["## ERF: effective receptive field and attention distance", C.provenance(records)]
+    primary, other, superseded = C.split_budgets(records)
+    tail = [t for t in (C.other_budgets_section(other), C.superseded_section(superseded)) if t]
+    erf = [r for r in primary if r.get("kind") == "erf"]
+    dist = [r for r in primary if r.get("kind") == "distance"]
+    parts = ["## ERF: effective receptive field with MDCSM / IPM on and off"]
+    if primary:
+        parts.append(C.provenance(primary))
     if not erf:
-        return "\n\n".join(parts) + "\n"
+        parts.append(C.not_run_yet("erf", "erf"))
+        return "\n\n".join(parts + tail) + "\n"
     erf = C.latest_batch(erf, lambda r: (r["config"], r["seed"], r["state"], r["img_size"], r["stage"]))
     dist = C.latest_batch(dist, lambda r: (r["config"], r["seed"], r["state"], r["img_size"], r["layer"]))
     configs = list(dict.fromkeys(r["config"] for r in erf))
     sizes = sorted({r["img_size"] for r in erf})
     stages = list(dict.fromkeys(r["stage"] for r in erf))
     seeds = sorted({r["seed"] for r in erf if r["state"] == "trained"})
+    model = next((r.get("model") for r in erf if r.get("model")), "?")
     parts.append(
-        f"tic_nano variants (MDCSM = cyclic shift 'kv', IPM = 'grid' pooled keys) trained by the ablation "
-        f"({len(seeds)} seed(s)), and the same architectures at initialisation (seed 0). ERF radius: image pixels "
-        f"from the centre holding 50% (r50) / 90% (r90) of the mean |d centre feature / d input| (mean ± std over "
-        f"seeds); measured at {', '.join(map(str, sizes))} px inputs (weights from 32 px "
-        f"training).")
+        f"The ablation's `{model}` arms (MDCSM = cyclic shift 'kv', IPM = 'grid' pooled keys, in stages 0-1; see the "
+        f"ablation section) trained at its budget ({C.describe_budget(erf[-1]['budget'])}; {len(seeds)} seed(s)), "
+        f"and the same architectures at initialisation (seed 0). ERF radius: image pixels from the centre holding "
+        f"50% (r50) / 90% (r90) of the mean |d centre feature / d input| (mean ± std over seeds); measured at "
+        f"{', '.join(map(str, sizes))} px inputs (weights from 32 px training).")
     rows = []
     for state in ("trained", "init"):
         for c in configs:
@@ -148,27 +171,30 @@ def render(records: list[dict], figdir: Path) -> str:
                     a, b = C.mean_spread([r["radius50"] for r in rs]), C.mean_spread([r["radius90"] for r in rs])
                     row.append(f"{a['mean']:.1f} ± {a['std']:.1f} / {b['mean']:.1f} ± {b['std']:.1f}")
                 ds = [r for r in dist if r["config"] == c and r["state"] == state and r["img_size"] == s]
-                row.append(C.fmt(C.mean_spread([r["distance_px"] for r in ds])["mean"], 1) if ds else "-")
+                if dist:
+                    row.append(C.fmt(C.mean_spread([r["distance_px"] for r in ds])["mean"], 1) if ds else "-")
                 rows.append(row)
     parts.append(C.md_table(["variant", "weights", "input px", *[f"{st} r50 / r90" for st in stages],
-                             "mean attn distance (px, all layers)"], rows, "lll" + "r" * (len(stages) + 1)))
+                             *(["mean attn distance (px, all layers)"] if dist else [])], rows,
+                            "lll" + "r" * (len(stages) + bool(dist))))
     parts.append("Findings (computed, trained weights):\n\n" + "\n".join(_findings(erf, dist, configs, sizes, stages)))
-    parts.append("Attention distance per layer (trained, mean over seeds and heads, image px):")
     layers = list(dict.fromkeys(r["layer"] for r in dist))
-    drows = []
-    for c in configs:
-        for s in sizes:
-            vals = []
-            for layer in layers:
-                px = [r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
-                      and r["img_size"] == s and r["layer"] == layer]
-                vals.append(C.fmt(C.mean_spread(px)["mean"], 1) if px else "-")
-            drows.append([c, s, *vals])
-    parts.append(C.md_table(["variant", "input px", *layers], drows))
+    if layers:
+        parts.append("Attention distance per layer (trained, mean over seeds and heads, image px):")
+        drows = []
+        for c in configs:
+            for s in sizes:
+                vals = []
+                for layer in layers:
+                    px = [r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
+                          and r["img_size"] == s and r["layer"] == layer]
+                    vals.append(C.fmt(C.mean_spread(px)["mean"], 1) if px else "-")
+                drows.append([c, s, *vals])
+        parts.append(C.md_table(["variant", "input px", *layers], drows))
     for png in (_plot_maps(erf, configs, stages, figdir), _plot_radius(erf, configs, stages, sizes, figdir)):
         if png:
             parts.append(C.image(figdir, png, png[:-4]))
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(parts + tail) + "\n"
 
 
 def _mean_radius(erf: list[dict], c: str, size: int, stage: str, key: str = "radius50", state: str = "trained") -> float:
@@ -190,6 +216,9 @@ def _findings(erf: list[dict], dist: list[dict], configs: list[str], sizes: list
                            + f" px (largest seed std {std:.1f}).")
         dd = {c: C.mean_spread([r["distance_px"] for r in dist if r["config"] == c and r["state"] == "trained"
                                 and r["img_size"] == s])["mean"] for c in configs}
+        dd = {c: v for c, v in dd.items() if v == v}  # NaN: no distance records (a ConvNet)
+        if not dd:
+            continue
         out.append(f"- mean attention distance at {s} px (all layers): "
                    + ", ".join(f"{c} {v:.1f}" for c, v in sorted(dd.items(), key=lambda t: -t[1])) + " px.")
     return out

@@ -1,12 +1,19 @@
-"""``msaconv experiment resolution``: weights trained at 32 px, evaluated unchanged at 16 to 64 px.
+"""``msaconv experiment resolution``: does TiC keep its accuracy at image sizes it was not trained at?
 
-Models: tic_nano (the ablation's ``default`` run, seed 0), every zoo mixer in ``hier_nano_<mixer>`` (the
-mixers experiment's runs), ``vit_nano_global`` (global attention with a conv position encoding) and
-``vit_nano_abspe`` (the same with a learned absolute position embedding, bicubically interpolated at other
-sizes: the classic failure case). Checkpoints of earlier experiments are reused when their records point at
-folders that still exist; missing ones are trained here with the same budget. Images are resized
-(bilinear, antialiased) from the 32 px test images; nothing else changes. A model that cannot run at a
-size gets a row with the error's message instead of disappearing.
+The paper's headline is that MSA-Conv runs at any resolution. Arms (:data:`ARMS`): both TiC readings
+(``tic_conv_nano``, the ConvNet of MSA-Convs, and ``tic_nano``, the hierarchical transformer with MDCSM and
+IPM), their ConvNet baseline ``convnet_nano``, the global-attention ViT ``vit_nano_global`` (conv position
+encoding), the same ViT with a learned absolute position embedding bicubically interpolated to the new
+grid (``vit_nano_abspe``, the textbook failure case), and three zoo mixers in the same ``hier_nano``
+backbone (:data:`ZOO`; parameters matched to tic_nano's as in the mixers experiment; ``--arms`` adds any
+other). Each arm trains twice per seed: at a fixed 32 px (``fixed``) and with multi-size training
+(``multi``: 24, 32, 40 px, one size per step).
+
+Each run's own final evaluations measure top-1 on all 10,000 test images at 16, 24, 32, 40, 48 and 64 px
+under both protocols of :func:`msaconv.data.to_eval_size`: ``resize`` scales the whole image (the object's
+scale changes), ``canvas`` keeps the scale and centre-crops or zero-pads to the size (the map size changes,
+the object does not). Retention is top-1 at a size over top-1 at 32 px; the finding compares retention
+between arms, paired by seed.
 """
 
 from __future__ import annotations
@@ -16,237 +23,284 @@ from pathlib import Path
 
 from . import _common as C
 
-HELP = "train at 32 px, evaluate the unchanged weights at 16-64 px: TiC, every mixer, a ViT with interpolated pos-embed"
+HELP = ("TiC (both readings), convnet_nano, two ViTs and 3 zoo mixers, trained at 32 px and multi-size, "
+        "evaluated at 16-64 px, resize and canvas; retention paired by seed")
 
-SIZES = (16, 24, 32, 40, 48, 64)
+REFERENCE = "tic_conv_nano"
+TICS = ("tic_conv_nano", "tic_nano")
+BASELINES = ("convnet_nano", "vit_nano_global", "vit_nano_abspe")
+# zoo mixers in hier_nano: ConViT's gated positional attention, HiLo (local windows + pooled global), axial.
+# Any other registered mixer can be added with --arms (halo: about 10x the training time of these on a CPU).
+ZOO = ("gpsa", "hilo", "axial")
+# arm -> (model, description); a zoo mixer's model_kwargs are the matched MLP ratio (mixers.match_mlp_ratio)
+ARMS: dict[str, tuple[str, str]] = {
+    "tic_conv_nano": ("tic_conv_nano", "TiC as a ConvNet of MSA-Convs (the main job's model)"),
+    "tic_nano": ("tic_nano", "TiC as a hierarchical transformer (MSA-Conv mixer, MDCSM + IPM)"),
+    "convnet_nano": ("convnet_nano", "tic_conv_nano's skeleton with nn.Conv2d: the ConvNet baseline"),
+    "vit_nano_global": ("vit_nano_global", "global attention, depthwise-conv position encoding"),
+    "vit_nano_abspe": ("vit_nano_abspe", "global attention, learned absolute position embedding, interpolated"),
+    **{m: (f"hier_nano_{m}", f"zoo mixer '{m}' in hier_nano, parameters matched to tic_nano's") for m in ZOO},
+}
+SMOKE_ARMS = ("tic_conv_nano", "tic_nano")
 SMOKE_SIZES = (8, 16, 32, 48)
-VITS = ("vit_nano_global", "vit_nano_abspe")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    C.add_budget_arguments(p, seeds=1, workers=2)
-    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="evaluation sizes in px (default %(default)s)")
-    p.add_argument("--eval-images", type=C._int_or_none, default=2000,
-                   help="test images per size, the same fixed subset for every model ('none': all; default %(default)s)")
-    p.add_argument("--models", default="all",
-                   help="comma-separated subset of: tic_nano, the mixer names, vit_nano_global, vit_nano_abspe")
-    p.add_argument("--ablation-records", default=str(C.default_output("ablation")),
-                   help="where to find tic_nano's checkpoint (default %(default)s)")
-    p.add_argument("--mixers-records", default=str(C.default_output("mixers")),
-                   help="where to find the mixers' checkpoints (default %(default)s)")
+    C.add_budget_arguments(p, seeds=3)
+    p.add_argument("--arms", default="all",
+                   help=f"comma-separated arms (default all): {', '.join(ARMS)}, or any other zoo mixer name")
+    p.add_argument("--modes", default="fixed,multi",
+                   help="training modes: 'fixed' (32 px) and/or 'multi' (24, 32, 40 px; default %(default)s)")
 
 
-def _sizes(args: argparse.Namespace) -> list[int]:
-    if args.smoke and args.sizes == ",".join(map(str, SIZES)):
-        return list(SMOKE_SIZES)
-    try:
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--sizes: expected comma-separated ints, got {args.sizes!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"--sizes: need positive sizes, got {args.sizes!r}")
-    return sizes
+def selected(args: argparse.Namespace) -> list[str]:
+    from ..layers import list_token_mixers
+
+    if args.arms == "all":
+        return list(SMOKE_ARMS if args.smoke else ARMS)
+    names = [n.strip() for n in args.arms.split(",") if n.strip()]
+    allowed = [*ARMS, *[m for m in list_token_mixers() if m not in ARMS]]
+    for n in names:
+        if n not in allowed:
+            from .._errors import unknown_name
+            raise unknown_name("msaconv experiment resolution", "--arms entry (an arm or a zoo mixer)", n, allowed)
+    return names
 
 
-def plan(args: argparse.Namespace, budget: C.Budget) -> tuple[list[dict], list[dict]]:
-    """(models with a checkpoint, training jobs for the rest). Each model: name, model, checkpoint, source."""
-    from . import ablation, mixers
-
-    abl = C.read_records(args.ablation_records)
-    mix = C.read_records(args.mixers_records)
-    mixer_names = mixers.selected(argparse.Namespace(mixers="all", smoke=args.smoke))
-    wanted = ["tic_nano", *mixer_names, *VITS]
-    if args.models != "all":
-        chosen = [m.strip() for m in args.models.split(",") if m.strip()]
-        from ..layers import list_token_mixers
-
-        allowed = ["tic_nano", *list_token_mixers(), *VITS]
-        for m in chosen:
-            if m not in allowed:
-                from .._errors import unknown_name
-                raise unknown_name("msaconv experiment resolution", "--models entry", m, allowed)
-        wanted = chosen
-    have, jobs = [], []
-    tic = ablation.checkpoints(abl, "default").get(0)
-    mix_ck = mixers.checkpoints(mix)
-    for name in wanted:
-        if name == "tic_nano":
-            if tic:
-                have.append({"name": name, "model": "tic_nano", "checkpoint": tic, "source": "ablation (default, seed 0)"})
-            else:
-                jobs.append({"experiment": "ablation", "config": "default", "seed": 0, "model": "tic_nano",
-                             "model_kwargs": {}, "budget": budget.as_dict(),
-                             "scratch": str(C.scratch_dir(args, "ablation")), "fresh": args.fresh,
-                             "extra": {"resolution_name": name}})
-        elif name in VITS:
-            jobs.append({"experiment": "resolution", "config": name, "seed": 0, "model": name, "model_kwargs": {},
-                         "budget": budget.as_dict(), "scratch": str(C.scratch_dir(args, "resolution")),
-                         "fresh": args.fresh, "extra": {"resolution_name": name}})
-        elif name in mix_ck:
-            model, ck, _kw = mix_ck[name]
-            have.append({"name": name, "model": model, "checkpoint": ck, "source": "mixers (seed 0)"})
-        else:
-            margs = argparse.Namespace(seeds=1, match="params", fresh=args.fresh)
-            for j in mixers.jobs_for([name], margs, budget, C.scratch_dir(args, "mixers"), reference=False):
-                jobs.append({**j, "extra": {**j["extra"], "resolution_name": name}})
-    return have, jobs
+def arm_spec(name: str) -> tuple[str, str]:
+    """(model, description) of an arm; a zoo mixer not in :data:`ARMS` runs in hier_nano like those that are."""
+    return ARMS.get(name) or (f"hier_nano_{name}", f"zoo mixer '{name}' in hier_nano, parameters matched to tic_nano's")
 
 
-def eval_job(job: dict) -> dict:
-    """Evaluate one checkpoint at every size (top-level, for a process pool); a failing size keeps its reason."""
-    import torch
+def _modes(args: argparse.Namespace) -> list[str]:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in C.MODES:
+            from .._errors import unknown_name
+            raise unknown_name("msaconv experiment resolution", "--modes entry", m, list(C.MODES))
+    return modes
 
-    from ..data import embedded_path
-    from ..train import distributed as D
-    from ..train.config import apply_overrides
-    from ..train.data import load_split
-    from ..train.evaluate import evaluate, load_model_from_checkpoint
-    from . import _models  # noqa: F401  (registers vit_nano_abspe)
 
-    torch.set_num_threads(job["threads"])
-    model, cfg, _classes = load_model_from_checkpoint(job["checkpoint"])
-    cfg = apply_overrides(cfg, {"eval_batch_size": 250, "limit_val": job["images"]}, "resolution")
-    split = load_split(cfg, str(embedded_path("test")), False, job["images"], lambda s: None)
-    params = sum(p.numel() for p in model.parameters())
-    rows = []
-    for s in job["sizes"]:
-        base = {"config": job["name"], "model": job["model"], "img_size": s, "train_size": cfg.img_size,
-                "checkpoint": job["checkpoint"], "source": job["source"], "params": params, "crop_pct": 1.0}
-        try:
-            ev = evaluate(model, split, s, cfg, D.DistInfo(), job["images"])
-            rows.append({**base, "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"], "images": ev["images"],
-                         "seconds": ev["seconds"]})
-        except (ValueError, RuntimeError) as e:
-            rows.append({**base, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"})
-    return {"config": job["name"], "seed": 0, "rows": rows}
+def arm_kwargs(name: str) -> dict:
+    """The model_kwargs of an arm: a zoo mixer's matched MLP ratio (the mixers experiment's), else none."""
+    if arm_spec(name)[0].startswith("hier_nano_"):
+        from . import mixers
+
+        return {"mlp_ratio": mixers.match_mlp_ratio(name, mixers.target_params())["mlp_ratio"]}
+    return {}
 
 
 def run(args: argparse.Namespace) -> Path:
     budget = C.budget_from_args(args)
-    sizes = _sizes(args)
     out = C.output_path(args, "resolution")
     stamp = C.stamp("resolution", args.smoke)
-    have, jobs = plan(args, budget)
-    trained = C.run_jobs(jobs, args.workers, lambda rec: None)
-    for rec in trained:
-        if "error" in rec:
-            C.append(out, [{**stamp, "config": rec.get("resolution_name", rec["config"]), "model": rec["model"],
-                            "img_size": budget.img_size, "error": f"training failed: {rec['error']}"}])
-            continue
-        have.append({"name": rec.get("resolution_name", rec["config"]), "model": rec["model"],
-                     "checkpoint": rec["checkpoint"], "source": f"trained by {rec['experiment']} budget "
-                     f"({rec['train_images']} images x {rec['epochs']} epochs)"})
-    images = 64 if args.smoke else args.eval_images
-    ejobs = [{**h, "sizes": sizes, "images": images, "threads": budget.threads} for h in have]
-    C.run_jobs(ejobs, args.workers, lambda rec: C.append(out, [{**stamp, **r} for r in rec["rows"]]), job_fn=eval_job)
+    sizes = list(SMOKE_SIZES) if args.smoke else list(C.EVAL_SIZES)
+    jobs = []
+    for s in range(args.seeds):
+        for mode in _modes(args):
+            for name in selected(args):
+                model, desc = arm_spec(name)
+                jobs.append(C.make_job("resolution", name, model, arm_kwargs(name), s, budget, args, mode, sizes,
+                                       extra={"description": desc}))
+    C.run_training("resolution", args, jobs, stamp, out)
     return out
 
 
 # ------------------------------------------------------------------------------------------------ render
 
 
-def render(records: list[dict], figdir: Path) -> str:
-    figdir = Path(figdir)
-    recs = C.latest_batch(records, lambda r: (r["config"], r["img_size"]))
-    models = list(dict.fromkeys(r["config"] for r in recs))
-    sizes = sorted({r["img_size"] for r in recs})
-    cell = {(r["config"], r["img_size"]): r for r in recs}
-    parts = ["## Resolution: unchanged weights at other image sizes", C.provenance(records)]
-    ok = [r for r in recs if "top1" in r]
-    if not recs:
-        return "\n\n".join(parts) + "\n"
-    train = ok[0]["train_size"] if ok else 32
-    parts.append(
-        f"Trained at {train} px (each model's own run: see its source below), evaluated with the same weights at "
-        f"{', '.join(map(str, sizes))} px on {ok[0]['images'] if ok else '?'} CIFAR-10 (JPEG copy) test images "
-        f"(a fixed subset), resized bilinearly. Cells: top-1 %; 'x' marks a size the model cannot run, with the "
-        f"reason below. 'keep@S' is top-1 at S px divided by top-1 at {train} px.")
-    notes: dict[str, str] = {}
-    table = []
-
-    def keep(m: str, s: int) -> str:
-        a, b = cell.get((m, s)), cell.get((m, train))
-        if a and b and "top1" in a and "top1" in b and b["top1"] > 0:
-            return f"{a['top1'] / b['top1']:.2f}"
-        return "-"
-
-    order = sorted(models, key=lambda m: -(cell.get((m, train), {}).get("top1") or -1))
-    for m in order:
-        row = [m]
-        for s in sizes:
-            r = cell.get((m, s))
-            if r is None:
-                row.append("")
-            elif "top1" in r:
-                row.append(f"{r['top1']:.1f}")
-            else:
-                key = r["error"]
-                notes.setdefault(key, f"[{len(notes) + 1}]")
-                row.append(f"x {notes[key]}")
-        big = max(sizes)
-        small = min(s for s in sizes if s > 8) if any(s > 8 for s in sizes) else min(sizes)
-        row += [keep(m, small), keep(m, big)]
-        table.append(row)
-    big, small = max(sizes), (min(s for s in sizes if s > 8) if any(s > 8 for s in sizes) else min(sizes))
-    parts.append(C.md_table(["model", *[f"{s} px" for s in sizes], f"keep@{small}", f"keep@{big}"], table))
-    if notes:
-        parts.append("\n".join(f"- {tag} {reason}" for reason, tag in notes.items()))
-    srcs = {r["config"]: r.get("source", "?") for r in ok}
-    parts.append("Sources of the weights: " + "; ".join(f"{m}: {s}" for m, s in srcs.items()) + ".")
-    parts.append("Findings (computed):\n\n" + "\n".join(_findings(cell, order, train, small, big)))
-    png = _plot(cell, order, sizes, figdir, train)
-    if png:
-        parts.append(C.image(figdir, png, "top-1 vs evaluation size"))
-    return "\n\n".join(parts) + "\n"
+def _keep(r: dict, size: int, proto: str) -> float | None:
+    a, b = C.top1_at(r, size, proto), C.top1_at(r, r["budget"]["img_size"], "resize")
+    return a / b if a is not None and b else None
 
 
-def _findings(cell: dict, models: list[str], train: int, small: int, big: int) -> list[str]:
-    out = []
-    sizes = sorted({s for (_m, s) in cell})
-    means = {s: C.mean_spread([cell[(m, s)]["top1"] for m in models if "top1" in cell.get((m, s), {})]) for s in sizes}
-    out.append("- Mean top-1 over all models per size: " + ", ".join(f"{s} px {v['mean']:.1f}" for s, v in means.items()
-                                                                  if v["n"])
-               + " (the hierarchical models have total stride 16: other sizes give ragged stage maps).")
-    for s in (small, big):
-        if s == train:
-            continue
-        kept = [(m, cell[(m, s)]["top1"] / cell[(m, train)]["top1"]) for m in models
-                if "top1" in cell.get((m, s), {}) and "top1" in cell.get((m, train), {}) and cell[(m, train)]["top1"] > 0]
-        if not kept:
-            continue
-        kept.sort(key=lambda t: -t[1])
-        rank = {m: i + 1 for i, (m, _) in enumerate(kept)}
-        tic = next((k for m, k in kept if m == "tic_nano"), None)
-        line = (f"- At {s} px: best kept {kept[0][0]} ({kept[0][1]:.2f} of its {train} px top-1), worst "
-                f"{kept[-1][0]} ({kept[-1][1]:.2f})")
-        if tic is not None:
-            line += f"; tic_nano keeps {tic:.2f} (rank {rank['tic_nano']} of {len(kept)})"
-        for v in VITS:
-            k = next((k for m, k in kept if m == v), None)
-            if k is not None:
-                line += f"; {v} keeps {k:.2f}"
-        out.append(line + ".")
+def summarise(runs: list[dict]) -> dict:
+    """Per (arm, mode): seeds, top-1 and retention per (size, protocol), the paired difference at 32 px."""
+    sizes = sorted({e["img_size"] for r in runs for e in r.get("evals", [])})
+    val = max((r.get("val_images", 0) for r in runs), default=0)
+    out: dict = {"sizes": sizes, "rows": {}, "val": val}
+    keys = list(dict.fromkeys((r["config"], r.get("mode", "fixed")) for r in runs))
+    order = {n: i for i, n in enumerate(ARMS)}
+    keys.sort(key=lambda k: (k[1] != "fixed", order.get(k[0], 99), k[0]))
+    for arm, mode in keys:
+        rs = [r for r in runs if r["config"] == arm and r.get("mode", "fixed") == mode]
+        ref = {r["seed"]: r["top1"] for r in runs if r["config"] == REFERENCE and r.get("mode", "fixed") == mode}
+        ref_stats = C.mean_spread(list(ref.values()))
+        cell = {}
+        for proto in C.PROTOCOLS:
+            for s in sizes:
+                t = {r["seed"]: C.top1_at(r, s, proto) for r in rs}
+                k = {r["seed"]: _keep(r, s, proto) for r in rs}
+                cell[(s, proto)] = {"top1": C.mean_spread(list(t.values())), "keep": C.mean_spread(list(k.values())),
+                                    "keep_by_seed": {sd: v for sd, v in k.items() if v is not None}}
+        out["rows"][(arm, mode)] = {
+            "arm": arm, "mode": mode, "seeds": sorted(r["seed"] for r in rs), "model": rs[0]["model"],
+            "params": rs[0]["params"], "top1": C.mean_spread([r["top1"] for r in rs]), "cell": cell,
+            "errors": {k: v for r in rs for k, v in r.get("eval_errors", {}).items()},
+            "delta": C.verdict(C.paired({r["seed"]: r["top1"] for r in rs}, ref), ref_stats["std"],
+                               C.binomial_se(ref_stats["mean"] if ref_stats["n"] else 50.0, val)),
+            "train_min": C.mean_spread([r["train_seconds"] / 60 for r in rs]),
+            "eval_min": C.mean_spread([r.get("eval_seconds", 0) / 60 for r in rs])}
     return out
 
 
-def _plot(cell: dict, models: list[str], sizes: list[int], figdir: Path, train: int) -> str | None:
+def keep_verdict(s: dict, tic: tuple[str, str], other: tuple[str, str], size: int, proto: str) -> dict:
+    """TiC's retention minus ``other``'s at (size, protocol), paired by seed; the floor is the binomial standard
+    error of TiC's top-1 at that size over its top-1 at 32 px."""
+    a, b = s["rows"].get(tic), s["rows"].get(other)
+    if a is None or b is None:
+        return C.verdict([])
+    ca, cb = a["cell"][(size, proto)], b["cell"][(size, proto)]
+    floor = (C.binomial_se(ca["top1"]["mean"], s["val"]) / a["top1"]["mean"]
+             if ca["top1"]["n"] and a["top1"]["mean"] else 0.0)
+    return C.verdict(C.paired(ca["keep_by_seed"], cb["keep_by_seed"]), 0.0, floor)
+
+
+def render(records: list[dict], figdir: Path) -> str:
+    figdir = Path(figdir)
+    primary, other, superseded = C.split_budgets(records)
+    runs = C.latest_batch([r for r in primary if "top1" in r], lambda r: (r["config"], r.get("mode"), r["seed"]))
+    failed = C.latest_batch([r for r in primary if r.get("error")], lambda r: (r["config"], r.get("mode"), r["seed"]))
+    parts = ["## Resolution: top-1 at 16-64 px of models trained at 32 px or at 24-40 px"]
+    if primary:
+        parts.append(C.provenance(primary))
+    if not runs:
+        parts.append(C.not_run_yet("resolution", "resolution"))
+    else:
+        s = summarise(runs)
+        b = runs[-1]["budget"]
+        sizes = s["sizes"]
+        train = b["img_size"]
+        n_seeds = max(len(r["seeds"]) for r in s["rows"].values())
+        parts.append(
+            f"Budget per run: {C.describe_budget(b, runs)}. Training: `fixed` at {train} px, `multi` at "
+            f"{', '.join(map(str, C.MULTI_SIZES))} px (one size per step). Each run evaluates its final weights at "
+            f"{', '.join(map(str, sizes))} px under two protocols: `resize` scales the whole image (the object's "
+            f"scale changes), `canvas` keeps the scale and centre-crops / zero-pads (the map grows or shrinks, the "
+            f"object does not); at {train} px both are the same images. {n_seeds} seed(s) per arm and mode, "
+            f"paired by seed. keep = top-1 at the size / top-1 at {train} px.")
+        ref = s["rows"].get((REFERENCE, "fixed"))
+        parts.append(C.bar_sentence(ref["top1"] if ref else C.mean_spread([]), f"`{REFERENCE}` (fixed {train} px)"))
+        for proto in C.PROTOCOLS:
+            table = []
+            for (arm, mode), r in s["rows"].items():
+                cells = []
+                for sz in sizes:
+                    c = r["cell"][(sz, proto)]
+                    if not c["top1"]["n"]:
+                        cells.append("x")
+                    elif sz == train:
+                        cells.append(f"{c['top1']['mean']:.2f} ± {c['top1']['std']:.2f}")
+                    else:
+                        cells.append(f"{c['top1']['mean']:.1f} ({c['keep']['mean']:.2f})")
+                table.append([arm, mode, len(r["seeds"]), *cells,
+                              "-" if arm == REFERENCE else C.fmt_verdict(r["delta"])])
+            parts.append(f"Protocol `{proto}`: top-1 % (mean over seeds; in brackets keep, the share of the {train} px "
+                         f"top-1; x: cannot run at that size):\n\n"
+                         + C.md_table(["arm", "training", "seeds", *[f"{sz} px" for sz in sizes],
+                                       f"Δ top-1 at {train} px vs {REFERENCE} (same training), paired"], table,
+                                      "ll" + "r" * (len(sizes) + 2)))
+        parts.append(_keep_section(s, train))
+        parts.append("Findings (computed from the tables; real: the paired difference of keep exceeds twice the noise "
+                     "of `_common.verdict`):\n\n" + "\n".join(findings(s, train)))
+        errors = {(arm, mode, sz): why for (arm, mode), r in s["rows"].items() for sz, why in r["errors"].items()}
+        if errors:
+            parts.append("Sizes an arm cannot run at:\n\n" + "\n".join(
+                f"- {arm} ({mode}) at {sz} px: {why}" for (arm, mode, sz), why in errors.items()))
+        costs = [f"{arm} ({mode}) {r['train_min']['mean']:.1f} + {r['eval_min']['mean']:.1f}"
+                 for (arm, mode), r in s["rows"].items()]
+        parts.append("Minutes per run, training + evaluation (mean over seeds, one thread): " + "; ".join(costs) + ".")
+        missing = [f"{a} ({m})" for a in ARMS for m in C.MODES if (a, m) not in s["rows"]]
+        if missing and not all(r.get("smoke") for r in runs):
+            parts.append(f"**Not run yet**: {', '.join(missing)}. {C.how_to_run('resolution')}")
+        png = _plot(s, figdir, train)
+        if png:
+            parts.append(C.image(figdir, png, "top-1 vs evaluation size"))
+    if failed:
+        parts.append("Failed runs:\n\n" + "\n".join(f"- `{r['config']}` ({r.get('mode')}) seed {r['seed']}: {r['error']}"
+                                                    for r in failed))
+    for extra in (C.other_budgets_section(other), C.superseded_section(superseded)):
+        if extra:
+            parts.append(extra)
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _keep_section(s: dict, train: int) -> str:
+    sizes = [sz for sz in s["sizes"] if sz != train]
+    rows = []
+    for proto in C.PROTOCOLS:
+        for tic in TICS:
+            for mode in C.MODES:
+                if (tic, mode) not in s["rows"]:
+                    continue
+                for other in dict.fromkeys(a for a, _m in s["rows"]):
+                    if other in TICS or (other, mode) not in s["rows"]:
+                        continue
+                    cells = []
+                    for sz in sizes:
+                        v = keep_verdict(s, (tic, mode), (other, mode), sz, proto)
+                        cells.append("-" if not v["n"] else f"{v['mean']:+.3f} ± {v['std']:.3f}"
+                                     + (" **real**" if v["real"] else ""))
+                    rows.append([proto, f"{tic} − {other}", mode, *cells])
+    if not rows:
+        return ""
+    return ("Keep of TiC minus keep of the other arm, paired by seed (positive: TiC keeps more of its "
+            f"{train} px accuracy):\n\n" + C.md_table(["protocol", "arms", "training", *[f"{sz} px" for sz in sizes]],
+                                                      rows, "lll" + "r" * len(sizes)))
+
+
+def findings(s: dict, train: int) -> list[str]:
+    """Per protocol, TiC reading and training mode: where TiC keeps more / less than each baseline (real only)."""
+    out = []
+    sizes = [sz for sz in s["sizes"] if sz != train]
+    for proto in C.PROTOCOLS:
+        for tic in TICS:
+            for mode in C.MODES:
+                if (tic, mode) not in s["rows"]:
+                    continue
+                more: list[str] = []
+                less: list[str] = []
+                same: list[str] = []
+                for other in BASELINES:
+                    if (other, mode) not in s["rows"]:
+                        continue
+                    for sz in sizes:
+                        v = keep_verdict(s, (tic, mode), (other, mode), sz, proto)
+                        if not v["n"]:
+                            continue
+                        item = f"{other} at {sz} px ({v['mean']:+.3f})"
+                        (more if v["real"] and v["mean"] > 0 else less if v["real"] else same).append(item)
+                if not (more or less or same):
+                    continue
+                r = s["rows"][(tic, mode)]
+                ext = [f"{sz} px {r['cell'][(sz, proto)]['keep']['mean']:.2f}" for sz in sorted({min(sizes), max(sizes)})
+                       if r["cell"][(sz, proto)]["keep"]["n"]] if sizes else []
+                out.append(f"- `{proto}`, {tic} ({mode}; keeps {', '.join(ext)}): keeps more (real) than: "
+                           + (", ".join(more) or "none") + "; less (real) than: " + (", ".join(less) or "none")
+                           + f"; within the noise: {len(same)} (arm, size) pair(s).")
+    return out or ["- (no pair of TiC and a baseline with the same training mode yet)"]
+
+
+def _plot(s: dict, figdir: Path, train: int) -> str | None:
     plt = C.plt()
-    if plt is None or not models:
+    if plt is None or not s["rows"]:
         return None
     figdir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for m in models:
-        pts = [(s, cell[(m, s)]["top1"]) for s in sizes if "top1" in cell.get((m, s), {})]
-        if not pts:
-            continue
-        style = dict(lw=2.5, color="tab:red") if m == "tic_nano" else (
-            dict(lw=2, ls="--", color="black") if m in VITS else dict(lw=0.9, alpha=0.6))
-        ax.plot(*zip(*pts), marker="o", ms=3, label=m, **style)
-    ax.axvline(train, color="gray", ls=":", lw=1)
-    ax.set_xlabel("evaluation image size (px); trained at %d" % train)
-    ax.set_ylabel("top-1 %")
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = {"tic_conv_nano": "tab:red", "tic_nano": "tab:orange", "convnet_nano": "black",
+              "vit_nano_global": "tab:blue", "vit_nano_abspe": "tab:cyan"}
+    for ax, proto in zip(axes, C.PROTOCOLS):
+        for (arm, mode), r in s["rows"].items():
+            pts = [(sz, r["cell"][(sz, proto)]["keep"]["mean"]) for sz in s["sizes"] if r["cell"][(sz, proto)]["keep"]["n"]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, color=colors.get(arm, "gray"), ls="-" if mode == "fixed" else "--",
+                        lw=2 if arm in colors else 0.8, label=f"{arm} ({mode})")
+        ax.axvline(train, color="gray", ls=":", lw=1)
+        ax.set_title(f"protocol '{proto}'")
+        ax.set_xlabel("evaluation size (px)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"keep: top-1 / top-1 at {train} px")
+    axes[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(figdir / "resolution_top1.png", dpi=110)
     plt.close(fig)
