@@ -38,7 +38,13 @@ def test_train_end_to_end_then_eval(tmp_path, tiny_args, capsys):
     assert rc == 0
     table = capsys.readouterr().out
     assert table.split()[:7] == ["model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size"]
-    res = json.loads((tmp_path / "eval.json").read_text())["results"]
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    # the result names what was evaluated, on which data, by which code, on which CPU
+    import hashlib
+
+    assert doc["data_sha256"] == hashlib.sha256(open(doc["data"], "rb").read()).hexdigest() and doc["images"] == 64
+    assert doc["checkpoint"].endswith("last.json") and doc["git_commit"] and doc["isa"] and doc["command"]
+    res = doc["results"]
     for r in res:
         assert abs(r["top1"] - finals[r["img_size"]]["top1"]) < 1e-6
         assert r["param_count"] > 0

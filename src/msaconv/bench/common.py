@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,37 +19,14 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit(path: str | Path | None = None) -> str:
-    """``HEAD``'s short hash of the repository holding ``path`` (default: this package), ``+dirty`` when
-    tracked files under ``src/`` differ from it; ``'unknown'`` outside a git checkout."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=where, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"], cwd=where,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from .._provenance import cpu_isa, cpu_model, git_commit  # noqa: F401  (bench records name them)
 
 
 def environment(command: str | None = None) -> dict:
     """The context every JSON line carries."""
     from .. import __version__
 
-    cap = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
+    cap = cpu_isa() or "unknown"
     return {
         "msaconv": __version__,
         "torch": torch.__version__,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from .._provenance import file_sha256
 from ._blocks import Stage, check_image
 
 if TYPE_CHECKING:
@@ -221,10 +222,7 @@ def shipped_weights(variant: str, pcfg: dict) -> str:
         raise ValueError(f"create_model: the shipped weights of {variant!r} are missing at {path!r}; reinstall msaconv")
     want = pcfg.get("sha256")
     if want:
-        import hashlib
-
-        with open(path, "rb") as f:
-            got = hashlib.sha256(f.read()).hexdigest()
+        got = file_sha256(path)
         if got != want:
             raise ValueError(f"create_model: the shipped weights {path!r} of {variant!r} have SHA-256 {got}, not the "
                              f"recorded {want}; the file is damaged: reinstall msaconv")

@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from typing import Any, ContextManager, cast
 import torch
 import torch.nn.functional as F
 
+from .._provenance import cpu_isa, cpu_model, file_sha256, git_commit
 from ..data import derive_seed
 from ..layers import MOH_LOAD_BALANCE_WEIGHT, auxiliary_losses
 from . import checkpoint as ckpt
@@ -593,45 +593,16 @@ def _run_record(run: Run, backend: str | None, train_path: str, val_path: str | 
     info, va = run.info, run.va
     return {"type": "run", "step": 0, "model": run.cfg.model, "params": run.n_params, "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "world_size": info.world_size, "git": _git_commit(),
+            "threads": torch.get_num_threads(), "world_size": info.world_size, "git": git_commit(),
             "command": " ".join(sys.argv), "train_images": len(run.tr), "val_images": len(va) if va else 0,
             "backend": backend, **cpu_description(), "train_data": train_path,
             "train_sha256": file_sha256(train_path), "val_data": val_path, "val_sha256": file_sha256(val_path)}
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def file_sha256(path: str | None) -> str | None:
-    """SHA-256 of a dataset file (zip / tar), None for a directory or no path."""
-    if not path or not Path(path).is_file():
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cpu_description() -> dict[str, str | None]:
     """The CPU's model name and the vector instruction set torch's kernels use on it (``AVX2``, ``AVX512``):
     what every speed figure must name."""
-    model = None
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), None)
-    except OSError:
-        pass
-    isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else None
-    return {"cpu_model": model or platform.processor() or None, "isa": isa}
+    return {"cpu_model": cpu_model() or None, "isa": cpu_isa()}
 
 
 def resolve_run_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:

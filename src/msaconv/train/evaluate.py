@@ -4,6 +4,7 @@ the end), and of a saved checkpoint at several sizes (what ``msaconv eval`` call
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .._provenance import cpu_isa, cpu_model, file_sha256, git_commit
 from ..data import StreamingImages, normalize, to_eval_size
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -176,7 +178,15 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
                 row.update(top1_flip=round(ev["top1_flip"], 3), top5_flip=round(ev["top5_flip"], 3))
             results.append(row)
     out = Path(json_path) if json_path else (Path(path) if Path(path).is_dir() else Path(path).parent) / "eval.json"
-    doc = {"checkpoint": str(path), "data": str(val_path), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "torch": torch.__version__, "results": results}
+    doc = {**provenance(path, val_path, len(split)), "results": results}
     ckpt.atomic_write(out, (json.dumps(doc, indent=1) + "\n").encode())
     return results, out
+
+
+def provenance(checkpoint: str | Path, data: str, images: int) -> dict:
+    """The header of an ``msaconv eval`` result: what was evaluated, on which data (with its SHA-256), by
+    which command and commit, on which CPU."""
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "data": str(data),
+            "data_sha256": file_sha256(data), "images": images, "command": " ".join(["msaconv", *sys.argv[1:]]),
+            "git_commit": git_commit(), "cpu_model": cpu_model(), "isa": cpu_isa(), "torch": torch.__version__,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
