@@ -58,10 +58,16 @@ def training(r: dict) -> str:
 def row(r: dict) -> str:
     s = r["summary"]
     cells = [f"`{r['path']}`", s["model"], training(r), str(r["cfg"].get("seed", 0)), str(s["epochs"]),
-             str(r["run"].get("threads")), f"{s['cpu_seconds'] / 60:.1f}" if s.get("cpu_seconds") else ""]
+             str(r["run"].get("threads")), cpu_minutes(s)]
     cells += [fmt(top1(r, z)) for z in SIZES] + [fmt(top1(r, 32, flip=True))]
     cells += [fmt(top1(r, z, "canvas")) for z in SIZES if z != 32]
     return "| " + " | ".join(cells) + " |"
+
+
+def cpu_minutes(s: dict) -> str:
+    if s.get("train_seconds", 0) < 1:  # resumed after its last step: the process only evaluated
+        return f"{s['cpu_seconds'] / 60:.1f} (eval only: resumed after its last step)"
+    return f"{s['cpu_seconds'] / 60:.1f}" if s.get("cpu_seconds") else ""
 
 
 def mean_std(values: list[float]) -> str:
@@ -110,6 +116,21 @@ def paired_retention(tic: list[dict], base: list[dict], size: int, protocol: str
         f"{statistics.mean(diffs):+.3f} +- {statistics.stdev(diffs):.3f} ({len(diffs)} seeds)"
 
 
+BENCHES = [ROOT / "benchmarks/model/main_vs_convnet_2threads.jsonl", ROOT / "benchmarks/model/main_vs_convnet_1thread.jsonl"]
+
+
+def step_time_ratios() -> list[float]:
+    """TiC's training-step time over the ConvNet's, for each interleaved (tic_conv_nano, convnet_nano) pair of
+    the committed `msaconv bench model` records."""
+    ratios = []
+    for path in BENCHES:
+        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for a, b in zip(recs[::2], recs[1::2]):
+            if (a["model"], b["model"]) == ("tic_conv_nano", "convnet_nano"):
+                ratios.append(a["train_step_time"] / b["train_step_time"])
+    return ratios
+
+
 def main() -> None:
     runs = [r for r in [load(SHIPPED)] + [load(p) for p in sorted(RUNS.glob("*")) if p.is_dir()] if r]
     other = [z for z in SIZES if z != 32]
@@ -130,9 +151,15 @@ def main() -> None:
            "|---|---|---|---:|---:|---:|---:|" + "---:|" * (len(SIZES) + 1 + len(other))]
     out += [row(r) for r in runs]
     tic = arm(runs, "tic_conv_nano", True, MAIN_EPOCHS)
+    ratios = step_time_ratios()
     out += ["", "## TiC minus ConvNet at 32 px (resize, no TTA)", "",
             difference(f"same recipe, same epochs ({MAIN_EPOCHS})", tic, arm(runs, "convnet_nano", True, MAIN_EPOCHS)),
             difference("same training time", tic, arm(runs, "convnet_nano", True, not_epochs=MAIN_EPOCHS)),
+            f"  (the ConvNet's epochs for the same time: {MAIN_EPOCHS} x the median ratio of TiC's to the ConvNet's "
+            f"training-step time, {statistics.median(ratios):.2f}, over {len(ratios)} interleaved pairs "
+            f"({', '.join(f'{x:.2f}' for x in ratios)}) in "
+            + ", ".join(f"`{p.relative_to(ROOT).with_suffix('.md')}`" for p in BENCHES)
+            + f" = {MAIN_EPOCHS * statistics.median(ratios):.1f}, rounded)",
             difference("fixed 32-px training, same epochs", arm(runs, "tic_conv_nano", False, MAIN_EPOCHS),
                        arm(runs, "convnet_nano", False, MAIN_EPOCHS)),
             "", "## What each model keeps at other sizes", "",
