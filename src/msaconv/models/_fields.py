@@ -19,6 +19,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from .._errors import did_you_mean
+
 FORMS = ("blocks", "stages")
 
 
@@ -65,8 +66,9 @@ def _form(value: Any) -> str | None:
 
 
 def _one_value(arg: str, value: Any) -> Any:
-    if _form(value) is not None:
-        raise ValueError(f"model_kwargs.{arg}={value!r}: '{_form(value)}:' cannot appear inside a block's value; "
+    form = _form(value)
+    if form is not None:
+        raise ValueError(f"model_kwargs.{arg}={value!r}: '{form}:' cannot appear inside a block's value; "
                          f"write {{blocks: [...]}} at a stage's place, e.g. {arg}: [3, {{blocks: [3, 5]}}, 3]")
     return tuple(value) if isinstance(value, list) else value
 
