@@ -22,7 +22,7 @@ def test_run_issue19_script_runs_every_experiment_with_valid_options(tmp_path):
     env = {**os.environ, "MSACONV": str(stub), "STOP_BELOW_BAR": "0", "NICE": "0"}
     subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, timeout=60)
     calls = [line.split() for line in log.read_text().splitlines()]
-    assert [c[1] for c in calls] == ["ablation", "ablation", "resolution", "mixers", "erf", "report"]
+    assert [c[1] for c in calls] == ["ablation", "resolution", "ablation", "mixers", "erf", "report"]
     for c in calls:
         assert c[0] == "experiment"
         p = argparse.ArgumentParser()
