@@ -353,7 +353,19 @@ Geometry make_geometry(const at::Tensor& q, int64_t M, int64_t kh, int64_t kw, i
   return g;
 }
 
-// one row r of a [D][H][W] plane (channel stride cs) -> padded [D][Wp] buffer
+// dst[0:n] = src[0:n] with inline vector moves: the rows here are short (a few vectors), where a call
+// to memcpy per channel row costs more than the copy itself.
+template <typename T>
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  constexpr int L = Vec<T>::L;
+  int64_t c = 0;
+  for (; c + L <= n; c += L) vstore<T>(dst + c, vload<T>(src + c));
+  for (; c < n; ++c) dst[c] = src[c];
+}
+
+// one row r of a [D][H][W] plane (channel stride cs) -> padded [D][Wp] buffer. The buffers are
+// zero-initialised and, except for 'circular', only their interior columns [pl, pl + W) are ever
+// written, so the zero margins need no refill.
 template <typename T>
 inline void pad_row(T* dst, const T* plane, int64_t cs, int64_t r, const Geometry& g) {
   const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl;
@@ -363,12 +375,17 @@ inline void pad_row(T* dst, const T* plane, int64_t cs, int64_t r, const Geometr
     if (g.border == CIRCULAR) {
       for (int64_t c = 0; c < Wp; ++c) o[c] = src[(((c - pl) % W) + W) % W];
     } else {
-      const int64_t a = std::min<int64_t>(pl, Wp);
-      std::fill(o, o + a, T(0));
-      std::memcpy(o + pl, src, sizeof(T) * W);
-      std::fill(o + pl + W, o + Wp, T(0));
+      copy_row<T>(o + pl, src, W);
     }
   }
+}
+
+// every row of a [D][H][W] plane -> padded [H][D][Wp] buffers, reading the plane in memory order (not 'circular')
+template <typename T>
+inline void pad_plane(T* dst, const T* plane, int64_t cs, const Geometry& g) {
+  const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl, rowsz = g.D * Wp;
+  for (int64_t d = 0; d < g.D; ++d)
+    for (int64_t r = 0; r < g.H; ++r) copy_row<T>(dst + r * rowsz + d * Wp + pl, plane + d * cs + r * W, W);
 }
 
 // Per-thread scratch for one query row.
@@ -402,7 +419,7 @@ inline void gather_row(T* buf, const T* plane, int64_t cs, int64_t y, int64_t W,
   for (int64_t d = 0; d < g.D; ++d) {
     const T* src = plane + d * cs + y * W;
     T* o = buf + d * g.WoV;
-    if (g.sw == 1) std::memcpy(o, src, sizeof(T) * g.Wo);
+    if (g.sw == 1) copy_row<T>(o, src, g.Wo);
     else for (int64_t x = 0; x < g.Wo; ++x) o[x] = src[x * g.sw];
     std::fill(o + g.Wo, o + g.WoV, T(0));
   }
@@ -494,6 +511,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // that gets descheduled does not hold up the others). Tasks write disjoint outputs, so which thread
   // runs one never changes the result.
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(8, g.Ho));
+  // Small maps: one chunk is one whole plane, so its k and v are padded in one pass over contiguous memory
+  // (row by row, each padded row gathers D short runs a plane-row apart and waits on memory).
+  const bool whole_plane = chunk == g.Ho && g.border != CIRCULAR;
   std::atomic<int64_t> next{0};
   const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (tasks + chunk - 1) / chunk));
   at::parallel_for(0, nthreads, 1, [&](int64_t tb, int64_t te) {
@@ -511,6 +531,11 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const T* vp = vd + b * vsb + hh * vsh;
       const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
       const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
+      if (whole_plane && stamp[0] != p) {  // a chunk is the whole plane: pad every row, reading k and v in order
+        pad_plane<T>(kpad.data(), kp, cs, g);
+        pad_plane<T>(vpad.data(), vp, cs, g);
+        std::fill(stamp.begin(), stamp.end(), p);
+      }
       auto rowptr = [&](int r) {
         if (stamp[r] != p) {
           pad_row<T>(kpad.data() + r * rowsz, kp, cs, r, g);
@@ -583,9 +608,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       }
       if (!direct) {  // write the row: out [B, h, D, Ho, Wo] contiguous
         T* orow = od + p * g.D * g.Ho * g.Wo + yo * g.Wo;
-        for (int64_t d = 0; d < g.D; ++d) std::memcpy(orow + d * g.Ho * g.Wo, s.obuf.data() + d * WoV, sizeof(T) * g.Wo);
+        for (int64_t d = 0; d < g.D; ++d) copy_row<T>(orow + d * g.Ho * g.Wo, s.obuf.data() + d * WoV, g.Wo);
       }
-      std::memcpy(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), sizeof(T) * g.Wo);
+      copy_row<T>(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), g.Wo);
     }
    }
   });
@@ -661,9 +686,9 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
         for (int64_t d = 0; d < g.D; ++d) {
           const T* src = qp + d * cs + yo * g.sh * g.W;
           T* o = Q + d * QW;
-          if (g.sw == 1) std::memcpy(o, src, sizeof(T) * g.Wo);
+          if (g.sw == 1) copy_row<T>(o, src, g.Wo);
           else for (int64_t x = 0; x < g.Wo; ++x) o[x] = src[x * g.sw];
-          std::memcpy(G + d * QW, gp + d * ocs + yo * g.Wo, sizeof(T) * g.Wo);
+          copy_row<T>(G + d * QW, gp + d * ocs + yo * g.Wo, g.Wo);
         }
         // delta = <dout, out> per query, straight from the tensors
         std::fill(delta.begin(), delta.end(), T(0));
@@ -794,7 +819,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
         for (int64_t d = 0; d < g.D; ++d) {
           T* dst = dqp + d * cs + yo * g.sh * g.W;
           const T* src = dqbuf.data() + d * WoV;
-          if (g.sw == 1) std::memcpy(dst, src, sizeof(T) * g.Wo);
+          if (g.sw == 1) copy_row<T>(dst, src, g.Wo);
           else for (int64_t x = 0; x < g.Wo; ++x) dst[x * g.sw] = src[x];
         }
       }
@@ -817,8 +842,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
               ov[x] += sv[c];
             }
           } else {
-            std::memcpy(ok, sk + pl, sizeof(T) * W);
-            std::memcpy(ov, sv + pl, sizeof(T) * W);
+            copy_row<T>(ok, sk + pl, W);
+            copy_row<T>(ov, sv + pl, W);
           }
         }
     }
