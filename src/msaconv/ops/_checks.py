@@ -2,7 +2,8 @@
 
 Every user-facing ``ValueError`` text of :mod:`msaconv.ops` lives here, so each message names the
 argument, the value it got and the fix, and each has one ``pytest.raises(..., match=...)`` test.
-An op calls :func:`check_msa_conv2d` once, then dispatches on the :class:`Problem` it returns.
+An op calls :func:`check_msa_conv2d` once, at its public boundary, then dispatches on the :class:`Problem` it
+returns; code below it builds a Problem with :func:`problem_of`, which checks nothing.
 """
 
 from __future__ import annotations
@@ -151,7 +152,6 @@ def check_msa_conv2d(
             raise ValueError(f"{fn}: q has {axis}={size} in shape {q_shape}; every axis but the batch must be >= 1")
     check_window_fits(fn, win, height, width)
 
-    extra = 0
     if (extra_k is None) != (extra_v is None) and v is not None:
         given, missing = ("extra_k", "extra_v") if extra_v is None else ("extra_v", "extra_k")
         raise ValueError(f"{fn}: {given} was given without {missing}; pass both extra_k and extra_v, or neither")
@@ -177,7 +177,6 @@ def check_msa_conv2d(
                 f"{fn}: extra_k has M={extra_k.shape[2]} keys but extra_v has M={extra_v.shape[2]}; "
                 f"give one value per extra key"
             )
-        extra = int(extra_k.shape[2])
 
     if scale is None:
         scale_f = head_dim ** -0.5
@@ -186,8 +185,19 @@ def check_msa_conv2d(
     else:
         scale_f = float(scale)
     p = check_probability(fn, "dropout_p", dropout_p)
+    return problem_of(win, layout, q, k, v, extra_k, extra_v, scale_f, p)
+
+
+def problem_of(win: Window, layout: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
+               extra_k: torch.Tensor | None, extra_v: torch.Tensor | None, scale: float | None,
+               dropout_p: float = 0.0) -> Problem:
+    """The :class:`Problem` of arguments that are already checked, read off the tensors without validating
+    anything: for code below the public boundary (the custom op gets checked, normalised arguments)."""
+    if layout == "bhwd":
+        batch, heads, height, width, head_dim = q.shape
+    else:
+        batch, heads, head_dim, height, width = q.shape
     tensors = [t for t in (q, k, v, extra_k, extra_v) if t is not None]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return Problem(
         window=win,
         batch=batch,
@@ -195,11 +205,11 @@ def check_msa_conv2d(
         height=height,
         width=width,
         head_dim=head_dim,
-        extra=extra,
-        scale=scale_f,
+        extra=int(extra_k.shape[2]) if extra_k is not None else 0,
+        scale=head_dim ** -0.5 if scale is None else float(scale),
         dtype=q.dtype,
         device=q.device,
         layout=layout,
-        dropout_p=p,
-        needs_grad=needs_grad,
+        dropout_p=dropout_p,
+        needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors),
     )

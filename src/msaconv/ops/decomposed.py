@@ -96,7 +96,7 @@ def msa_conv2d_decomposed(q: Tensor, k: Tensor, v: Tensor, extra_k: Optional[Ten
 def msa_conv2d_op_decomposition(q: Tensor, k: Tensor, v: Tensor, extra_k: Optional[Tensor],
                                 extra_v: Optional[Tensor], kernel_size: Sequence[int], dilation: Sequence[int],
                                 stride: Sequence[int], border: str, scale: float, layout: str,
-                                backend: str) -> tuple[Tensor, Tensor]:
+                                backend: str, chosen: bool = False) -> tuple[Tensor, Tensor]:
     """A decomposition of the whole custom op ``(out, stats)``: ``stats`` is zeros (only backwards read it)."""
     out = msa_conv2d_decomposed(q, k, v, extra_k, extra_v, kernel_size, dilation, stride, border, scale, layout)
     B, h = q.shape[0], q.shape[1]

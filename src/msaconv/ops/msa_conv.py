@@ -10,18 +10,10 @@ import torch
 from . import backends as _backends
 from . import library as _library
 from ._checks import Problem, check_msa_conv2d
-from .backends import choose_backend
+from .backends import choose_backend, has_explicit_backward
+from .library import _to_layout
 
 _FN = "msa_conv2d"
-
-
-def _to_layout(t: torch.Tensor, src: str, dst: str) -> torch.Tensor:
-    """A view of a 5-D q/k/v/out tensor in another layout (no copy)."""
-    if src == dst:
-        return t
-    if src == "bhdhw":  # [B,h,D,H,W] -> [B,h,H,W,D]
-        return t.permute(0, 1, 3, 4, 2)
-    return t.permute(0, 1, 4, 2, 3)  # [B,h,H,W,D] -> [B,h,D,H,W]
 
 
 def _use_custom_op(backend: str | None) -> bool:
@@ -29,7 +21,7 @@ def _use_custom_op(backend: str | None) -> bool:
     if backend is None:
         return True
     be = _backends.BACKENDS.get(backend)
-    return be is not None and _library.has_explicit_backward(be)
+    return be is not None and has_explicit_backward(be)
 
 
 def msa_conv2d(
@@ -82,10 +74,11 @@ def msa_conv2d(
         shape = (0, pb.heads, Ho, Wo, pb.head_dim) if pb.layout == "bhwd" else (0, pb.heads, pb.head_dim, Ho, Wo)
         return q.new_zeros(shape) + (q.sum() + k.sum() + v.sum()) * 0  # keeps the autograd graph
     if pb.dropout_p == 0 and _use_custom_op(backend):
-        # one torch.library node (compiles without graph breaks); the backend is chosen inside it
-        if not torch.compiler.is_compiling():
-            choose_backend(pb, backend)  # eager: raise a clear ValueError here, before the op
-        return _library.msa_conv2d_custom(q, k, v, extra_k, extra_v, pb, backend)
+        # one torch.library node (compiles without graph breaks), which the backward reuses
+        if torch.compiler.is_compiling():  # traced: sizes may be symbolic, so the op chooses when it runs
+            return _library.msa_conv2d_custom(q, k, v, extra_k, extra_v, pb, backend or "", chosen=False)
+        be = choose_backend(pb, backend, explicit_backward=True)  # a clear ValueError here, before the op
+        return _library.msa_conv2d_custom(q, k, v, extra_k, extra_v, pb, be.name, chosen=True)
     be = choose_backend(pb, backend)
     native = be.layout
     out = be.forward(_to_layout(q, pb.layout, native), _to_layout(k, pb.layout, native),

@@ -82,25 +82,42 @@ def auto_reason(be: Backend, pb: Problem) -> str | None:
     return declines(pb) if reason is None and declines is not None else reason
 
 
-def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d") -> Backend:
-    """The named backend if it can run (else a ValueError with its reason), or the first that can."""
+def has_explicit_backward(be: object) -> bool:
+    """Whether a backend can run inside the custom op (it computes its own gradients)."""
+    return callable(getattr(be, "forward_with_stats", None)) and callable(getattr(be, "backward", None))
+
+
+def _named_backend(pb: Problem, backend: str, fn: str, explicit_backward: bool) -> Backend:
     table = BACKENDS
+    if backend not in table and backend in UNAVAILABLE:
+        raise ValueError(f"{fn}: backend {backend!r} cannot run here: {UNAVAILABLE[backend]}; "
+                         f"use backend=None to pick one that can")
+    if backend not in table:
+        raise ValueError(
+            f"{fn}: unknown backend {backend!r};{did_you_mean(str(backend), list(table))} "
+            f"choose one of {', '.join(repr(n) for n in table)} or None (automatic)"
+        )
+    reason = table[backend].can_run(pb)
+    if reason is not None:
+        raise ValueError(f"{fn}: backend {backend!r} cannot run this call: {reason}; use backend=None to pick one that can")
+    if explicit_backward and not has_explicit_backward(table[backend]):
+        raise ValueError(f"{fn}: backend {backend!r} has no explicit backward and cannot run inside the "
+                         f"custom op; call it with torch.compile disabled or use backend=None")
+    return table[backend]
+
+
+def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d", explicit_backward: bool = False) -> Backend:
+    """The named backend if it can run (else a ValueError with its reason), or the first that can.
+
+    ``explicit_backward=True`` (what runs inside the custom op) takes only a backend that computes its own
+    gradients (:func:`has_explicit_backward`)."""
     if backend is not None:
-        if backend not in table and backend in UNAVAILABLE:
-            raise ValueError(f"{fn}: backend {backend!r} cannot run here: {UNAVAILABLE[backend]}; "
-                             f"use backend=None to pick one that can")
-        if backend not in table:
-            raise ValueError(
-                f"{fn}: unknown backend {backend!r};{did_you_mean(str(backend), list(table))} "
-                f"choose one of {', '.join(repr(n) for n in table)} or None (automatic)"
-            )
-        reason = table[backend].can_run(pb)
-        if reason is not None:
-            raise ValueError(f"{fn}: backend {backend!r} cannot run this call: {reason}; use backend=None to pick one that can")
-        return table[backend]
+        return _named_backend(pb, backend, fn, explicit_backward)
     reasons = []
-    for name, be in table.items():
+    for name, be in BACKENDS.items():
         reason = auto_reason(be, pb)
+        if reason is None and explicit_backward and not has_explicit_backward(be):
+            reason = "autograd-only backend"
         if reason is None:
             return be
         reasons.append(f"{name}: {reason}")
