@@ -47,6 +47,11 @@ EDGE = [
     _case(6, 9, (3, 3), head_dim=13, extra=1),
     _case(1, 1, (3, 3), border="mask"),
     _case(2, 2, (4, 4), (3, 3), border="mask"),  # some queries see no key at all: zero output and gradients
+    # maps taller than a window's rows (and than one task chunk): the forward keeps a ring of padded rows
+    _case(20, 9, (3, 3), batch=1),
+    _case(21, 10, (3, 5), (2, 1), (2, 1), border="mask", batch=1),
+    _case(19, 11, (5, 3), (3, 1), border="zeros", extra=2, batch=1),
+    _case(18, 8, (3, 3), (2, 2), border="clamp", batch=1),
 ]
 
 

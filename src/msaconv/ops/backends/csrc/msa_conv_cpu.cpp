@@ -366,9 +366,23 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
 // one row r of a [D][H][W] plane (channel stride cs) -> padded [D][Wp] buffer. The buffers are
 // zero-initialised and, except for 'circular', only their interior columns [pl, pl + W) are ever
 // written, so the zero margins need no refill.
+// The D runs of one plane row lie a plane-channel apart, too many streams for the hardware prefetcher:
+// each call also asks for the row PREFETCH_ROWS further down (a later task's), so it arrives from memory
+// while this task computes.
+constexpr int64_t PREFETCH_ROWS = 2;
+
+template <typename T>
+inline void prefetch_row(const T* plane, int64_t cs, int64_t r, const Geometry& g) {
+  if (r >= g.H) return;
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t d = 0; d < g.D; ++d)
+    for (int64_t c = 0; c < g.W; c += line) __builtin_prefetch(plane + d * cs + r * g.W + c);
+}
+
 template <typename T>
 inline void pad_row(T* dst, const T* plane, int64_t cs, int64_t r, const Geometry& g) {
   const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl;
+  prefetch_row<T>(plane, cs, r + PREFETCH_ROWS, g);
   for (int64_t d = 0; d < g.D; ++d) {
     const T* src = plane + d * cs + r * W;
     T* o = dst + d * Wp;
@@ -514,14 +528,21 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // Small maps: one chunk is one whole plane, so its k and v are padded in one pass over contiguous memory
   // (row by row, each padded row gathers D short runs a plane-row apart and waits on memory).
   const bool whole_plane = chunk == g.Ho && g.border != CIRCULAR;
+  // Larger maps keep only the padded rows a query row reads, in a ring (row r in slot r % ring): the buffer stays
+  // in L2 instead of streaming a whole padded plane through it. A row reads key rows from a range of
+  // (kh - 1) * dh + 1 rows with 'zeros' and 'mask'; 'clamp' shifts windows at the border and 'circular' wraps
+  // them around the map, so these keep every row.
+  const int64_t span = (g.kh - 1) * g.R.d + 1;
+  const bool plain_rows = g.border == ZEROS || g.border == MASK;
+  const int64_t ring = whole_plane || !plain_rows || span >= g.H ? g.H : span;
   std::atomic<int64_t> next{0};
   const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (tasks + chunk - 1) / chunk));
   at::parallel_for(0, nthreads, 1, [&](int64_t tb, int64_t te) {
    for (int64_t tt = tb; tt < te; ++tt) {
     RowScratch<T> s(g);
     std::vector<const T*> ext(std::max<int64_t>(g.M, 1));
-    std::vector<T> kpad((size_t)g.H * rowsz), vpad((size_t)g.H * rowsz);
-    std::vector<int64_t> stamp(g.H, -1);  // which plane each padded row currently holds
+    std::vector<T> kpad((size_t)ring * rowsz), vpad((size_t)ring * rowsz);
+    std::vector<int64_t> stamp(ring, -1);  // which (plane, row) each slot of the ring holds: p * H + r
     for (int64_t t0 = next.fetch_add(chunk); t0 < tasks; t0 = next.fetch_add(chunk))
     for (int64_t t = t0; t < std::min(t0 + chunk, tasks); ++t) {
       const int64_t p = t / g.Ho, yo = t % g.Ho;
@@ -531,18 +552,21 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const T* vp = vd + b * vsb + hh * vsh;
       const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
       const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
-      if (whole_plane && stamp[0] != p) {  // a chunk is the whole plane: pad every row, reading k and v in order
+      if (whole_plane && stamp[0] != p * g.H) {  // a chunk is the whole plane: pad every row, reading k and v in order
         pad_plane<T>(kpad.data(), kp, cs, g);
         pad_plane<T>(vpad.data(), vp, cs, g);
-        std::fill(stamp.begin(), stamp.end(), p);
+        for (int64_t r = 0; r < g.H; ++r) stamp[r] = p * g.H + r;
       }
       auto rowptr = [&](int r) {
-        if (stamp[r] != p) {
-          pad_row<T>(kpad.data() + r * rowsz, kp, cs, r, g);
-          pad_row<T>(vpad.data() + r * rowsz, vp, cs, r, g);
-          stamp[r] = p;
+        const int64_t slot = r % ring;
+        T* kr = kpad.data() + slot * rowsz;
+        T* vr = vpad.data() + slot * rowsz;
+        if (stamp[slot] != p * g.H + r) {
+          pad_row<T>(kr, kp, cs, r, g);
+          pad_row<T>(vr, vp, cs, r, g);
+          stamp[slot] = p * g.H + r;
         }
-        return std::pair<const T*, const T*>(kpad.data() + r * rowsz, vpad.data() + r * rowsz);
+        return std::pair<const T*, const T*>(kr, vr);
       };
       // q row: read in place when rows are whole vectors, else gathered into a padded buffer
       const T* X = qp + yo * g.sh * g.W;
