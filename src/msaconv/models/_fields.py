@@ -16,7 +16,7 @@ YAML, JSON and ``--set`` have lists only, so there the form is explicit (:func:`
 from __future__ import annotations
 
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .._errors import did_you_mean
 
@@ -59,6 +59,47 @@ def override_fields(cfg: Any, kwargs: dict) -> Any:
 
 def _pos_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+_C = TypeVar("_C", bound="StageConfig")
+
+
+class StageConfig:
+    """What the backbone configs (:class:`~msaconv.models.hier.HierConfig`,
+    :class:`~msaconv.models.tic_conv.ConvNetConfig`) share besides their fields: the stage count, overrides,
+    and the checks of the fields each of them has."""
+
+    dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.dims)
+
+    def override(self: _C, **kwargs) -> _C:
+        """A copy with fields replaced; unknown names get a did-you-mean and the list of fields."""
+        return override_fields(self, kwargs)
+
+    def _check_stages(self, example: tuple[int, ...]) -> int:
+        """``dims`` and ``depths``: tuples of positive ints, one per stage. Returns the number of stages."""
+        n = len(self.dims) if isinstance(self.dims, tuple) else 0
+        if not n or not all(_pos_int(d) for d in self.dims):
+            raise _err(self, "dims", self.dims, f"use a tuple of positive ints, one per stage, e.g. {example}")
+        if not isinstance(self.depths, tuple) or len(self.depths) != n or not all(_pos_int(d) for d in self.depths):
+            raise _err(self, "depths", self.depths, f"use a tuple of {n} positive ints, e.g. {(2,) * n}")
+        return n
+
+    def _check_probabilities(self, *args: str) -> None:
+        for arg in args:
+            p = getattr(self, arg)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise _err(self, arg, p, "use a probability in [0, 1), e.g. 0.1")
+
+    def _check_num_classes(self) -> None:
+        c = self.num_classes
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise _err(self, "num_classes", c, "use a positive int, or 0 for pooled features")
 
 
 def _form(value: Any) -> str | None:

@@ -21,7 +21,7 @@ from torch import nn
 from ..layers import get_token_mixer, list_token_mixers
 from .._errors import did_you_mean
 from ._blocks import Block, Stage, check_image, make_downsample, make_stem
-from ._fields import _err, _pos_int, at_block, override_fields, per_stage
+from ._fields import StageConfig, _err, _pos_int, at_block, per_stage
 from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model
 
@@ -32,7 +32,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
-class HierConfig:
+class HierConfig(StageConfig):
     """Config of :class:`HierNet`. Per-stage fields take a tuple (one entry per stage) or one shared value.
 
     Fields: ``dims``, ``depths`` (per stage); ``head_dim`` (heads = dim // head_dim) or ``num_heads``
@@ -70,10 +70,6 @@ class HierConfig:
     std: tuple[float, float, float] = CIFAR_STD
 
     # ---- derived values -------------------------------------------------------------------------
-    @property
-    def num_stages(self) -> int:
-        return len(self.dims)
-
     def reductions(self) -> list[int]:
         return [self.stem_stride * 2 ** i for i in range(self.num_stages)]
 
@@ -111,11 +107,7 @@ class HierConfig:
 
     # ---- validation -----------------------------------------------------------------------------
     def validate(self) -> "HierConfig":
-        n = len(self.dims) if isinstance(self.dims, tuple) else 0
-        if not n or not all(_pos_int(d) for d in self.dims):
-            raise _err(self, "dims", self.dims, "use a tuple of positive ints, one per stage, e.g. (32, 64, 128, 256)")
-        if not isinstance(self.depths, tuple) or len(self.depths) != n or not all(_pos_int(d) for d in self.depths):
-            raise _err(self, "depths", self.depths, f"use a tuple of {n} positive ints, e.g. {(2,) * n}")
+        n = self._check_stages(example=(32, 64, 128, 256))
         if not _pos_int(self.head_dim):
             raise _err(self, "head_dim", self.head_dim, "use a positive int, e.g. 32")
         for i, (h, d) in enumerate(zip(per_stage(self, "num_heads", self.num_heads, n), self.dims)):
@@ -145,21 +137,13 @@ class HierConfig:
         ls = self.layer_scale_init
         if ls is not None and (isinstance(ls, bool) or not isinstance(ls, (int, float)) or ls <= 0):
             raise _err(self, "layer_scale_init", ls, "use None (no layer scale) or a positive float, e.g. 1e-5")
-        for arg in ("drop_rate", "drop_path_rate"):
-            p = getattr(self, arg)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-                raise _err(self, arg, p, "use a probability in [0, 1), e.g. 0.1")
+        self._check_probabilities("drop_rate", "drop_path_rate")
         if not _pos_int(self.in_chans):
             raise _err(self, "in_chans", self.in_chans, "use a positive int, e.g. 3")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise _err(self, "num_classes", self.num_classes, "use a positive int, or 0 for pooled features")
+        self._check_num_classes()
         if not _pos_int(self.img_size):
             raise _err(self, "img_size", self.img_size, "use a positive int, e.g. 224")
         return self
-
-    def override(self, **kwargs) -> "HierConfig":
-        """A copy with fields replaced; unknown names get a did-you-mean and the list of fields."""
-        return override_fields(self, kwargs)
 
 
 def _init_weights(m: nn.Module) -> None:

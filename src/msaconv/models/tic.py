@@ -49,10 +49,8 @@ class TiCConfig(HierConfig):
     dims: tuple[int, ...] = (64, 128, 256, 512)
     depths: tuple[int, ...] = (3, 4, 6, 5)
     head_dim: int = 32
-    mlp_ratio: float = 3.0
     stem_stride: int = 4
     downsample: str = "msa_conv"
-    num_classes: int = 1000
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -71,10 +69,16 @@ class TiCConfig(HierConfig):
         heads = super().stage_heads()
         return [d if w is True else h for h, d, w in zip(heads, self.dims, dw)]
 
+    def block_pairs(self, arg: str) -> list[list[tuple[int, int]]]:
+        """``kernel_size`` or ``dilation`` normalised: per stage, the pairs its blocks cycle over."""
+        return [[pair(f"TiCConfig.{arg}", arg, b) for b in _blocks_of(v)]
+                for v in per_stage(self, arg, getattr(self, arg), self.num_stages)]
+
     def mixer(self, stage: int, block: int, dim: int, heads: int) -> nn.Module:
         n = self.num_stages
         pick = lambda name: at_block(per_stage(self, name, getattr(self, name), n)[stage], block)  # noqa: E731
-        return MSAttention2d(dim, heads, kernel_size=pick("kernel_size"), dilation=pick("dilation"),
+        window = lambda name: at_block(self.block_pairs(name)[stage], block)  # noqa: E731
+        return MSAttention2d(dim, heads, kernel_size=window("kernel_size"), dilation=window("dilation"),
                              border=self.border, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop,
                              backend=self.backend, shift=pick("shift"), inter_pool=pick("inter_pool"))
 
@@ -86,11 +90,9 @@ class TiCConfig(HierConfig):
         red = self.reductions()
         need = red[-1]
         if self.border == "clamp":
-            n = self.num_stages
-            ks, ds = per_stage(self, "kernel_size", self.kernel_size, n), per_stage(self, "dilation", self.dilation, n)
-            for i in range(n):
-                span = max(max(a * b for a, b in zip(pair("TiCConfig", "kernel_size", k), pair("TiCConfig", "dilation", d)))
-                           for k in _blocks_of(ks[i]) for d in _blocks_of(ds[i]))
+            ks, ds = self.block_pairs("kernel_size"), self.block_pairs("dilation")
+            for i in range(self.num_stages):
+                span = max(max(a * b for a, b in zip(k, d)) for k in ks[i] for d in ds[i])
                 need = max(need, red[i] * span)
                 if i > 0 and self.downsample == "msa_conv":
                     need = max(need, red[i - 1] * self.downsample_kernel)
@@ -103,9 +105,7 @@ class TiCConfig(HierConfig):
         super().validate()
         n = self.num_stages
         for arg in ("kernel_size", "dilation"):
-            for v in per_stage(self, arg, getattr(self, arg), n):
-                for b in _blocks_of(v):
-                    pair(f"TiCConfig.{arg}", arg, b)
+            self.block_pairs(arg)
         for v in per_stage(self, "depthwise", self.depthwise, n):
             if not isinstance(v, bool):
                 raise _err(self, "depthwise", self.depthwise, "use True/False, or a tuple of them per stage")

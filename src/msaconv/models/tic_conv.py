@@ -38,7 +38,7 @@ from ..ops import BORDERS
 from ._blocks import check_image
 from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
 from ._registry import register_model
-from ._fields import _err, _pos_int, override_fields, per_stage
+from ._fields import StageConfig, _err, _pos_int, per_stage
 from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
 CONVS = ("msa", "plain")
@@ -48,7 +48,7 @@ HEAD_POOLS = ("avg", "max")
 
 
 @dataclass
-class ConvNetConfig:
+class ConvNetConfig(StageConfig):
     """Config of :class:`ConvNet`. Per-stage fields take a tuple (one entry per stage) or one shared value.
 
     ``conv``: 'msa' (``MSAConv2d``, TiC) or 'plain' (``nn.Conv2d``, the matched baseline); ``stem_width``,
@@ -89,10 +89,6 @@ class ConvNetConfig:
     mean: tuple[float, float, float] = CIFAR_MEAN
     std: tuple[float, float, float] = CIFAR_STD
 
-    @property
-    def num_stages(self) -> int:
-        return len(self.dims)
-
     def reductions(self) -> list[int]:
         return [self.stem_stride * 2 ** (i + 1) for i in range(self.num_stages)]
 
@@ -101,6 +97,11 @@ class ConvNetConfig:
 
     def stage(self, name: str) -> list:
         return per_stage(self, name, getattr(self, name), self.num_stages)
+
+    def window(self, stage: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The ``(kernel_size, dilation)`` pairs of one stage, normalised."""
+        return (pair("ConvNetConfig.kernel_size", "kernel_size", self.stage("kernel_size")[stage]),
+                pair("ConvNetConfig.dilation", "dilation", self.stage("dilation")[stage]))
 
     def _after_stem(self, img_size: int) -> int:
         s = img_size
@@ -131,8 +132,7 @@ class ConvNetConfig:
         notes = []
         maps = self.layer_maps(img_size)
         for i in range(self.num_stages):
-            k = max(a * b for a, b in zip(pair("ConvNetConfig", "kernel_size", self.stage("kernel_size")[i]),
-                                          pair("ConvNetConfig", "dilation", self.stage("dilation")[i])))
+            k = max(a * b for a, b in zip(*self.window(i)))
             for j, side in enumerate(maps[i]):
                 if self.stage("shift")[i] is not None:
                     notes.append(f"stage {i} conv {j} ({side}x{side}, window {k}): MDCSM "
@@ -150,11 +150,7 @@ class ConvNetConfig:
         return notes
 
     def validate(self) -> "ConvNetConfig":
-        n = len(self.dims) if isinstance(self.dims, tuple) else 0
-        if not n or not all(_pos_int(w) for w in self.dims):
-            raise _err(self, "dims", self.dims, "use a tuple of positive ints, one per stage, e.g. (64, 128, 256)")
-        if not isinstance(self.depths, tuple) or len(self.depths) != n or not all(_pos_int(d) for d in self.depths):
-            raise _err(self, "depths", self.depths, f"use a tuple of {n} positive ints, e.g. {(2,) * n}")
+        n = self._check_stages(example=(64, 128, 256))
         for arg, allowed in (("conv", CONVS), ("downsample", DOWNSAMPLES), ("act", tuple(ACTS)),
                              ("head_pool", HEAD_POOLS), ("border", BORDERS)):
             v = getattr(self, arg)
@@ -167,9 +163,8 @@ class ConvNetConfig:
                 raise _err(self, arg, getattr(self, arg), "ConvNet takes one value per stage (a tuple), not a per-block "
                                                          "cycle (a list, or {blocks: [...]} in YAML); a pair is a tuple, "
                                                          "e.g. kernel_size=((5, 1),) * 3")
-        for arg in ("kernel_size", "dilation"):
-            for v in self.stage(arg):
-                pair(f"ConvNetConfig.{arg}", arg, v)
+        for i in range(n):
+            self.window(i)
         for v in self.stage("depthwise"):
             if not isinstance(v, bool):
                 raise _err(self, "depthwise", self.depthwise, "use True/False, or a tuple of them per stage")
@@ -183,23 +178,14 @@ class ConvNetConfig:
             v = getattr(self, arg)
             if not _pos_int(v):
                 raise _err(self, arg, v, "use a positive int")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise _err(self, "num_classes", self.num_classes, "use a positive int, or 0 for pooled features")
-        for arg in ("drop_rate", "attn_drop"):
-            p = getattr(self, arg)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-                raise _err(self, arg, p, "use a probability in [0, 1), e.g. 0.1")
+        self._check_num_classes()
+        self._check_probabilities("drop_rate", "attn_drop")
         return self
-
-    def override(self, **kwargs) -> "ConvNetConfig":
-        """A copy with fields replaced; unknown names get a did-you-mean and the list of fields."""
-        return override_fields(self, kwargs)
 
 
 def _conv(cfg: ConvNetConfig, stage: int, cin: int, cout: int, stride: int, plain: bool = False) -> nn.Module:
     """One convolution of the skeleton: ``MSAConv2d`` or ``nn.Conv2d``, standard / dilated / depthwise."""
-    k = pair("ConvNetConfig", "kernel_size", cfg.stage("kernel_size")[stage])
-    d = pair("ConvNetConfig", "dilation", cfg.stage("dilation")[stage])
+    k, d = cfg.window(stage)
     pad = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
     dw = cfg.stage("depthwise")[stage]
     groups, width = (cin, cin) if dw else (1, cout)
