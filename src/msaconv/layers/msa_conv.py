@@ -94,6 +94,17 @@ class QKVAttention(nn.Module):
                           extra_k=extra_k, extra_v=extra_v, backend=self.backend, layout="bhdhw",
                           dropout_p=self.attn_drop if self.training else 0.0)
 
+    def options_repr(self, stride_arg: str) -> str:
+        """The attention options that differ from their defaults, for the modules' ``extra_repr``."""
+        s = f", {stride_arg}={self.attn_stride}" if self.attn_stride != (1, 1) else ""
+        if self.attn_drop:
+            s += f", attn_drop={self.attn_drop}"
+        if self.shift is not None:
+            s += f", shift={self.shift}"
+        if self.inter_pool is not None:
+            s += f", inter_pool={self.inter_pool}"
+        return s
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.attend_heads(*self.qkv_heads(x))  # [B, h, D, Ho, Wo]
         return out.reshape(x.shape[0], self.dim, out.shape[-2], out.shape[-1])
@@ -234,14 +245,7 @@ class MSAConv2d(nn.Module):
             s += f", conv_dilation={self.conv.dilation}"
         if self.conv.groups != 1:
             s += f", groups={self.conv.groups}"
-        if a.attn_stride != (1, 1):
-            s += f", attn_stride={a.attn_stride}"
-        if a.attn_drop:
-            s += f", attn_drop={a.attn_drop}"
-        if a.shift is not None:
-            s += f", shift={a.shift}"
-        if a.inter_pool is not None:
-            s += f", inter_pool={a.inter_pool}"
+        s += a.options_repr("attn_stride")
         if self.conv.bias is None:
             s += ", bias=False"
         return s
@@ -327,13 +331,5 @@ class MSAttention2d(nn.Module):
 
     def extra_repr(self) -> str:
         a = self.attn
-        s = f"dim={a.dim}, num_heads={a.num_heads}, kernel_size={a.kernel_size}, dilation={a.dilation}, border={a.border!r}"
-        if a.attn_stride != (1, 1):
-            s += f", stride={a.attn_stride}"
-        if a.attn_drop:
-            s += f", attn_drop={a.attn_drop}"
-        if a.shift is not None:
-            s += f", shift={a.shift}"
-        if a.inter_pool is not None:
-            s += f", inter_pool={a.inter_pool}"
-        return s
+        return (f"dim={a.dim}, num_heads={a.num_heads}, kernel_size={a.kernel_size}, dilation={a.dilation}, "
+                f"border={a.border!r}" + a.options_repr("stride"))
