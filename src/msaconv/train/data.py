@@ -13,20 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import (
-    InMemoryImages,
-    StreamingImages,
-    collate_skip,
-    derive_seed,
-    embedded_path,
-    generator,
-    mixup_cutmix,
-    normalize,
-    rand_augment,
-    random_crop_flip,
-    resize,
-    size_at,
-)
+from ..data import InMemoryImages, StreamingImages, collate_skip, embedded_path
+from ..data import transforms as T
 from . import distributed as D
 from .config import TrainConfig
 
@@ -126,27 +114,27 @@ def epoch_order(n_images: int, cfg: TrainConfig, info: D.DistInfo, epoch: int, i
                 skip: int) -> torch.Tensor:
     """This rank's image indices for ``epoch``: the seeded permutation, sharded over ranks, cut to
     ``images_per_epoch`` (whole steps), less the first ``skip`` (the steps a resumed run has done)."""
-    order = torch.randperm(n_images, generator=generator(cfg.seed, epoch, 0xDA7A))
+    order = torch.randperm(n_images, generator=T.generator(cfg.seed, epoch, 0xDA7A))
     return D.shard(order, info)[:images_per_epoch][skip:]
 
 
 def train_size(cfg: TrainConfig, epoch: int, it: int) -> int:
     """The image size of step ``it`` of ``epoch``: drawn from ``train_sizes`` when set, else ``img_size``."""
-    return size_at(cfg.train_sizes, cfg.seed, epoch, it) if cfg.train_sizes else cfg.img_size
+    return T.size_at(cfg.train_sizes, cfg.seed, epoch, it) if cfg.train_sizes else cfg.img_size
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: TrainConfig, epoch: int, it: int, m: int,
             rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised images, soft targets) of micro-batch ``m`` of step ``it``: crop / flip, RandAugment,
     resize to the step's size, then mixup / CutMix and label smoothing, each seeded by its position."""
-    gen = generator(cfg.seed, epoch, it, m, rank)
+    gen = T.generator(cfg.seed, epoch, it, m, rank)
     if cfg.crop_pad or cfg.hflip:
-        x = random_crop_flip(x, gen, cfg.crop_pad, cfg.hflip)
+        x = T.random_crop_flip(x, gen, cfg.crop_pad, cfg.hflip)
     if cfg.rand_augment_n:
-        x = rand_augment(x, gen, cfg.rand_augment_n, cfg.rand_augment_m)
-    x = normalize(resize(x, train_size(cfg, epoch, it)), cfg.mean, cfg.std)
-    return mixup_cutmix(x, y, num_classes, random.Random(derive_seed(cfg.seed, epoch, it, m, rank, 7)),
-                        cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing)
+        x = T.rand_augment(x, gen, cfg.rand_augment_n, cfg.rand_augment_m)
+    x = T.normalize(T.resize(x, train_size(cfg, epoch, it)), cfg.mean, cfg.std)
+    return T.mixup_cutmix(x, y, num_classes, random.Random(T.derive_seed(cfg.seed, epoch, it, m, rank, 7)),
+                          cfg.mixup, cfg.cutmix, cfg.mix_prob, label_smoothing=cfg.label_smoothing)
 
 
 def epoch_eval_indices(cfg: TrainConfig, va: Split | None) -> torch.Tensor | None:
@@ -156,5 +144,5 @@ def epoch_eval_indices(cfg: TrainConfig, va: Split | None) -> torch.Tensor | Non
     n_val = len(va) if cfg.limit_val is None else min(cfg.limit_val, len(va))
     if cfg.epoch_eval_images >= n_val:
         return None
-    perm = torch.randperm(n_val, generator=generator(cfg.seed, 0xE7A1))
+    perm = torch.randperm(n_val, generator=T.generator(cfg.seed, 0xE7A1))
     return perm[: cfg.epoch_eval_images].sort().values

@@ -18,6 +18,17 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def _save(plt, fig, axes, path: Path) -> Path:
+    """Finish a figure (a grid and a legend on each of its ``axes``, a tight layout) and write it as a PNG."""
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write ``curves.png`` (loss and accuracy vs epoch) and ``resolution.png`` (top-1 vs evaluation size)."""
     import matplotlib
@@ -32,7 +43,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     tr = [r for r in recs if r.get("type") == "train"]
     va = [r for r in recs if r.get("type") == "val"]
     fin = sorted((r for r in recs if r.get("type") == "final"), key=lambda r: r["img_size"])
-    written = []
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     if tr:
@@ -47,15 +57,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     a1.set_ylabel("cross-entropy")
     a2.set_xlabel("epoch")
     a2.set_ylabel("accuracy (%)")
-    for a in (a1, a2):
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    p = run_dir / "curves.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    written.append(p)
+    written = [_save(plt, fig, (a1, a2), run_dir / "curves.png")]
 
     if fin:
         fig, a = plt.subplots(figsize=(5, 4))
@@ -68,12 +71,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         a.set_xlabel("evaluation image size (px), same weights")
         a.set_ylabel("accuracy (%)")
         a.set_xticks(sizes)
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
         a.set_title(title)
-        fig.tight_layout()
-        p = run_dir / "resolution.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, (a,), run_dir / "resolution.png"))
     return written
