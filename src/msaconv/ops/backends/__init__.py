@@ -21,8 +21,10 @@ A backend may also have ``declines(problem) -> None | reason``: ``backend=None``
 it gives a reason (it runs there when named, but another backend is faster), as ``dense`` does on
 maps outside 3x3 to 5x5 (9 to 25 pixels).
 
-``BACKENDS`` lists them in order of preference: ``backend=None`` takes the first that can run and does
-not decline.
+``backend=None`` measures (:mod:`.autotune`): the first call of each shape times the fused backends that
+can run it (those with an explicit backward, less the ``fallback`` ones) and keeps the fastest. With the
+measurement off (``MSACONV_AUTOTUNE=0``), or where no fused backend can run, it takes the first backend in
+``BACKENDS``' order of preference that can run and does not decline.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Protocol
 import torch
 
 from .._checks import Problem, did_you_mean
-from . import cpu, dense, portable, reference
+from . import autotune, cpu, dense, portable, reference
 from . import triton as _triton  # the backend module; it imports the triton package only when a call needs it
 
 
@@ -113,6 +115,11 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d", exp
     gradients (:func:`has_explicit_backward`)."""
     if backend is not None:
         return _named_backend(pb, backend, fn, explicit_backward)
+    if autotune.enabled():
+        fused = {name: be for name, be in BACKENDS.items()
+                 if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None}
+        if fused:
+            return BACKENDS[autotune.choose(pb, fused)]
     reasons = []
     for name, be in BACKENDS.items():
         reason = auto_reason(be, pb)

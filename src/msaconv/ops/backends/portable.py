@@ -220,6 +220,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor | None, extra_k: Tensor | None, ext
 
 class PortableBackend:
     name = "portable"
+    fallback = True  # backend=None takes it only where no fused backend can run
     layout = "bhwd"
 
     def can_run(self, pb: Problem) -> str | None:

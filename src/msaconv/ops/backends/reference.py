@@ -8,6 +8,7 @@ from ..reference import msa_conv2d_reference
 
 class ReferenceBackend:
     name = "reference"
+    fallback = True  # the readable definition, for tests: never measured against the fused backends
     layout = "bhwd"
 
     def can_run(self, pb: Problem) -> str | None:

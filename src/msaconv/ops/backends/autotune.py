@@ -1,0 +1,161 @@
+"""``backend=None`` by measurement: the first call of a shape times the fused backends that can run it and
+keeps the fastest, for that shape, from then on.
+
+A shape is everything a backend's speed depends on: the problem's sizes, window, extra keys, dtype,
+device, layout, whether gradients are needed, and the number of torch threads. The candidates are the
+backends with an explicit backward (those that run inside the custom op) that can run the problem, less the
+fallbacks (``fallback = True``: ``portable``, ``reference``), which run only where nothing fused can; a
+backend's ``declines`` (a threshold measured on one machine) is not consulted. Each candidate runs its
+forward (and its backward, when the call needs gradients) on random inputs of the same shape: one warm-up,
+then ``REPEATS`` timed runs, the fastest of which counts.
+
+The choices are kept in memory and in a JSON file (``$MSACONV_CACHE_DIR``, else ``~/.cache/msaconv``)
+under a key naming the machine (CPU model, instruction set, torch version), so later processes on the same
+machine make the same choice without measuring: two backends agree only to rounding, and a run that resumes
+must compute what it computed before. Delete the file to measure again.
+
+``MSACONV_AUTOTUNE=0`` (or :func:`set_enabled`) turns the measurement off: ``backend=None`` then takes the
+first backend in the order of :data:`msaconv.ops.backends.BACKENDS` that can run and does not decline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .._checks import Problem
+
+REPEATS = 3
+_enabled: bool | None = None  # None: from MSACONV_AUTOTUNE (default on)
+_choices: dict[str, str] = {}  # shape key -> backend name, this process
+_loaded = False
+
+
+def enabled() -> bool:
+    """Whether ``backend=None`` measures (``MSACONV_AUTOTUNE``, default on, unless :func:`set_enabled`)."""
+    if _enabled is not None:
+        return _enabled
+    return os.environ.get("MSACONV_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_enabled(on: bool | None) -> None:
+    """Turn the measurement on or off for this process (``None``: back to ``MSACONV_AUTOTUNE``)."""
+    global _enabled
+    _enabled = on
+
+
+def cache_path() -> Path:
+    root = os.environ.get("MSACONV_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "msaconv") / "backend_choices.json"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu} | {isa} | torch {torch.__version__}"
+
+
+def shape_key(pb: Problem, candidates: Sequence[str]) -> str:
+    w = pb.window
+    return (f"{_machine()} | {pb.device.type} {pb.dtype} {pb.layout} B{pb.batch} h{pb.heads} {pb.height}x{pb.width} "
+            f"D{pb.head_dim} M{pb.extra} k{w.kernel} d{w.dilation} s{w.stride} {w.border} "
+            f"grad{int(pb.needs_grad)} threads{torch.get_num_threads()} | {','.join(candidates)}")
+
+
+def _load() -> None:
+    global _loaded
+    _loaded = True
+    try:
+        stored = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(stored, dict):
+        _choices.update({k: v for k, v in stored.items() if isinstance(k, str) and isinstance(v, str)})
+
+
+def _store(key: str, name: str) -> None:
+    """Add one choice to the file (merged with what other processes wrote; replaced atomically)."""
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        stored = stored if isinstance(stored, dict) else {}
+        stored[key] = name
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".backend_choices.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(stored, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the choice still holds for this process
+
+
+def _inputs(be, pb: Problem) -> tuple:
+    g = torch.Generator(device=pb.device).manual_seed(0)
+    B, h, H, W, D = pb.batch, pb.heads, pb.height, pb.width, pb.head_dim
+    shape = (B, h, D, H, W) if be.layout == "bhdhw" else (B, h, H, W, D)
+    q, k, v = (torch.randn(shape, generator=g, dtype=pb.dtype, device=pb.device) for _ in range(3))
+    ek = ev = None
+    if pb.extra:
+        ek, ev = (torch.randn((B, h, pb.extra, D), generator=g, dtype=pb.dtype, device=pb.device) for _ in range(2))
+    return q, k, v, ek, ev
+
+
+def measure(be, pb: Problem, repeats: int = REPEATS) -> float:
+    """Seconds of one call of ``be`` on ``pb``'s shape (forward, plus backward when ``pb.needs_grad``); best of runs."""
+    q, k, v, ek, ev = _inputs(be, pb)
+    sync: Callable[[], None] = torch.cuda.synchronize if pb.device.type == "cuda" else (lambda: None)
+
+    def call() -> None:
+        out, stats = be.forward_with_stats(q, k, v, ek, ev, pb)
+        if pb.needs_grad:
+            be.backward(torch.ones_like(out), q, k, v, ek, ev, out, stats, pb)
+
+    with torch.no_grad():
+        call()
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            call()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def choose(pb: Problem, candidates: Mapping[str, Any]) -> str:
+    """The name of the fastest of ``candidates`` (name -> backend) for ``pb``'s shape, measured once per shape."""
+    names = sorted(candidates)
+    if len(names) == 1:
+        return names[0]
+    if not _loaded:
+        _load()
+    key = shape_key(pb, names)
+    if _choices.get(key) not in candidates:
+        times = {n: measure(candidates[n], pb) for n in names}
+        _choices[key] = min(names, key=times.__getitem__)
+        _store(key, _choices[key])
+    return _choices[key]
+
+
+def clear() -> None:
+    """Forget this process's choices (the file stays; the next choice reads it again)."""
+    global _loaded
+    _choices.clear()
+    _loaded = False
