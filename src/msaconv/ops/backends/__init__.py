@@ -118,6 +118,7 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d", exp
     if autotune.enabled():
         fused = {name: be for name, be in BACKENDS.items()
                  if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None}
+        fused = dict(sorted(fused.items(), key=lambda item: auto_reason(item[1], pb) is not None))  # likely fastest first
         if fused:
             return BACKENDS[autotune.choose(pb, fused)]
     reasons = []

@@ -7,7 +7,9 @@ backends with an explicit backward (those that run inside the custom op) that ca
 fallbacks (``fallback = True``: ``portable``, ``reference``), which run only where nothing fused can; a
 backend's ``declines`` (a threshold measured on one machine) is not consulted. Each candidate runs its
 forward (and its backward, when the call needs gradients) on random inputs of the same shape: one warm-up,
-then ``REPEATS`` timed runs, the fastest of which counts.
+then ``REPEATS`` timed runs, the fastest of which counts. The candidates go in the fixed order of preference
+(those that would not decline first), and one whose warm-up alone is ``CUTOFF`` times slower than the best
+so far is not timed further.
 
 The choices are kept in memory and in a JSON file (``$MSACONV_CACHE_DIR``, else ``~/.cache/msaconv``)
 under a key naming the machine (CPU model, instruction set, torch version), so later processes on the same
@@ -33,6 +35,7 @@ import torch
 from .._checks import Problem
 
 REPEATS = 3
+CUTOFF = 3.0  # a candidate whose first call takes this many times the best so far is not timed further
 _enabled: bool | None = None  # None: from MSACONV_AUTOTUNE (default on)
 _choices: dict[str, str] = {}  # shape key -> backend name, this process
 _loaded = False
@@ -117,8 +120,11 @@ def _inputs(be, pb: Problem) -> tuple:
     return q, k, v, ek, ev
 
 
-def measure(be, pb: Problem, repeats: int = REPEATS) -> float:
-    """Seconds of one call of ``be`` on ``pb``'s shape (forward, plus backward when ``pb.needs_grad``); best of runs."""
+def measure(be, pb: Problem, repeats: int = REPEATS, beat: float = float("inf")) -> float:
+    """Seconds of one call of ``be`` on ``pb``'s shape (forward, plus backward when ``pb.needs_grad``); best of runs.
+
+    ``beat``: the best time so far; a backend whose warm-up takes more than ``CUTOFF`` times it is not timed
+    further (its warm-up time is returned)."""
     q, k, v, ek, ev = _inputs(be, pb)
     sync: Callable[[], None] = torch.cuda.synchronize if pb.device.type == "cuda" else (lambda: None)
 
@@ -128,8 +134,12 @@ def measure(be, pb: Problem, repeats: int = REPEATS) -> float:
             be.backward(torch.ones_like(out), q, k, v, ek, ev, out, stats, pb)
 
     with torch.no_grad():
+        t0 = time.perf_counter()
         call()
         sync()
+        warm = time.perf_counter() - t0
+        if warm > CUTOFF * beat:
+            return warm
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -140,15 +150,18 @@ def measure(be, pb: Problem, repeats: int = REPEATS) -> float:
 
 
 def choose(pb: Problem, candidates: Mapping[str, Any]) -> str:
-    """The name of the fastest of ``candidates`` (name -> backend) for ``pb``'s shape, measured once per shape."""
-    names = sorted(candidates)
+    """The name of the fastest of ``candidates`` (name -> backend, the likely fastest first) for ``pb``'s shape,
+    measured once per shape."""
+    names = list(candidates)
     if len(names) == 1:
         return names[0]
     if not _loaded:
         _load()
-    key = shape_key(pb, names)
+    key = shape_key(pb, sorted(names))
     if _choices.get(key) not in candidates:
-        times = {n: measure(candidates[n], pb) for n in names}
+        times: dict[str, float] = {}
+        for n in names:
+            times[n] = measure(candidates[n], pb, beat=min(times.values(), default=float("inf")))
         _choices[key] = min(names, key=times.__getitem__)
         _store(key, _choices[key])
     return _choices[key]
