@@ -106,6 +106,80 @@ def _scale(scale_hi, scale_lo, ACC: tl.constexpr):
 
 
 @triton.jit
+def _image_head(pid_bh, NH):
+    """``(bh, b, hh)``: flat (image, head) program index ``pid_bh``, its image and its head, as int64 offsets."""
+    return pid_bh.to(tl.int64), (pid_bh // NH).to(tl.int64), (pid_bh % NH).to(tl.int64)
+
+
+@triton.jit
+def _tile_positions(pid_t, ROWS, COLS, TH: tl.constexpr, TW: tl.constexpr):
+    """``(y0, x0, y, x, valid)``: the origin and the ``TH*TW`` positions (row-major) of tile ``pid_t`` of a
+    ``ROWS x COLS`` grid (output positions for the query kernels, key positions for ``_bwd_dkv``)."""
+    n_tw = tl.cdiv(COLS, TW)
+    y0 = (pid_t // n_tw) * TH
+    x0 = (pid_t % n_tw) * TW
+    t = tl.arange(0, TH * TW)
+    y = y0 + t // TW
+    x = x0 + t % TW
+    return y0, x0, y, x, (y < ROWS) & (x < COLS)
+
+
+@triton.jit
+def _tile_windows(y0, x0, yo, xo, H, W, HO, WO, KH, KW, DH, DW, SH, SW, PH, PW, BORDER: tl.constexpr,
+                  TH: tl.constexpr, TW: tl.constexpr):
+    """``(fr, fc, r_lo, r_hi, c_lo, c_hi)``: the first window row and column of each query of a tile, and
+    the virtual key rows and columns the tile's windows cover."""
+    fr = _first(yo, H, SH, KH, DH, PH, BORDER)
+    fc = _first(xo, W, SW, KW, DW, PW, BORDER)
+    r_lo, r_hi = _span(y0, TH, HO, H, SH, KH, DH, PH, BORDER)
+    c_lo, c_hi = _span(x0, TW, WO, W, SW, KW, DW, PW, BORDER)
+    return fr, fc, r_lo, r_hi, c_lo, c_hi
+
+
+@triton.jit
+def _chunk_offsets(R: tl.constexpr, C: tl.constexpr):
+    """``(rows, cols)`` of the ``R*C`` positions of a flattened ``R x C`` chunk, relative to its corner."""
+    j = tl.arange(0, R * C)
+    return j // C, j % C
+
+
+@triton.jit
+def _key_rows(vr, fr, H, KH, DH, OFF_H, BORDER: tl.constexpr):
+    """``(row_ok [TQ, N], rr, r_in)`` of virtual key rows ``vr``: whether each query's window holds the row,
+    and the real row with whether it is inside the map."""
+    rr, r_in = _real(vr, H, OFF_H, BORDER)
+    return _member(vr[None, :], fr[:, None], KH, DH), rr, r_in
+
+
+@triton.jit
+def _key_chunk(row_ok, rr, r_in, vc, fc, W, KW, DW, OFF_W, k_base, v_base, sky, skx, skd, svy, svx, svd, dd, dm,
+               BORDER: tl.constexpr, DT: tl.constexpr):
+    """``(member [TQ, N], inside [N], rc, kt, vt)`` of a chunk of virtual keys (rows ``rr`` with ``row_ok``,
+    columns ``vc``): which queries' windows hold each key, and the keys and values (zero outside the map)."""
+    member = row_ok & _member(vc[None, :], fc[:, None], KW, DW)
+    rc, c_in = _real(vc, W, OFF_W, BORDER)
+    inside = r_in & c_in
+    if BORDER == 1:  # mask: outside slots are left out of the softmax
+        member = member & inside[None, :]
+    lm = inside[:, None] & dm[None, :]
+    kt = tl.load(k_base + rr[:, None] * sky + rc[:, None] * skx + dd[None, :] * skd, mask=lm, other=0.0).to(DT)
+    vt = tl.load(v_base + rr[:, None] * svy + rc[:, None] * svx + dd[None, :] * svd, mask=lm, other=0.0).to(DT)
+    return member, inside, rc, kt, vt
+
+
+@triton.jit
+def _extra_chunk(EK, EV, b, hh, m0, M, sekb, sekh, sekm, sekd, sevb, sevh, sevm, sevd, dd, dm,
+                 BM: tl.constexpr, DT: tl.constexpr):
+    """``(em, valid, lm, ekt, evt)``: extra keys ``m0 .. m0+BM-1`` of (image, head), their keys and values."""
+    em = m0 + tl.arange(0, BM)
+    emask = em < M
+    lm = emask[:, None] & dm[None, :]
+    ekt = tl.load(EK + b * sekb + hh * sekh + em[:, None] * sekm + dd[None, :] * sekd, mask=lm, other=0.0).to(DT)
+    evt = tl.load(EV + b * sevb + hh * sevh + em[:, None] * sevm + dd[None, :] * sevd, mask=lm, other=0.0).to(DT)
+    return em, emask, lm, ekt, evt
+
+
+@triton.jit
 def _softmax_step(q, kt, vt, member, m_i, l_i, acc, scale, DT: tl.constexpr, ACC: tl.constexpr,
                   PREC: tl.constexpr):
     """Fold one chunk of keys (``kt``, ``vt`` ``[N, BD]``; ``member`` ``[TQ, N]``) into the online softmax."""
@@ -129,66 +203,42 @@ def _fwd(Q, K, V, EK, EV, O, LSE,
          KH, KW, DH, DW, SH, SW, PH, PW, BORDER: tl.constexpr,
          TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr, BM: tl.constexpr,
          HAS_EXTRA: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    hh = (pid_bh % NH).to(tl.int64)
-    n_tw = tl.cdiv(WO, TW)
-    t = tl.arange(0, TH * TW)
-    yo = (pid_t // n_tw) * TH + t // TW
-    xo = (pid_t % n_tw) * TW + t % TW
-    qv = (yo < HO) & (xo < WO)
+    bh, b, hh = _image_head(tl.program_id(1), NH)
+    y0, x0, yo, xo, qv = _tile_positions(tl.program_id(0), HO, WO, TH, TW)
     dd = tl.arange(0, BD)
     dm = dd < D
     scale = _scale(scale_hi, scale_lo, ACC)
 
     q = tl.load(Q + b * sqb + hh * sqh + (yo * SH)[:, None] * sqy + (xo * SW)[:, None] * sqx + dd[None, :] * sqd,
                 mask=qv[:, None] & dm[None, :], other=0.0).to(DT)
-    fr = _first(yo, H, SH, KH, DH, PH, BORDER)
-    fc = _first(xo, W, SW, KW, DW, PW, BORDER)
-    r_lo, r_hi = _span((pid_t // n_tw) * TH, TH, HO, H, SH, KH, DH, PH, BORDER)
-    c_lo, c_hi = _span((pid_t % n_tw) * TW, TW, WO, W, SW, KW, DW, PW, BORDER)
+    fr, fc, r_lo, r_hi, c_lo, c_hi = _tile_windows(y0, x0, yo, xo, H, W, HO, WO, KH, KW, DH, DW, SH, SW, PH, PW,
+                                                   BORDER, TH, TW)
 
     k_base = K + b * skb + hh * skh
     v_base = V + b * svb + hh * svh
     m_i = tl.full([TH * TW], float("-inf"), ACC)
     l_i = tl.zeros([TH * TW], ACC)
     acc = tl.zeros([TH * TW, BD], ACC)
-    j = tl.arange(0, KR * KC)
-    jr = j // KC
-    jc = j % KC
+    jr, jc = _chunk_offsets(KR, KC)
     for r0 in range(r_lo, r_hi + 1, KR):
-        vr = r0 + jr
-        row_ok = _member(vr[None, :], fr[:, None], KH, DH)
-        rr, r_in = _real(vr, H, OFF_H, BORDER)
+        row_ok, rr, r_in = _key_rows(r0 + jr, fr, H, KH, DH, OFF_H, BORDER)
         for c0 in range(c_lo, c_hi + 1, KC):
-            vc = c0 + jc
-            member = row_ok & _member(vc[None, :], fc[:, None], KW, DW)
-            rc, c_in = _real(vc, W, OFF_W, BORDER)
-            inside = r_in & c_in
-            if BORDER == 1:  # mask: outside slots are left out of the softmax
-                member = member & inside[None, :]
-            lm = inside[:, None] & dm[None, :]
-            kt = tl.load(k_base + rr[:, None] * sky + rc[:, None] * skx + dd[None, :] * skd, mask=lm, other=0.0)
-            vt = tl.load(v_base + rr[:, None] * svy + rc[:, None] * svx + dd[None, :] * svd, mask=lm, other=0.0)
-            m_i, l_i, acc = _softmax_step(q, kt.to(DT), vt.to(DT), member, m_i, l_i, acc, scale, DT, ACC, PREC)
+            member, inside, rc, kt, vt = _key_chunk(row_ok, rr, r_in, c0 + jc, fc, W, KW, DW, OFF_W, k_base, v_base,
+                                                    sky, skx, skd, svy, svx, svd, dd, dm, BORDER, DT)
+            m_i, l_i, acc = _softmax_step(q, kt, vt, member, m_i, l_i, acc, scale, DT, ACC, PREC)
     if HAS_EXTRA:
-        mm = tl.arange(0, BM)
         for m0 in range(0, M, BM):
-            em = m0 + mm
-            emask = em < M
-            lm = emask[:, None] & dm[None, :]
-            ekt = tl.load(EK + b * sekb + hh * sekh + em[:, None] * sekm + dd[None, :] * sekd, mask=lm, other=0.0)
-            evt = tl.load(EV + b * sevb + hh * sevh + em[:, None] * sevm + dd[None, :] * sevd, mask=lm, other=0.0)
+            em, emask, lm, ekt, evt = _extra_chunk(EK, EV, b, hh, m0, M, sekb, sekh, sekm, sekd, sevb, sevh, sevm,
+                                                   sevd, dd, dm, BM, DT)
             member = qv[:, None] & emask[None, :]
-            m_i, l_i, acc = _softmax_step(q, ekt.to(DT), evt.to(DT), member, m_i, l_i, acc, scale, DT, ACC, PREC)
+            m_i, l_i, acc = _softmax_step(q, ekt, evt, member, m_i, l_i, acc, scale, DT, ACC, PREC)
 
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
     tl.store(O + b * sob + hh * soh + yo[:, None] * soy + xo[:, None] * sox + dd[None, :] * sod,
              out.to(O.dtype.element_ty), mask=qv[:, None] & dm[None, :])
-    tl.store(LSE + pid_bh.to(tl.int64) * HO * WO + yo * WO + xo, lse, mask=qv)
+    tl.store(LSE + bh * HO * WO + yo * WO + xo, lse, mask=qv)
 
 
 @triton.jit
@@ -204,15 +254,8 @@ def _bwd_dq(Q, K, V, EK, EV, DO, LSE, DELTA, DQ, DK, DV,
             PREC: tl.constexpr):
     """dq per query tile (strides ``sq*`` for q, ``sd*`` for dq, ``so*`` for dout); with ATOMIC, also dk and
     dv (``[B, heads, H, W, D]`` buffers of dtype ACC with strides ``sg*``) by atomic adds."""
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    hh = (pid_bh % NH).to(tl.int64)
-    n_tw = tl.cdiv(WO, TW)
-    t = tl.arange(0, TH * TW)
-    yo = (pid_t // n_tw) * TH + t // TW
-    xo = (pid_t % n_tw) * TW + t % TW
-    qv = (yo < HO) & (xo < WO)
+    bh, b, hh = _image_head(tl.program_id(1), NH)
+    y0, x0, yo, xo, qv = _tile_positions(tl.program_id(0), HO, WO, TH, TW)
     dd = tl.arange(0, BD)
     dm = dd < D
     qm = qv[:, None] & dm[None, :]
@@ -222,36 +265,24 @@ def _bwd_dq(Q, K, V, EK, EV, DO, LSE, DELTA, DQ, DK, DV,
     q = tl.load(Q + q_off, mask=qm, other=0.0).to(DT)
     do = tl.load(DO + b * sob + hh * soh + yo[:, None] * soy + xo[:, None] * sox + dd[None, :] * sod,
                  mask=qm, other=0.0).to(DT)
-    stat = pid_bh.to(tl.int64) * HO * WO + yo * WO + xo
+    stat = bh * HO * WO + yo * WO + xo
     lse = tl.load(LSE + stat, mask=qv, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse)  # a query with no key: every weight is 0 (masked below)
     delta = tl.load(DELTA + stat, mask=qv, other=0.0)
-    fr = _first(yo, H, SH, KH, DH, PH, BORDER)
-    fc = _first(xo, W, SW, KW, DW, PW, BORDER)
-    r_lo, r_hi = _span((pid_t // n_tw) * TH, TH, HO, H, SH, KH, DH, PH, BORDER)
-    c_lo, c_hi = _span((pid_t % n_tw) * TW, TW, WO, W, SW, KW, DW, PW, BORDER)
+    fr, fc, r_lo, r_hi, c_lo, c_hi = _tile_windows(y0, x0, yo, xo, H, W, HO, WO, KH, KW, DH, DW, SH, SW, PH, PW,
+                                                   BORDER, TH, TW)
 
     k_base = K + b * skb + hh * skh
     v_base = V + b * svb + hh * svh
     g_base = b * sgb + hh * sgh
     dq = tl.zeros([TH * TW, BD], ACC)
-    j = tl.arange(0, KR * KC)
-    jr = j // KC
-    jc = j % KC
+    jr, jc = _chunk_offsets(KR, KC)
     for r0 in range(r_lo, r_hi + 1, KR):
-        vr = r0 + jr
-        row_ok = _member(vr[None, :], fr[:, None], KH, DH) & qv[:, None]
-        rr, r_in = _real(vr, H, OFF_H, BORDER)
+        row_ok, rr, r_in = _key_rows(r0 + jr, fr, H, KH, DH, OFF_H, BORDER)
+        row_ok = row_ok & qv[:, None]
         for c0 in range(c_lo, c_hi + 1, KC):
-            vc = c0 + jc
-            member = row_ok & _member(vc[None, :], fc[:, None], KW, DW)
-            rc, c_in = _real(vc, W, OFF_W, BORDER)
-            inside = r_in & c_in
-            if BORDER == 1:
-                member = member & inside[None, :]
-            lm = inside[:, None] & dm[None, :]
-            kt = tl.load(k_base + rr[:, None] * sky + rc[:, None] * skx + dd[None, :] * skd, mask=lm, other=0.0).to(DT)
-            vt = tl.load(v_base + rr[:, None] * svy + rc[:, None] * svx + dd[None, :] * svd, mask=lm, other=0.0).to(DT)
+            member, inside, rc, kt, vt = _key_chunk(row_ok, rr, r_in, c0 + jc, fc, W, KW, DW, OFF_W, k_base, v_base,
+                                                    sky, skx, skd, svy, svx, svd, dd, dm, BORDER, DT)
             s = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision=PREC) * scale
             p = tl.where(member, tl.exp(s - lse[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(vt), out_dtype=ACC, input_precision=PREC)
@@ -266,15 +297,9 @@ def _bwd_dq(Q, K, V, EK, EV, DO, LSE, DELTA, DQ, DK, DV,
                 tl.atomic_add(DK + g_off, dk_c, mask=gm)
                 tl.atomic_add(DV + g_off, dv_c, mask=gm)
     if HAS_EXTRA:
-        mm = tl.arange(0, BM)
         for m0 in range(0, M, BM):
-            em = m0 + mm
-            emask = em < M
-            lm = emask[:, None] & dm[None, :]
-            ekt = tl.load(EK + b * sekb + hh * sekh + em[:, None] * sekm + dd[None, :] * sekd, mask=lm,
-                          other=0.0).to(DT)
-            evt = tl.load(EV + b * sevb + hh * sevh + em[:, None] * sevm + dd[None, :] * sevd, mask=lm,
-                          other=0.0).to(DT)
+            em, emask, lm, ekt, evt = _extra_chunk(EK, EV, b, hh, m0, M, sekb, sekh, sekm, sekd, sevb, sevh, sevm,
+                                                   sevd, dd, dm, BM, DT)
             s = tl.dot(q, tl.trans(ekt), out_dtype=ACC, input_precision=PREC) * scale
             p = tl.where(qv[:, None] & emask[None, :], tl.exp(s - lse[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(evt), out_dtype=ACC, input_precision=PREC)
@@ -297,17 +322,8 @@ def _bwd_dkv(Q, K, V, DO, LSE, DELTA, DK, DV,
 
     ``dk``/``dv`` are written with strides ``sg*`` (shared by both). For 'circular', key row ``r`` is
     read at virtual rows ``r + m*H`` for ``m`` in ``[MR_LO, MR_HI]`` (columns alike); elsewhere m = 0."""
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    hh = (pid_bh % NH).to(tl.int64)
-    n_tw = tl.cdiv(W, TW)
-    ty0 = (pid_t // n_tw) * TH
-    tx0 = (pid_t % n_tw) * TW
-    t = tl.arange(0, TH * TW)
-    ky = ty0 + t // TW
-    kx = tx0 + t % TW
-    kv = (ky < H) & (kx < W)
+    bh, b, hh = _image_head(tl.program_id(1), NH)
+    ty0, tx0, ky, kx, kv = _tile_positions(tl.program_id(0), H, W, TH, TW)
     dd = tl.arange(0, BD)
     dm = dd < D
     km = kv[:, None] & dm[None, :]
@@ -319,7 +335,7 @@ def _bwd_dkv(Q, K, V, DO, LSE, DELTA, DK, DV,
                  mask=km, other=0.0).to(DT)
     q_base = Q + b * sqb + hh * sqh
     o_base = DO + b * sob + hh * soh
-    s_base = pid_bh.to(tl.int64) * HO * WO
+    s_base = bh * HO * WO
     ky_hi = tl.minimum(ty0 + TH, H) - 1
     kx_hi = tl.minimum(tx0 + TW, W) - 1
     # how far a window reaches from its query position: [y - lo_reach, y + hi_reach] holds it
@@ -336,9 +352,7 @@ def _bwd_dkv(Q, K, V, DO, LSE, DELTA, DK, DV,
 
     dk = tl.zeros([TH * TW, BD], ACC)
     dv = tl.zeros([TH * TW, BD], ACC)
-    j = tl.arange(0, QR * QC)
-    jr = j // QC
-    jc = j % QC
+    jr, jc = _chunk_offsets(QR, QC)
     for mr in range(MR_LO, MR_HI + 1):
         vy = ky + mr * H
         y_lo = ty0 + mr * H - hi_reach  # queries at input rows y_lo..y_hi can reach the tile
@@ -391,17 +405,12 @@ def _bwd_extra(Q, EK, EV, DO, LSE, DELTA, DEK, DEV,
     ``DEK``/``DEV`` are contiguous ``[B*heads, NSPLIT, M, D]`` buffers of dtype ACC."""
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = (pid_bh // NH).to(tl.int64)
-    hh = (pid_bh % NH).to(tl.int64)
+    bh, b, hh = _image_head(tl.program_id(2), NH)
     dd = tl.arange(0, BD)
     dm = dd < D
     scale = _scale(scale_hi, scale_lo, ACC)
-    em = pid_m * BM + tl.arange(0, BM)
-    emask = em < M
-    lm = emask[:, None] & dm[None, :]
-    ekt = tl.load(EK + b * sekb + hh * sekh + em[:, None] * sekm + dd[None, :] * sekd, mask=lm, other=0.0).to(DT)
-    evt = tl.load(EV + b * sevb + hh * sevh + em[:, None] * sevm + dd[None, :] * sevd, mask=lm, other=0.0).to(DT)
+    em, emask, lm, ekt, evt = _extra_chunk(EK, EV, b, hh, pid_m * BM, M, sekb, sekh, sekm, sekd, sevb, sevh, sevm,
+                                           sevd, dd, dm, BM, DT)
     P = HO * WO
     p_lo = pid_s * PER_SPLIT
     p_hi = tl.minimum(p_lo + PER_SPLIT, P)
@@ -417,7 +426,7 @@ def _bwd_extra(Q, EK, EV, DO, LSE, DELTA, DEK, DEV,
                      mask=qm, other=0.0).to(DT)
         doc = tl.load(DO + b * sob + hh * soh + yo[:, None] * soy + xo[:, None] * sox + dd[None, :] * sod,
                       mask=qm, other=0.0).to(DT)
-        stat = pid_bh.to(tl.int64) * P + pp
+        stat = bh * P + pp
         lse = tl.load(LSE + stat, mask=pv, other=0.0)
         delta = tl.load(DELTA + stat, mask=pv, other=0.0)
         st = tl.dot(ekt, tl.trans(qc), out_dtype=ACC, input_precision=PREC) * scale
@@ -426,6 +435,6 @@ def _bwd_extra(Q, EK, EV, DO, LSE, DELTA, DEK, DEV,
         dpt = tl.dot(evt, tl.trans(doc), out_dtype=ACC, input_precision=PREC)
         dst = pt * (dpt - delta[None, :])
         dek += tl.dot(dst.to(DT), qc, out_dtype=ACC, input_precision=PREC)
-    off = ((pid_bh.to(tl.int64) * NSPLIT + pid_s) * M + em)[:, None] * D + dd[None, :]
+    off = ((bh * NSPLIT + pid_s) * M + em)[:, None] * D + dd[None, :]
     tl.store(DEK + off, dek * scale, mask=lm)
     tl.store(DEV + off, dev, mask=lm)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from types import ModuleType
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -162,6 +162,10 @@ class _Geometry:
         kr, kc = _chunk(row_span, col_span, KEY_CHUNK)
         return dict(TH=th, TW=tw, KR=kr, KC=kc)
 
+    def query_grid(self, tiles: dict, maps: int) -> tuple[int, int]:
+        """The launch grid of the forward and dq kernels: one program per query tile of each of ``maps`` maps."""
+        return triton_cdiv(self.Ho, tiles["TH"]) * triton_cdiv(self.Wo, tiles["TW"]), maps
+
     def key_tiles(self) -> dict:
         """Tile of key positions and chunk of queries for the deterministic dk/dv kernel."""
         th, tw = _tile(self.H, self.W, QUERY_TILE)
@@ -195,6 +199,18 @@ def _empty_like_layout(t: Tensor, shape: tuple[int, int, int, int, int], dtype: 
     if D > 1 and t.stride(4) != 1:
         return alloc((B, h, D, H, W), dtype=dtype, device=t.device).permute(0, 1, 3, 4, 2)
     return alloc(shape, dtype=dtype, device=t.device)
+
+
+_Extra = Optional[Tensor]
+
+
+def _prepare(pb: Problem, extra_k: _Extra, extra_v: _Extra) -> tuple[Any, _Geometry, _Extra, _Extra]:
+    """``(kernel module, the call's geometry, extra_k, extra_v)``, the extras None when there are none."""
+    kern, reason = kernels()
+    if kern is None:
+        raise RuntimeError(f"msa_conv2d: backend 'triton' is unavailable: {reason}")
+    ek, ev = (extra_k, extra_v) if pb.extra else (None, None)
+    return kern, _Geometry(pb, kern), ek, ev
 
 
 def _device_guard(t: Tensor) -> Any:
@@ -248,19 +264,14 @@ class TritonBackend:
 
     def forward_with_stats(self, q, k, v, extra_k, extra_v, pb: Problem) -> tuple[Tensor, Tensor]:
         """``(out [B,h,Ho,Wo,D] in q's dtype, lse [B,h,Ho,Wo] in the accumulation dtype)``; not differentiable."""
-        kern, reason = kernels()
-        if kern is None:
-            raise RuntimeError(f"msa_conv2d: backend 'triton' is unavailable: {reason}")
-        g = _Geometry(pb, kern)
+        kern, g, ek, ev = _prepare(pb, extra_k, extra_v)
         B, h = pb.batch, pb.heads
-        ek, ev = (extra_k, extra_v) if pb.extra else (None, None)
         with torch.no_grad():
             out = _empty_like_layout(q, (B, h, g.Ho, g.Wo, g.D), pb.dtype, zero=False)
             lse = torch.empty((B, h, g.Ho, g.Wo), dtype=g.acc, device=q.device)
             tiles = g.query_tiles()
-            grid = (triton_cdiv(g.Ho, tiles["TH"]) * triton_cdiv(g.Wo, tiles["TW"]), B * h)
             with _device_guard(q):
-                kern._fwd[grid](
+                kern._fwd[g.query_grid(tiles, B * h)](
                     q, k, v, q if ek is None else ek, q if ev is None else ev, out, lse,
                     *_strides5(q), *_strides5(k), *_strides5(v), *_strides4(ek), *_strides4(ev), *_strides5(out),
                     g.H, g.W, g.Ho, g.Wo, h, pb.extra, g.off_h, g.off_w, *g.scale,
@@ -269,12 +280,8 @@ class TritonBackend:
 
     def backward(self, dout, q, k, v, extra_k, extra_v, out, lse, pb: Problem):
         """Gradients ``(dq, dk, dv, d_extra_k | None, d_extra_v | None)`` from the saved ``out`` and ``lse``."""
-        kern, reason = kernels()
-        if kern is None:
-            raise RuntimeError(f"msa_conv2d: backend 'triton' is unavailable: {reason}")
-        g = _Geometry(pb, kern)
+        kern, g, ek, ev = _prepare(pb, extra_k, extra_v)
         B, h = pb.batch, pb.heads
-        ek, ev = (extra_k, extra_v) if pb.extra else (None, None)
         atomic = not self._deterministic()
         with torch.no_grad(), _device_guard(q):
             delta = (dout.to(g.acc) * out.to(g.acc)).sum(-1).contiguous()  # [B, h, Ho, Wo]
@@ -288,8 +295,7 @@ class TritonBackend:
                 dk = _empty_like_layout(k, shape, pb.dtype, zero=False)
                 dv = _empty_like_layout(k, shape, pb.dtype, zero=False)  # the same strides as dk
             tiles = g.query_tiles()
-            grid = (triton_cdiv(g.Ho, tiles["TH"]) * triton_cdiv(g.Wo, tiles["TW"]), B * h)
-            kern._bwd_dq[grid](
+            kern._bwd_dq[g.query_grid(tiles, B * h)](
                 q, k, v, q if ek is None else ek, q if ev is None else ev, dout, lse, delta, dq, dk, dv,
                 *_strides5(q), *_strides5(k), *_strides5(v), *_strides4(ek), *_strides4(ev), *_strides5(dout),
                 *_strides5(dk), *_strides5(dq), g.H, g.W, g.Ho, g.Wo, h, pb.extra, g.off_h, g.off_w, *g.scale,
