@@ -3,8 +3,9 @@
 Two ops, both wrapping the whole backend dispatch:
 
 - ``msaconv::msa_conv2d(q, k, v, extra_k?, extra_v?, kernel_size, dilation, stride, border, scale, layout,
-  backend, chosen=False) -> (out, stats)``: ``out`` in the caller's layout (contiguous), ``stats`` ``[B, heads, H_out,
-  W_out]`` per-query statistics the backend keeps for its backward (the log-sum-exp for ``cpu``);
+  backend, chosen=False) -> (out, stats)``: ``out`` in the caller's layout (contiguous), ``stats``
+  ``[B, heads, H_out, W_out]`` per-query statistics the backend keeps for its backward (the log-sum-exp
+  for ``cpu``);
 - ``msaconv::msa_conv2d_backward(dout, q, k, v, extra_k?, extra_v?, out, stats, ...) -> (dq, dk, dv, dek,
   dev)``, a separate op, so a compiled backward graph calls it as one node too. ``dek``/``dev`` are empty
   when there are no extra keys.
