@@ -52,6 +52,8 @@ EDGE = [
     _case(21, 10, (3, 5), (2, 1), (2, 1), border="mask", batch=1),
     _case(19, 11, (5, 3), (3, 1), border="zeros", extra=2, batch=1),
     _case(18, 8, (3, 3), (2, 2), border="clamp", batch=1),
+    # planes enough that a task chunk is a whole plane, too large to pad at once: the ring over a whole plane
+    _case(48, 44, (3, 3), border="mask", batch=4, heads=2, head_dim=32),
 ]
 
 

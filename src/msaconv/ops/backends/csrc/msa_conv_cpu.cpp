@@ -524,10 +524,14 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // Tasks are handed out in chunks from a shared counter (dynamic scheduling: on a shared machine a thread
   // that gets descheduled does not hold up the others). Tasks write disjoint outputs, so which thread
   // runs one never changes the result.
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(8, g.Ho));
-  // Small maps: one chunk is one whole plane, so its k and v are padded in one pass over contiguous memory
-  // (row by row, each padded row gathers D short runs a plane-row apart and waits on memory).
-  const bool whole_plane = chunk == g.Ho && g.border != CIRCULAR;
+  // A chunk is a whole plane when there are planes enough to keep every thread busy (then no two threads pad
+  // the same key rows: the window's rows above and below a chunk), else 8 rows.
+  const int64_t nthreads_max = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t chunk = planes >= 4 * nthreads_max ? g.Ho : std::max<int64_t>(1, std::min<int64_t>(8, g.Ho));
+  // Small planes are padded whole, in one pass over contiguous memory (row by row, each padded row gathers D
+  // short runs a plane-row apart and waits on memory), when the chunk is the plane and its padded k and v fit
+  // in half of a 512 KiB L2.
+  const bool whole_plane = chunk == g.Ho && g.border != CIRCULAR && 2 * g.H * rowsz * (int64_t)sizeof(T) <= (256 << 10);
   // Larger maps keep only the padded rows a query row reads, in a ring (row r in slot r % ring): the buffer stays
   // in L2 instead of streaming a whole padded plane through it. A row reads key rows from a range of
   // (kh - 1) * dh + 1 rows with 'zeros' and 'mask'; 'clamp' shifts windows at the border and 'circular' wraps
@@ -536,7 +540,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const bool plain_rows = g.border == ZEROS || g.border == MASK;
   const int64_t ring = whole_plane || !plain_rows || span >= g.H ? g.H : span;
   std::atomic<int64_t> next{0};
-  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (tasks + chunk - 1) / chunk));
+  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(nthreads_max, (tasks + chunk - 1) / chunk));
   at::parallel_for(0, nthreads, 1, [&](int64_t tb, int64_t te) {
    for (int64_t tt = tb; tt < te; ++tt) {
     RowScratch<T> s(g);
