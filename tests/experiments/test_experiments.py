@@ -156,8 +156,8 @@ def test_ablation_variants_build_what_they_say():
 def test_budget_is_the_main_recipe_scaled():
     recipe = C.recipe_values()
     b = C.Budget()
-    assert (b.recipe, b.epochs, b.limit_train, b.limit_val, b.batch_size) == ("tic_conv_nano", 4, None, None,
-                                                                                recipe["batch_size"])
+    assert (b.recipe, b.epochs, b.limit_train, b.limit_val, b.batch_size) == (
+        "tic_conv_nano", C.DEFAULT_EPOCHS, None, None, recipe["batch_size"])
     args = argparse.Namespace(scratch="runs/x", smoke=False, fresh=False)
     fixed = C.make_job("t", "a", "tic_conv_nano", {}, 1, b, args, "fixed", C.EVAL_SIZES)
     multi = C.make_job("t", "a", "tic_conv_nano", {}, 1, b, args, "multi", [32], ["resize"])
@@ -165,7 +165,8 @@ def test_budget_is_the_main_recipe_scaled():
     for k in ("optimizer", "nesterov", "lr", "momentum", "weight_decay", "schedule", "label_smoothing", "crop_pad",
               "hflip", "batch_size"):
         assert getattr(cf, k) == recipe[k], k
-    assert cf.epochs == 4 and cf.warmup_epochs == pytest.approx(4 * recipe["warmup_epochs"] / recipe["epochs"])
+    E = C.DEFAULT_EPOCHS
+    assert cf.epochs == E and cf.warmup_epochs == pytest.approx(E * recipe["warmup_epochs"] / recipe["epochs"])
     assert cf.limit_train is None and cf.limit_val is None and cf.data == "embedded" and cf.tta == "none"
     assert cf.train_sizes is None and cm.train_sizes == [24, 32, 40]
     assert cf.eval_sizes == list(C.EVAL_SIZES) and cf.eval_protocols == ["resize", "canvas"]
@@ -271,7 +272,7 @@ def _run(exp: str, config: str, seed: int, top1: float, mode: str = "fixed", eva
     return {"experiment": exp, "smoke": False, "env": {"command": f"msaconv experiment {exp} --data embedded"},
             "config": config, "mode": mode, "seed": seed, "model": "m", "model_kwargs": {}, "top1": top1,
             "top5": 99.0, "loss": 1.0, "val_images": 10000, "evals": ev, "eval_errors": {}, "train_images": 20000,
-            "epochs": 4, "steps": 312, "train_seconds": 600.0, "eval_seconds": 60.0, "img_per_s": 130.0,
+            "epochs": C.DEFAULT_EPOCHS, "steps": 78 * C.DEFAULT_EPOCHS, "train_seconds": 600.0, "eval_seconds": 60.0, "img_per_s": 130.0,
             "params": 300000, "threads": 1, "budget": _budget(), **extra}
 
 
@@ -307,7 +308,8 @@ def test_report_on_synthetic_records(tmp_path):
     md_path = tmp_path / "docs" / "results.md"
     md, done, missing = report.build(res, md_path)
     # the budget and the default's measured top-1, against the bar
-    assert "4 epoch(s) of 20,000 training images" in md and "312 optimizer steps" in md
+    E = C.DEFAULT_EPOCHS  # 78 steps of 256 per epoch of 20,000 images (the last partial batch dropped)
+    assert f"{E} epoch(s) of 20,000 training images" in md and f"{78 * E} optimizer steps" in md
     assert "top-1 61.00 ± 1.00 % (3 seed(s)) at 32 px, **below the 70% bar**" in md
     # paired differences: +3 every seed (real: noise 1.00 = the default's std), +0.5 (within it)
     assert "+3.00 ± 0.00 (n 3; noise 1.00: **real**)" in md
