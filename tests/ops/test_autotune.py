@@ -154,3 +154,14 @@ def test_msa_conv2d_with_measurement_matches_the_fixed_choice(tuned):
     torch.testing.assert_close(out, ref)
     if cpu.BACKEND.can_run(_pb(q, k, v)) is None:  # dense and cpu both run 20 keys: a measured choice was stored
         assert (tuned / "backend_choices.json").exists()
+
+
+def test_backend_report_says_it_measures_and_why_the_kernels_are_missing(tuned, monkeypatch):
+    from msaconv.ops import backend_report
+
+    monkeypatch.setattr(cpu.BACKEND, "can_run", lambda pb: None)
+    line = backend_report()
+    assert "measures" in line and "'cpu'" in line and "unavailable" not in line
+    monkeypatch.setattr(cpu.BACKEND, "can_run", lambda pb: "no C++ compiler found")
+    line = backend_report()
+    assert "'cpu'" not in line.split(";")[0] and line.endswith("unavailable: no C++ compiler found")

@@ -55,6 +55,8 @@ def backend_report() -> str:
 
     q = torch.zeros(1, 1, 16, 16, 8)  # a typical map: 256 keys, past the whole-map 'dense' backend's range
     pb = check_msa_conv2d("backend_report", q, q, q, 3, 1, 1, "zeros", None, None, None, "bhwd")
+    if backends.autotune.enabled():
+        return _measured_report(pb)
     try:
         chosen = choose_backend(pb, None, "backend_report").name
     except ValueError as e:
@@ -68,6 +70,21 @@ def backend_report() -> str:
     why = (f"the fused kernels ('cpu') are unavailable: {reason}" if reason is not None
            else "registered ahead of the fused kernels ('cpu')")
     return f"msa_conv2d on CPU: backend {chosen!r}{small}; {why}"
+
+
+def _measured_report(pb) -> str:
+    """backend_report's line when ``backend=None`` measures: the fused backends it chooses among, and why the
+    fused kernels ('cpu') are missing when they are."""
+    from . import backends
+
+    fused = [name for name, be in backends.BACKENDS.items() if backends.has_explicit_backward(be)
+             and not getattr(be, "fallback", False) and be.can_run(pb) is None]
+    cpu = backends.BACKENDS.get("cpu")
+    reason = cpu.can_run(pb) if cpu is not None else "not registered"
+    among = ", ".join(repr(n) for n in fused) if fused else "none (the fixed order: 'portable')"
+    line = (f"msa_conv2d on CPU: backend=None measures each shape's first call and keeps the fastest of {among} "
+            f"(MSACONV_AUTOTUNE=0: the fixed order)")
+    return line if reason is None else f"{line}; the fused kernels ('cpu') are unavailable: {reason}"
 
 
 def split_heads(x: torch.Tensor, num_heads: int, layout: str = "bhwd") -> torch.Tensor:
