@@ -165,3 +165,10 @@ def test_backend_report_says_it_measures_and_why_the_kernels_are_missing(tuned, 
     monkeypatch.setattr(cpu.BACKEND, "can_run", lambda pb: "no C++ compiler found")
     line = backend_report()
     assert "'cpu'" not in line.split(";")[0] and line.endswith("unavailable: no C++ compiler found")
+
+
+def test_no_measurement_while_tracing(tuned, monkeypatch):
+    """A jit trace or an export records the call; timing runs inside it would be noise at best."""
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured while tracing"))
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    assert backends.choose_backend(_problem(), None).name == "dense"  # the fixed order

@@ -115,7 +115,7 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d", exp
     gradients (:func:`has_explicit_backward`)."""
     if backend is not None:
         return _named_backend(pb, backend, fn, explicit_backward)
-    if autotune.enabled():
+    if autotune.enabled() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # not while exporting
         fused = {name: be for name, be in BACKENDS.items()
                  if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None}
         fused = dict(sorted(fused.items(), key=lambda item: auto_reason(item[1], pb) is not None))  # likely fastest first

@@ -16,7 +16,9 @@ under a key naming the machine (CPU model, instruction set, torch version), so l
 machine make the same choice without measuring: two backends agree only to rounding, and a run that resumes
 must compute what it computed before. Delete the file to measure again.
 
-``MSACONV_AUTOTUNE=0`` (or :func:`set_enabled`) turns the measurement off: ``backend=None`` then takes the
+Nothing is measured while ``torch.jit.trace`` or ``torch.compile`` / ``torch.export`` trace the call (the fixed
+order decides there; the compiled op measures when it runs). ``MSACONV_AUTOTUNE=0`` (or :func:`set_enabled`)
+turns the measurement off: ``backend=None`` then takes the
 first backend in the order of :data:`msaconv.ops.backends.BACKENDS` that can run and does not decline.
 """
 
