@@ -77,8 +77,7 @@ def _measured_report(pb) -> str:
     fused kernels ('cpu') are missing when they are."""
     from . import backends
 
-    fused = [name for name, be in backends.BACKENDS.items() if backends.has_explicit_backward(be)
-             and not getattr(be, "fallback", False) and be.can_run(pb) is None]
+    fused = list(backends.fused_candidates(pb))
     cpu = backends.BACKENDS.get("cpu")
     reason = cpu.can_run(pb) if cpu is not None else "not registered"
     among = ", ".join(repr(n) for n in fused) if fused else "none (the fixed order: 'portable')"

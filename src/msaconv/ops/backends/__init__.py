@@ -89,6 +89,19 @@ def has_explicit_backward(be: object) -> bool:
     return callable(getattr(be, "forward_with_stats", None)) and callable(getattr(be, "backward", None))
 
 
+def fused_candidates(pb: Problem) -> dict[str, Backend]:
+    """The backends ``backend=None`` measures for ``pb``: those with an explicit backward that can run it, less
+    the ``fallback`` ones; those that would not decline it (the likely fastest) first."""
+    fused = {name: be for name, be in BACKENDS.items()
+             if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None}
+
+    def declines(be: Backend) -> bool:
+        rule = getattr(be, "declines", None)
+        return rule is not None and rule(pb) is not None
+
+    return dict(sorted(fused.items(), key=lambda item: declines(item[1])))
+
+
 def _named_backend(pb: Problem, backend: str, fn: str, explicit_backward: bool) -> Backend:
     table = BACKENDS
     if backend not in table and backend in UNAVAILABLE:
@@ -116,9 +129,7 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d", exp
     if backend is not None:
         return _named_backend(pb, backend, fn, explicit_backward)
     if autotune.enabled() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # not while exporting
-        fused = {name: be for name, be in BACKENDS.items()
-                 if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None}
-        fused = dict(sorted(fused.items(), key=lambda item: auto_reason(item[1], pb) is not None))  # likely fastest first
+        fused = fused_candidates(pb)
         if fused:
             return BACKENDS[autotune.choose(pb, fused)]
     reasons = []

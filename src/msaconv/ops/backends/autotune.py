@@ -24,9 +24,9 @@ first backend in the order of :data:`msaconv.ops.backends.BACKENDS` that can run
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..._provenance import cpu_isa, cpu_model
 from .._checks import Problem
 
 REPEATS = 3
@@ -61,17 +62,10 @@ def cache_path() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "msaconv") / "backend_choices.json"
 
 
+@functools.cache
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    isa = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu} | {isa} | torch {torch.__version__}"
+    """CPU model, instruction set and torch version: read once per process (every automatic call builds a key)."""
+    return f"{cpu_model()} | {cpu_isa()} | torch {torch.__version__}"
 
 
 def shape_key(pb: Problem, candidates: Sequence[str]) -> str:

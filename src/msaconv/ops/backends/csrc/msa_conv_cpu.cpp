@@ -363,11 +363,8 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
   for (; c < n; ++c) dst[c] = src[c];
 }
 
-// one row r of a [D][H][W] plane (channel stride cs) -> padded [D][Wp] buffer. The buffers are
-// zero-initialised and, except for 'circular', only their interior columns [pl, pl + W) are ever
-// written, so the zero margins need no refill.
 // The D runs of one plane row lie a plane-channel apart, too many streams for the hardware prefetcher:
-// each call also asks for the row PREFETCH_ROWS further down (a later task's), so it arrives from memory
+// pad_row also asks for the row PREFETCH_ROWS further down (a later task's), so it arrives from memory
 // while this task computes.
 constexpr int64_t PREFETCH_ROWS = 2;
 
@@ -379,6 +376,9 @@ inline void prefetch_row(const T* plane, int64_t cs, int64_t r, const Geometry& 
     for (int64_t c = 0; c < g.W; c += line) __builtin_prefetch(plane + d * cs + r * g.W + c);
 }
 
+// one row r of a [D][H][W] plane (channel stride cs) -> padded [D][Wp] buffer. The buffers are
+// zero-initialised and, except for 'circular', only their interior columns [pl, pl + W) are ever
+// written, so the zero margins need no refill.
 template <typename T>
 inline void pad_row(T* dst, const T* plane, int64_t cs, int64_t r, const Geometry& g) {
   const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl;
