@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 19's experiments at the budget (msaconv.experiments._common: the tic_conv_nano recipe scaled to
-# EPOCHS epochs of the 20,000 embedded training images, all 10,000 test images), one run at a time, niced,
+# Issue 19's experiments at the budget (msaconv.experiments._common: the ConvNets' recipe tic_conv_nano and
+# the transformers' tic_nano, scaled to EPOCHS epochs of the 20,000 embedded training images, all 10,000 test images), one run at a time, niced,
 # one torch thread, so the machine's other core stays free.
 #
 # Resumable: every experiment skips the (arm, mode, seed) that already has a record at the same budget in

@@ -176,6 +176,29 @@ def test_budget_is_the_main_recipe_scaled():
     assert C.train_config({**fixed, "seed": 2}).name != cf.name
 
 
+
+@pytest.mark.parametrize("model", ["tic_nano", "vit_nano_global", "hier_nano_gpsa"])
+def test_transformers_train_with_the_transformer_recipe(model):
+    # SGD at lr 0.2 (the ConvNets' recipe) sends tic_nano's loss to NaN in its first epoch: the transformers
+    # train with tic_nano.yaml (AdamW) at the same budget (epochs, images, batch)
+    conv, tr = C.recipe_values(C.RECIPE), C.recipe_values(C.TRANSFORMER_RECIPE)
+    b = C.Budget()
+    assert b.recipe_for("tic_conv_nano") == b.recipe_for("convnet_nano") == "tic_conv_nano"
+    assert b.recipe_for(model) == "tic_nano"
+    args = argparse.Namespace(scratch="runs/x", smoke=False, fresh=False)
+    cfg = C.train_config(C.make_job("t", "a", model, {}, 0, b, args, "fixed", [32]))
+    for k in ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "crop_pad", "hflip"):
+        assert getattr(cfg, k) == tr[k], k
+    assert cfg.optimizer == "adamw" != conv["optimizer"]
+    assert cfg.batch_size == b.batch_size == conv["batch_size"] and cfg.epochs == b.epochs
+    assert cfg.warmup_epochs == pytest.approx(b.epochs * tr["warmup_epochs"] / tr["epochs"])
+    # one recipe for all is a flag away, and a different budget
+    one = C.Budget(transformer_recipe="tic_conv_nano")
+    assert one.recipe_for(model) == "tic_conv_nano" and C.budget_key(one.as_dict()) != C.budget_key(b.as_dict())
+    # records made before the field existed (no transformer trained then) stay at the default budget
+    old = {k: v for k, v in b.as_dict().items() if k != "transformer_recipe"}
+    assert C.budget_key(old) == C.budget_key(b.as_dict())
+
 def test_mixers_records(smoke):
     recs = smoke["recs"]["mixers"]
     train = {r["config"]: r for r in recs if r.get("kind") == "train"}

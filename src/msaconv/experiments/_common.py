@@ -1,10 +1,14 @@
 """What every experiment shares: the training budget, one training run (cached and resumable), JSON lines
 (with the environment stamp of :mod:`msaconv.bench.common`), paired statistics and markdown.
 
-**The budget.** Every run trains with the main job's recipe (``tic_conv_nano.yaml``: SGD with Nesterov
-momentum, one-cycle schedule, label smoothing, random crop + flip, batch 256) scaled to the budget: the
-budget's epochs, the recipe's warm-up kept at the same share of the run, all 20,000 embedded training
-images, the final evaluation on all 10,000 test images. A run is fixed-size (32 px, ``mode='fixed'``) or
+**The budget.** Every run trains with its family's recipe scaled to the budget: the budget's epochs and
+batch (256), the recipe's warm-up kept at the same share of the run, all 20,000 embedded training images,
+the final evaluation on all 10,000 test images. The ConvNets (``tic_conv_nano`` and its variants,
+``convnet_nano``) train with the main job's recipe (``tic_conv_nano.yaml``: SGD with Nesterov momentum,
+lr 0.2); the transformers (every :class:`~msaconv.models.HierConfig` model: ``tic_nano``, the ViTs, the
+``hier_nano`` mixers) with ``tic_nano.yaml`` (AdamW, lr 3e-3, weight decay 0.05), because SGD at lr 0.2
+sends ``tic_nano``'s loss to NaN within the first epoch (steps 64-77 of 390, the reference backend too).
+Both recipes share the schedule (one-cycle), label smoothing 0.1 and the augmentation (random crop + flip). A run is fixed-size (32 px, ``mode='fixed'``) or
 multi-size (``mode='multi'``: the engine's ``train_sizes`` 24, 32, 40). Its final evaluations at every
 (size, protocol) the experiment asks for come from the run itself (the engine's ``eval_sizes`` and
 ``eval_protocols``).
@@ -36,7 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 RESULTS_DIR = Path("results")
 SCRATCH_DIR = Path("runs") / "experiments"  # run folders: git-ignored, shared by the experiments
-RECIPE = "tic_conv_nano"  # the main job's recipe: optimiser, schedule, augmentation of every run
+RECIPE = "tic_conv_nano"  # the main job's recipe: optimiser, schedule, augmentation of the ConvNet arms
+TRANSFORMER_RECIPE = "tic_nano"  # the transformer arms' (HierConfig models): SGD at lr 0.2 diverges on tic_nano
 DEFAULT_MODEL = "tic_conv_nano"  # the default TiC: the main job's model, fixed 32 px training
 DEFAULT_EPOCHS = 5  # 4 epochs gave the default arm 69.88 +- 0.21% (2 seeds): below BAR
 BAR = 70.0  # the default arm's top-1 (%) the budget must reach for its differences to mean anything
@@ -60,9 +65,11 @@ def default_output(name: str) -> Path:
 
 @dataclass
 class Budget:
-    """One training budget for every run of an experiment (same recipe, images, epochs and batch)."""
+    """One training budget for every run of an experiment (same images, epochs and batch; each model family's
+    recipe: :meth:`recipe_for`)."""
 
-    recipe: str = RECIPE
+    recipe: str = RECIPE  # the ConvNets'
+    transformer_recipe: str = TRANSFORMER_RECIPE  # the transformers' (HierConfig models)
     epochs: int = DEFAULT_EPOCHS
     limit_train: int | None = None  # None: every image of ``data`` (20,000 embedded)
     limit_val: int | None = None  # None: the whole 10,000-image test set
@@ -83,6 +90,13 @@ class Budget:
     def as_dict(self) -> dict:
         return {**asdict(self), "data": self.resolved_data()}
 
+    def recipe_for(self, model: str, model_kwargs: dict | None = None) -> str:
+        """The recipe ``model`` trains with: :attr:`transformer_recipe` for a transformer (a model whose config
+        is a :class:`~msaconv.models.HierConfig`), :attr:`recipe` for the others (the ConvNets)."""
+        from ..models import HierConfig
+
+        return self.transformer_recipe if isinstance(model_cfg(model, model_kwargs or {}), HierConfig) else self.recipe
+
 
 BUDGET_FIELDS = tuple(f.name for f in fields(Budget))
 SMOKE: dict[str, Any] = dict(epochs=1, limit_train=192, limit_val=96, batch_size=64, data="embedded", threads=1)
@@ -92,7 +106,8 @@ def budget_key(b: dict | None) -> str:
     """What makes two runs' budgets the same (threads and the data's folder left out)."""
     b = b or {}
     data = str(b.get("data", ""))
-    return json.dumps([b.get("recipe"), b.get("epochs"), b.get("limit_train"), b.get("limit_val"),
+    # a record made before ``transformer_recipe`` existed had no transformer that trained (tic_nano's NaN only)
+    return json.dumps([b.get("recipe"), b.get("transformer_recipe", TRANSFORMER_RECIPE), b.get("epochs"), b.get("limit_train"), b.get("limit_val"),
                        b.get("batch_size"), data if data == "embedded" else Path(data).name, b.get("img_size")])
 
 
@@ -109,7 +124,10 @@ def add_budget_arguments(p: argparse.ArgumentParser, seeds: int = 3, workers: in
     g.add_argument("--epochs", type=int, default=b.epochs,
                    help="training epochs (default %(default)s); the recipe's warm-up share is kept")
     g.add_argument("--recipe", default=b.recipe,
-                   help="the recipe every run trains with (default %(default)s: the main job's)")
+                   help="the recipe of the ConvNet arms (default %(default)s: the main job's)")
+    g.add_argument("--transformer-recipe", default=b.transformer_recipe,
+                   help="the recipe of the transformer arms, tic_nano, the ViTs and the hier_nano mixers (default "
+                        "%(default)s: AdamW; the ConvNets' SGD at lr 0.2 sends tic_nano's loss to NaN)")
     g.add_argument("--limit-train", type=_int_or_none, default=b.limit_train,
                    help="training images, a class-balanced subset chosen by the seed (default: all)")
     g.add_argument("--limit-val", type=_int_or_none, default=b.limit_val,
@@ -146,7 +164,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     for k in ("epochs", "batch_size", "seeds", "workers", "threads"):
         if getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
-    return Budget(recipe=getattr(args, "recipe", RECIPE), epochs=args.epochs, limit_train=args.limit_train,
+    return Budget(recipe=getattr(args, "recipe", RECIPE),
+                  transformer_recipe=getattr(args, "transformer_recipe", TRANSFORMER_RECIPE), epochs=args.epochs, limit_train=args.limit_train,
                   limit_val=args.limit_val, batch_size=args.batch_size, data=args.data, threads=args.threads)
 
 
@@ -173,14 +192,22 @@ def recipe_values(name: str = RECIPE) -> dict:
 
 
 def recipe_summary(b: dict) -> str:
-    """One sentence: the recipe and how the budget scales it."""
-    r = recipe_values(b.get("recipe") or RECIPE)
+    """One sentence: the two recipes and how the budget scales them."""
+    convnet = _one_recipe(b.get("recipe") or RECIPE)
+    transformer = _one_recipe(b.get("transformer_recipe", TRANSFORMER_RECIPE))
+    return (f"the ConvNets with {convnet}, the transformers (tic_nano, the ViTs, the hier_nano mixers) with "
+            f"{transformer}; batch {b.get('batch_size')} for both")
+
+
+def _one_recipe(name: str) -> str:
+    r = recipe_values(name)
     share = float(r.get("warmup_epochs", 0)) / float(r.get("epochs", 1))
     opt = r.get("optimizer", "?")
-    return (f"recipe `{b.get('recipe')}.yaml` ({opt}{' Nesterov' if opt == 'sgd' and r.get('nesterov') else ''}, "
-            f"lr {r.get('lr')}, momentum {r.get('momentum')}, weight decay {r.get('weight_decay')}, "
+    extra = (f"momentum {r.get('momentum')}{', Nesterov' if r.get('nesterov') else ''}" if opt == "sgd"
+             else f"betas {r.get('betas')}")
+    return (f"recipe `{name}.yaml` ({opt}, lr {r.get('lr')}, {extra}, weight decay {r.get('weight_decay')}, "
             f"{r.get('schedule')} schedule with the warm-up kept at {share:.3g} of the run, label smoothing "
-            f"{r.get('label_smoothing')}, random crop (pad {r.get('crop_pad')}) + flip, batch {b.get('batch_size')})")
+            f"{r.get('label_smoothing')}, random crop (pad {r.get('crop_pad')}) + flip)")
 
 
 def describe_budget(b: dict, runs: Sequence[dict] = ()) -> str:
@@ -269,7 +296,8 @@ def train_config(job: dict):
 
     b = Budget(**job["budget"])
     data = b.resolved_data()
-    r = recipe_values(b.recipe)
+    recipe = b.recipe_for(job["model"], job["model_kwargs"])
+    r = recipe_values(recipe)
     share = float(r.get("warmup_epochs", 0)) / float(r.get("epochs", 1))
     flags = {
         "model": job["model"], "model_kwargs": dict(job["model_kwargs"]), "data": data,
@@ -280,7 +308,7 @@ def train_config(job: dict):
         "output": job["scratch"], "threads": b.threads, "progress": False, "log_every": 50,
         "checkpoint_every": 10**6,  # plus every epoch end: a killed run continues from its last epoch
     }
-    cfg = resolve(b.recipe, flags=flags)
+    cfg = resolve(recipe, flags=flags)
     # resolve() leaves None flags out: the values that mean "all images" / "one size" are set here
     cfg = apply_overrides(cfg, {"limit_train": b.limit_train, "limit_val": b.limit_val,
                                 "train_sizes": job["train_sizes"]}, "experiment")
@@ -373,7 +401,7 @@ def train_job(job: dict) -> dict:
     return {
         "experiment": job["experiment"], "config": job["config"], "mode": job["mode"], "seed": job["seed"],
         "model": job["model"], "model_kwargs": job["model_kwargs"], "train_sizes": job["train_sizes"],
-        "top1": main["top1"], "top5": main["top5"], "loss": main["loss"], "val_images": main["images"],
+        "recipe": budget.recipe_for(job["model"], job["model_kwargs"]), "top1": main["top1"], "top5": main["top5"], "loss": main["loss"], "val_images": main["images"],
         "evals": evals, "eval_errors": job.get("eval_errors", {}), "evals_from_weights": len(missing),
         "train_images": summary["train_images"], "epochs": summary["epochs"], "steps": summary["steps"],
         "train_seconds": summary["train_seconds"], "cpu_seconds": summary.get("cpu_seconds"),
