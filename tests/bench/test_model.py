@@ -89,3 +89,17 @@ def test_timm_models_resolve_by_prefix_or_fallback():
 def test_bad_config_is_a_value_error():
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         bench_model.run_model_bench(bench_model.ModelBenchConfig(models=["tic_nano"], batch_size=0))
+
+
+def test_memory_format_both_interleaves_nchw_and_channels_last(tmp_path):
+    out = tmp_path / "cl.jsonl"
+    code = main(["bench", "model", "--models", "tic_conv_nano", "--img-size", "16", "--batch-size", "2",
+                 "--runs", "1", "--warmup", "1", "--threads", "1", "--no-memory", "--memory-format", "both",
+                 "--output", str(out), "--markdown", str(out.with_suffix(".md"))])
+    assert code == 0
+    recs = list(common.read_jsonl(out))
+    assert [(r["model"], r["channels_last"]) for r in recs] == [("tic_conv_nano", False), ("tic_conv_nano", True)]
+    assert all("error" not in r and r["train_step_time"] > 0 for r in recs)
+    assert "| tic_conv_nano (channels_last) |" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        bench_model.run_model_bench(bench_model.ModelBenchConfig(models=["tic_nano"], memory_format="nhwc"))

@@ -11,6 +11,10 @@ For each model at one image size and batch size (default: the model's own ``inpu
   (model, optimizer state and input excluded; activations, gradients and outputs included), measured in a
   fresh child process per model (:mod:`.memory`: ``VmHWM`` is per process).
 
+``memory_format``: ``'contiguous'`` (NCHW, default), ``'channels_last'`` (model and input, as timm's
+``--channels-last`` and the engine's ``channels_last``), or ``'both'``: each model twice in a row, NCHW
+then channels-last, so the two are interleaved in time (an A/B on a shared machine).
+
 Times are the median (with p10/p90) of ``runs`` timed steps after ``warmup`` untimed ones
 (:func:`.common.time_fn`). Every record carries the environment stamp (:func:`.common.environment`).
 
@@ -56,6 +60,10 @@ class ModelBenchConfig:
     threads: int | None = None
     seed: int = 0
     lr: float = 1e-4
+    memory_format: str = "contiguous"  # 'contiguous' (NCHW) | 'channels_last' | 'both' (each model in both, in turn)
+
+
+MEMORY_FORMATS = ("contiguous", "channels_last", "both")
 
 
 def timm_problem() -> str | None:
@@ -137,10 +145,14 @@ def num_outputs(model: nn.Module) -> int:
 
 
 def _steps(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, seed: int,
-           lr: float) -> tuple[Callable[[], object], Callable[[], object]]:
-    """The inference step and the train step of ``model`` on one random batch."""
+           lr: float, channels_last: bool = False) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The inference step and the train step of ``model`` on one random batch (``channels_last``: the model
+    and the batch in that memory format)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *input_size, generator=g)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     n = num_outputs(model)
     target = torch.randint(0, max(n, 1), (batch_size,), generator=g)
     loss_fn = nn.CrossEntropyLoss()
@@ -166,10 +178,11 @@ def _steps(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, 
     return infer, train
 
 
-def memory_setup(name: str, img_size: int | None, batch_size: int, mode: str, seed: int = 0, lr: float = 1e-4):
+def memory_setup(name: str, img_size: int | None, batch_size: int, mode: str, seed: int = 0, lr: float = 1e-4,
+                 channels_last: bool = False):
     """The memory child's entry point: one inference or train step of ``name`` (model built in the child)."""
     model, source, input_size = build(name, img_size)
-    infer, train = _steps(model, input_size, batch_size, seed, lr)
+    infer, train = _steps(model, input_size, batch_size, seed, lr, channels_last)
     return (infer if mode == "infer" else train), {"mode": mode}
 
 
@@ -213,6 +226,9 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
                          f"got {cfg.img_size!r}")
     if not cfg.models:
         raise ValueError("msaconv bench model: no models given; e.g. --models tic_nano,hier_nano_global")
+    if cfg.memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"msaconv bench model: memory_format must be one of {list(MEMORY_FORMATS)}, got "
+                         f"{cfg.memory_format!r}; e.g. --memory-format both for an interleaved NCHW / channels-last A/B")
     sources = {name: resolve(name)[0] for name in cfg.models}  # an unknown name fails before any timing
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -222,11 +238,12 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
         import timm
 
         timm_version = timm.__version__
+    formats = {"contiguous": [False], "channels_last": [True], "both": [False, True]}[cfg.memory_format]
     records: list[dict] = []
-    for name in cfg.models:
+    for name, cl in ((n, c) for n in cfg.models for c in formats):
         rec: dict = {**env, "loadavg_1m": common.load_average(), "kind": "model", "model": name,
                      "source": sources[name], "batch_size": cfg.batch_size, "img_size": cfg.img_size,
-                     "runs": cfg.runs, "warmup": cfg.warmup}
+                     "runs": cfg.runs, "warmup": cfg.warmup, "channels_last": cl}
         if timm_version is not None:
             rec["timm"] = timm_version
         try:
@@ -238,7 +255,7 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             fl = count_macs(model, input_size)
             rec.update(param_count=round(fl["params"] / 1e6, 3), params=fl["params"], gmacs=fl["gmacs"],
                        msa_core=fl["msa_core"])
-            infer, train = _steps(model, input_size, cfg.batch_size, cfg.seed, cfg.lr)
+            infer, train = _steps(model, input_size, cfg.batch_size, cfg.seed, cfg.lr, cl)
             cpu: list[float] = []
             t = common.time_fn(_cpu_timed(infer, cpu), cfg.warmup, cfg.runs)
             rec.update(infer_step_time=t.median_s * 1e3, infer_step_time_p10=t.p10_s * 1e3,
@@ -260,7 +277,7 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             modes = ["infer"] + (["train"] if cfg.train else [])
             cases = [{"target": "msaconv.bench.model:memory_setup",
                       "kwargs": {"name": name, "img_size": rec["img_size"], "batch_size": cfg.batch_size,
-                                 "mode": m, "seed": cfg.seed, "lr": cfg.lr}} for m in modes]
+                                 "mode": m, "seed": cfg.seed, "lr": cfg.lr, "channels_last": cl}} for m in modes]
             for m, res in zip(modes, memory.measure_in_child(cases, torch.get_num_threads())):
                 if "error" in res:
                     rec[f"{m}_peak_error"] = res["error"]
@@ -300,8 +317,8 @@ def _fmt(v: object, digits: int = 3) -> str:
 
 def _line(rec: dict) -> str:
     if "error" in rec:
-        return f"  {rec['model']:<28} failed: {rec['error']}"
-    parts = [f"{rec['model']:<28} {rec['img_size']:>4}px b{rec['batch_size']}",
+        return f"  {_label(rec):<28} failed: {rec['error']}"
+    parts = [f"{_label(rec):<28} {rec['img_size']:>4}px b{rec['batch_size']}",
              f"{rec['param_count']:.2f}M {rec['gmacs']:.3g} GMACs",
              f"infer {rec['infer_samples_per_sec']:.1f}/s ({rec['infer_step_time']:.1f} ms)"]
     if "train_step_time" in rec:
@@ -311,6 +328,11 @@ def _line(rec: dict) -> str:
         if f"{m}_peak_mb" in rec:
             parts.append(f"{m} peak {rec[f'{m}_peak_mb']:.0f} MB")
     return "  " + ", ".join(parts)
+
+
+def _label(rec: dict) -> str:
+    """The model's name, and ``(channels_last)`` when the record ran in that memory format."""
+    return rec["model"] + (" (channels_last)" if rec.get("channels_last") else "")
 
 
 def markdown(records: Iterable[dict]) -> str:
@@ -337,12 +359,12 @@ def markdown(records: Iterable[dict]) -> str:
     for r in rows:
         if "error" in r:
             errors.append(r)
-            out.append(f"| {r['model']} | failed (see below) | | | | {r['batch_size']} | {_fmt(r.get('img_size'))} "
+            out.append(f"| {_label(r)} | failed (see below) | | | | {r['batch_size']} | {_fmt(r.get('img_size'))} "
                        f"| | | | | | | | | |")
             continue
         src = " (timm)" if r.get("source") == "timm" and not r["model"].startswith(TIMM_PREFIX) else ""
         out.append("| " + " | ".join([
-            r["model"] + src, _fmt(r["infer_samples_per_sec"]), _fmt(r["infer_step_time"]),
+            _label(r) + src, _fmt(r["infer_samples_per_sec"]), _fmt(r["infer_step_time"]),
             _fmt(r.get("train_samples_per_sec")), _fmt(r.get("train_step_time")), str(r["batch_size"]),
             str(r["img_size"]), f"{r['param_count']:.2f}", _fmt(r["gmacs"]), _fmt(r.get("infer_gflops")),
             _fmt(r.get("train_gflops")),
@@ -361,5 +383,5 @@ def markdown(records: Iterable[dict]) -> str:
             "jobs the wall times swing with their load, the CPU times much less."]
     if errors:
         out += ["", "Models that could not run:", ""]
-        out += [f"- {r['model']}: {r['error']}" for r in errors]
+        out += [f"- {_label(r)}: {r['error']}" for r in errors]
     return "\n".join(out) + "\n"

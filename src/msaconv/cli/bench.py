@@ -138,6 +138,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     t.add_argument("--no-train", action="store_true", help="inference only")
     t.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    t.add_argument("--memory-format", choices=("contiguous", "channels_last", "both"), default="contiguous",
+                   help="model and input memory format (default %(default)s, NCHW); 'both': each model in NCHW, "
+                        "then channels-last, in turn (an interleaved A/B)")
     o = p.add_argument_group("output")
     o.add_argument("--output", default=None, help="JSON lines file to append the records to")
     o.add_argument("--markdown", default=None, help="write the table (markdown) here")
@@ -158,7 +161,8 @@ def _run_model(args: argparse.Namespace) -> int:
             raise ValueError("msaconv bench model: give --models, e.g. --models tic_nano,tic_micro,hier_nano_global")
         cfg = bench_model.ModelBenchConfig(models=args.models, img_size=args.img_size, batch_size=args.batch_size,
                                            runs=args.runs, warmup=args.warmup, train=not args.no_train,
-                                           memory=not args.no_memory, threads=args.threads)
+                                           memory=not args.no_memory, threads=args.threads,
+                                           memory_format=args.memory_format)
         command = "msaconv " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
             "msaconv bench model"
         records = bench_model.run_model_bench(cfg, command=command, output=args.output)
