@@ -174,6 +174,11 @@ def test_budget_is_the_main_recipe_scaled():
     other_eval = C.make_job("u", "b", "tic_conv_nano", {}, 1, b, args, "fixed", [32], ["resize"])
     assert C.train_config(other_eval).name == cf.name != cm.name
     assert C.train_config({**fixed, "seed": 2}).name != cf.name
+    # the recipe's memory layout does not rename a run: runs made before it was channels-last are reused
+    assert cf.channels_last is True
+    from msaconv.train.config import apply_overrides
+
+    assert C.run_name(fixed, apply_overrides(cf, {"channels_last": False}, "t")) == cf.name
 
 
 

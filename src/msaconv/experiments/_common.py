@@ -51,9 +51,10 @@ MULTI_SIZES = (24, 32, 40)  # multi-size training: one of these per step
 MODES = {"fixed": None, "multi": list(MULTI_SIZES)}  # mode -> the engine's train_sizes
 SMOKE_EVAL_SIZES = (16, 32, 48)
 EPOCH_EVAL_IMAGES = 500  # the engine's end-of-epoch check (once, at the end); the record uses the final evaluations
-# TrainConfig keys that only say how a run is evaluated, logged or where it goes: not part of the run's identity
+# TrainConfig keys that only say how a run is evaluated, logged, laid out in memory or where it goes: not part
+# of the run's identity (channels_last, like threads, only changes how the sums round)
 NOT_TRAINING = ("output", "name", "resume", "progress", "log_every", "checkpoint_every", "threads", "workers",
-                "eval_sizes", "eval_protocols", "tta", "eval_batch_size")
+                "eval_sizes", "eval_protocols", "tta", "eval_batch_size", "channels_last")
 
 
 def default_output(name: str) -> Path:
