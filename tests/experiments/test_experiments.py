@@ -141,7 +141,7 @@ def test_ablation_variants_build_what_they_say():
     seen = set()
     refused = ablation.refusals(32)
     for name, (_group, kw, _desc) in ablation.CONFIGS.items():
-        if name in refused:
+        if name in refused or name in ablation.TRAINING:  # a recipe arm builds the default's model on purpose
             continue
         m = create_model_from_config("tic_conv_nano", kw, 10)
         a = m.stages[1][1].conv
@@ -203,6 +203,29 @@ def test_transformers_train_with_the_transformer_recipe(model):
     # records made before the field existed (no transformer trained then) stay at the default budget
     old = {k: v for k, v in b.as_dict().items() if k != "transformer_recipe"}
     assert C.budget_key(old) == C.budget_key(b.as_dict())
+
+
+def test_recipe_arms_change_one_training_choice():
+    from msaconv.experiments import ablation
+
+    b = C.Budget()
+    args = argparse.Namespace(scratch="runs/x", smoke=False, fresh=False)
+    base = C.train_config(C.make_job("ablation", "default", ablation.MODEL, {}, 0, b, args, "fixed", [32]))
+    assert set(ablation.TRAINING) == {n for n, (g, _kw, _d) in ablation.CONFIGS.items() if g == "recipe"}
+    names = {base.name}
+    for arm, changes in ablation.TRAINING.items():
+        job = C.make_job("ablation", arm, ablation.MODEL, {}, 0, b, args, "fixed", [32],
+                         train_overrides=changes)
+        cfg = C.train_config(job)
+        for k, v in changes.items():
+            assert getattr(cfg, k) == v, (arm, k)
+        same = {k for k in ("optimizer", "lr", "label_smoothing", "batch_size", "ema_decay", "weight_decay",
+                            "epochs", "warmup_epochs", "model_kwargs") if k not in changes}
+        assert all(getattr(cfg, k) == getattr(base, k) for k in same), arm
+        assert job["extra"]["train_overrides"] == changes  # the record says what the arm changed
+        names.add(cfg.name)
+    assert len(names) == len(ablation.TRAINING) + 1  # every arm is its own run; default is the ablation's own
+    assert not set(ablation.TRAINING) & set(ablation.refusals(32))
 
 def test_mixers_records(smoke):
     recs = smoke["recs"]["mixers"]

@@ -274,8 +274,11 @@ def _runnable_sizes(model: str, model_kwargs: dict, sizes: list[int]) -> tuple[l
 
 def make_job(experiment: str, config: str, model: str, model_kwargs: dict, seed: int, budget: Budget,
              args: argparse.Namespace, mode: str = "fixed", sizes: Sequence[int] | None = None,
-             protocols: Sequence[str] = PROTOCOLS, extra: dict | None = None) -> dict:
-    """One training job: arm ``config`` of ``experiment``, evaluated at ``sizes`` (those it can run) x ``protocols``."""
+             protocols: Sequence[str] = PROTOCOLS, extra: dict | None = None,
+             train_overrides: dict | None = None) -> dict:
+    """One training job: arm ``config`` of ``experiment``, evaluated at ``sizes`` (those it can run) x ``protocols``;
+    ``train_overrides``: TrainConfig values this arm changes in its recipe (a recipe A/B; part of the run's
+    identity, and of its record)."""
     if mode not in MODES:
         raise ValueError(f"{experiment}: training mode {mode!r} is not one of {list(MODES)}")
     want = sorted(set(sizes if sizes is not None else [budget.img_size]) | {budget.img_size})
@@ -287,7 +290,8 @@ def make_job(experiment: str, config: str, model: str, model_kwargs: dict, seed:
     return {"experiment": experiment, "config": config, "mode": mode, "seed": seed, "model": model,
             "model_kwargs": dict(model_kwargs), "train_sizes": MODES[mode], "eval_sizes": ok,
             "eval_protocols": list(protocols), "eval_errors": bad, "budget": budget.as_dict(),
-            "scratch": str(scratch_dir(args)), "fresh": bool(args.fresh), "extra": dict(extra or {})}
+            "scratch": str(scratch_dir(args)), "fresh": bool(args.fresh),
+            "extra": {**dict(extra or {}), **({"train_overrides": dict(train_overrides)} if train_overrides else {})}}
 
 
 def train_config(job: dict):
@@ -313,6 +317,9 @@ def train_config(job: dict):
     # resolve() leaves None flags out: the values that mean "all images" / "one size" are set here
     cfg = apply_overrides(cfg, {"limit_train": b.limit_train, "limit_val": b.limit_val,
                                 "train_sizes": job["train_sizes"]}, "experiment")
+    overrides = job.get("extra", {}).get("train_overrides")
+    if overrides:  # a recipe A/B arm
+        cfg = apply_overrides(cfg, overrides, f"experiment arm {job['config']}")
     return apply_overrides(cfg, {"name": run_name(job, cfg)}, "experiment")
 
 

@@ -6,7 +6,10 @@ The model is the main job's, ``tic_conv_nano`` (TiC read as a ConvNet of MSA-Con
 ``default`` arm. Each other arm changes one :class:`~msaconv.models.tic_conv.ConvNetConfig` field
 (``--set model_kwargs.X=...`` in ``msaconv train``; per-stage values are lists, ``null`` is off in a
 stage): MDCSM (``shift``: 'kv', 'input', 8 directions), IPM (``inter_pool``: 'grid', 'local'), both,
-the border (``border``: mask, clamp), the kernel (``dilation``, ``depthwise``).
+the border (``border``: mask, clamp), the kernel (``dilation``, ``depthwise``). The ``recipe`` arms keep
+the model and change one training choice of the main job's recipe instead (:data:`TRAINING`: label
+smoothing, batch size, learning rate, optimiser, EMA of weights), so each choice of the recipe gets its
+A/B at the budget, paired by seed with the same ``default`` runs; they are evaluated at 32 px only.
 
 **A mechanism must be alive where it is on.** :func:`mechanism_check` goes through every MSA-Conv layer
 at the training size (the maps of :meth:`ConvNetConfig.layer_maps`, the layers' own windows, heads and
@@ -32,8 +35,8 @@ from pathlib import Path
 
 from . import _common as C
 
-HELP = ("tic_conv_nano with MDCSM / IPM / border / dilated / depthwise switched, where each is alive; "
-        "3 seeds, paired differences, evaluated at 16-64 px")
+HELP = ("tic_conv_nano with MDCSM / IPM / border / dilated / depthwise switched, where each is alive, and "
+        "the recipe's choices switched one at a time; 3 seeds, paired differences, evaluated at 16-64 px")
 
 MODEL = C.DEFAULT_MODEL
 ON2 = "stages 0-1 (maps 16, 16, 8 at 32 px); off in stage 2 (8, 4)"
@@ -69,12 +72,27 @@ CONFIGS: dict[str, tuple[str, dict, str]] = {
     "border_clamp": ("border", {"border": "clamp"}, "window shifted inside the map (NATTEN's rule)"),
     "dilated": ("kernel", {"dilation": [2, 2, 1]}, "dilation 2 in stages 0-1 (the 3x3 window spans 5x5)"),
     "depthwise": ("kernel", {"depthwise": True}, "depthwise MSA-Conv: one head per channel, then a 1x1 conv"),
+    "no_smoothing": ("recipe", {}, "label smoothing 0 instead of 0.1"),
+    "batch128": ("recipe", {}, "batch 128 instead of 256 at the same lr and epochs (twice the steps)"),
+    "lr0.1": ("recipe", {}, "peak lr 0.1 instead of 0.2"),
+    "lr0.4": ("recipe", {}, "peak lr 0.4 instead of 0.2"),
+    "adamw": ("recipe", {}, "AdamW (lr 3e-3, weight decay 0.05: the transformers' recipe) instead of SGD + Nesterov"),
+    "ema": ("recipe", {}, "EMA of weights (decay 0.99: about the last 100 of 390 steps), evaluated with them"),
+}
+# a recipe arm -> the TrainConfig values it changes (the budget's batch too: ``batch128``)
+TRAINING: dict[str, dict] = {
+    "no_smoothing": {"label_smoothing": 0.0},
+    "batch128": {"batch_size": 128},
+    "lr0.1": {"lr": 0.1},
+    "lr0.4": {"lr": 0.4},
+    "adamw": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05},
+    "ema": {"ema_decay": 0.99},
 }
 # arm -> the arm it differs from by its mechanism alone (besides the default): its control
 CONTROL: dict[str, str] = {n: "head_dim16" for n, (_g, kw, _d) in CONFIGS.items()
                            if kw.get("head_dim") == 16 and n != "head_dim16"}
 SMOKE_CONFIGS = ("default", "mdcsm_kv", "mdcsm_kv_all")
-GROUP_ORDER = ("default", "heads", "mdcsm", "ipm", "mdcsm+ipm", "border", "kernel")
+GROUP_ORDER = ("default", "heads", "mdcsm", "ipm", "mdcsm+ipm", "border", "kernel", "recipe")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -214,7 +232,10 @@ def run(args: argparse.Namespace) -> Path:
                 continue
             group, kw, desc = CONFIGS[n]
             notes = mechanism_check(MODEL, kw, budget.img_size)["notes"]
-            jobs.append(C.make_job("ablation", n, MODEL, kw, s, budget, args, "fixed", C.eval_sizes(args),
+            train = TRAINING.get(n)
+            sizes = [budget.img_size] if train else C.eval_sizes(args)
+            jobs.append(C.make_job("ablation", n, MODEL, kw, s, budget, args, "fixed", sizes,
+                                   ["resize"] if train else C.PROTOCOLS, train_overrides=train,
                                    extra={"group": group, "description": desc, "mechanism": notes}))
     C.run_training("ablation", args, jobs, stamp, out)
     return out
