@@ -30,7 +30,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import torch
 from torch import nn
@@ -151,7 +151,7 @@ def _steps(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *input_size, generator=g)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        cast(Any, model).to(memory_format=torch.channels_last)  # torch's stubs leave out this keyword
         x = x.contiguous(memory_format=torch.channels_last)
     n = num_outputs(model)
     target = torch.randint(0, max(n, 1), (batch_size,), generator=g)
