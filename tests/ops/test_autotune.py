@@ -172,3 +172,33 @@ def test_no_measurement_while_tracing(tuned, monkeypatch):
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured while tracing"))
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
     assert backends.choose_backend(_problem(), None).name == "dense"  # the fixed order
+
+
+def test_flop_counting_sees_no_measurement(tuned, monkeypatch):
+    """Under FlopCounterMode the candidates' timing runs would be counted as the model's FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pb = _problem()
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured under FlopCounterMode"))
+    with FlopCounterMode(display=False):
+        assert backends.choose_backend(pb, None).name == "dense"  # nothing chosen yet: the fixed order
+    monkeypatch.undo()
+    monkeypatch.setenv("MSACONV_CACHE_DIR", str(tuned))
+    fast, slow = _Fake("fast", 0.0), _Fake("slow", 0.02)
+    monkeypatch.setattr(backends, "fused_candidates", lambda pb: {"slow": slow, "fast": fast})
+    monkeypatch.setitem(backends.BACKENDS, "fast", fast)
+    monkeypatch.setitem(backends.BACKENDS, "slow", slow)
+    assert backends.choose_backend(pb, None) is fast  # measured
+    calls = fast.calls + slow.calls
+    with FlopCounterMode(display=False):
+        assert backends.choose_backend(pb, None) is fast  # the choice made before holds, nothing runs
+    assert fast.calls + slow.calls == calls
+
+
+def test_count_flops_is_the_same_on_the_first_call(tuned):
+    """The first call of a shape measures the candidates; count_flops must not count those runs."""
+    from msaconv.models import count_flops, create_model
+
+    m = create_model("tic_conv_nano", num_classes=10)
+    first = count_flops(m, (3, 32, 32), batch_size=1)["gmacs"]
+    assert count_flops(m, (3, 32, 32), batch_size=1)["gmacs"] == first

@@ -128,10 +128,13 @@ def choose_backend(pb: Problem, backend: str | None, fn: str = "msa_conv2d", exp
     gradients (:func:`has_explicit_backward`)."""
     if backend is not None:
         return _named_backend(pb, backend, fn, explicit_backward)
-    if autotune.enabled() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # not while exporting
+    if autotune.enabled():
         fused = fused_candidates(pb)
-        if fused:
+        if fused and autotune.may_measure():
             return BACKENDS[autotune.choose(pb, fused)]
+        known = autotune.known(pb, fused) if fused else None  # tracing or counting: a choice made before holds
+        if known is not None:
+            return BACKENDS[known]
     reasons = []
     for name, be in BACKENDS.items():
         reason = auto_reason(be, pb)

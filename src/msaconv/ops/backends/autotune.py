@@ -16,8 +16,10 @@ under a key naming the machine (CPU model, instruction set, torch version), so l
 machine make the same choice without measuring: two backends agree only to rounding, and a run that resumes
 must compute what it computed before. Delete the file to measure again.
 
-Nothing is measured while ``torch.jit.trace`` or ``torch.compile`` / ``torch.export`` trace the call (the fixed
-order decides there; the compiled op measures when it runs). ``MSACONV_AUTOTUNE=0`` (or :func:`set_enabled`)
+Nothing is measured while ``torch.jit.trace`` or ``torch.compile`` / ``torch.export`` trace the call, or while a
+``TorchDispatchMode`` is active (``FlopCounterMode``: the candidates' runs would be counted as the model's work):
+a choice already made for the shape holds there, else the fixed order decides (the compiled op measures when
+it runs). ``MSACONV_AUTOTUNE=0`` (or :func:`set_enabled`)
 turns the measurement off: ``backend=None`` then takes the
 first backend in the order of :data:`msaconv.ops.backends.BACKENDS` that can run and does not decline.
 """
@@ -143,6 +145,25 @@ def measure(be, pb: Problem, repeats: int = REPEATS, beat: float = float("inf"))
             sync()
             best = min(best, time.perf_counter() - t0)
     return best
+
+
+def may_measure() -> bool:
+    """False while a trace records the call (jit trace, torch.compile / export) or a ``TorchDispatchMode`` (e.g.
+    ``FlopCounterMode``) sees every op: timing runs there would be recorded, or counted, as the caller's work."""
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or is_in_torch_dispatch_mode())
+
+
+def known(pb: Problem, candidates: Mapping[str, Any]) -> str | None:
+    """The choice already made for ``pb``'s shape among ``candidates`` (this process or the file), or None."""
+    names = list(candidates)
+    if len(names) == 1:
+        return names[0]
+    if not _loaded:
+        _load()
+    name = _choices.get(shape_key(pb, sorted(names)))
+    return name if name in candidates else None
 
 
 def choose(pb: Problem, candidates: Mapping[str, Any]) -> str:
