@@ -387,6 +387,37 @@ def test_report_on_synthetic_records(tmp_path):
     assert "(not run yet: no timing record at this budget)" in md
 
 
+
+def test_claims_verdicts_on_synthetic_records(tmp_path):
+    from msaconv.experiments import claims
+
+    res = tmp_path / "results"
+    abl = []
+    for s in range(3):
+        d = 70.0 + s  # the default; head_dim16 its level too
+        abl += [_run("ablation", "default", s, d), _run("ablation", "head_dim16", s, d - 1.0),
+                _run("ablation", "mdcsm_kv", s, d + 2.5), _run("ablation", "mdcsm_input", s, d + 0.2),
+                _run("ablation", "ipm_grid", s, d - 3.0), _run("ablation", "ipm_local", s, d)]
+    _write(res / "ablation" / "records.jsonl", abl)
+    resol = []
+    for s in range(3):
+        for arm, t32, t48 in (("tic_conv_nano", 80.0 + s, 70.0 + s), ("convnet_nano", 80.5 + s, 50.0 + s),
+                              ("tic_nano", 70.0 + s, 60.0 + s)):
+            resol.append(_run("resolution", arm, s, t32, evals={(32, "resize"): t32, (48, "resize"): t48}))
+    _write(res / "resolution" / "records.jsonl", resol)
+    md = claims.render(res)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    # +2.5 points over its control at every seed, beyond twice the noise (1.0, the control's spread over seeds)
+    assert "**supported**: mdcsm_kv − head_dim16" in rows["MDCSM helps (top-1 at 32 px, paired)"]
+    assert "**against**: ipm_grid − default" in rows["IPM helps (top-1 at 32 px, paired)"]
+    # the resolution claim waits for its other pair (tic_nano against the ViT with the learned embedding)
+    res_row = next(v for k, v in rows.items() if k.startswith("Any resolution"))
+    assert "undecided: 3 seed(s) so far, some arms not run yet" in res_row and "48 px resize +0.2" in res_row
+    acc = next(v for k, v in rows.items() if k.startswith("Accuracy comparable"))
+    assert "**supported**: no difference within the noise" in acc and "-0.500" in acc  # -0.5 at noise 1.0
+    cost_row = next(v for k, v in rows.items() if k.startswith("Cheaper"))
+    assert "undecided: not run yet" in cost_row
+
 def test_report_says_when_the_default_reaches_the_bar(tmp_path):
     res = tmp_path / "results"
     _write(res / "ablation" / "records.jsonl",

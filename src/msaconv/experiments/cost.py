@@ -394,6 +394,17 @@ def _latest(records: list[dict]) -> list[dict]:
     return list(by.values())
 
 
+def exponents(records: list[dict]) -> dict[str, dict]:
+    """:func:`fit` of what the section shows: the newest non-smoke records (if any), on their run's clock."""
+    recs = [r for r in records if r.get("kind") == "cost"]
+    if any(not r.get("smoke") for r in recs):
+        recs = [r for r in recs if not r.get("smoke")]
+    recs = _latest(recs)
+    if not recs:
+        return {}
+    return fit(recs, key=_clock_key(recs), overhead_factor=float(recs[0].get("overhead_factor", 4.0)))
+
+
 def _clock_key(records: list[dict]) -> str:
     """The time the records' run budgeted and fitted on: ``cpu_ms`` or ``median_ms`` (wall)."""
     clocks = {r.get("clock", "wall") for r in records}

@@ -68,6 +68,9 @@ def build(results: Path, output: Path) -> tuple[str, list[str], list[str]]:
     if done:
         head.append("Sections: " + ", ".join(f"[{n}](#{anchors.get(n, n)})" for n in done) + ".")
         head.append("")
+    from . import claims
+
+    head.append(claims.render(results))
     return "\n".join(head) + "\n" + "\n".join(sections), done, missing
 
 
