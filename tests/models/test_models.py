@@ -300,7 +300,7 @@ def test_switches_are_config_fields():
     (dict(dims=(32, 64)), r"depths=\(1, 2, 1\) is invalid; use a tuple of 2 positive ints"),
     (dict(token_mixer="global"), r"TiC models always use 'msa_conv'"),
     (dict(stem_stride=3), r"stem_stride=3 is invalid; use one of \(1, 2, 4\) with stem=.conv.*8 and 16: stem=.patch."),
-    (dict(drop_path_rate=1.5), r"drop_path_rate=1.5 is invalid"),
+    (dict(drop_path_rate=1.5), r"TiCConfig: drop_path_rate must be a float in \[0, 1\), got 1.5"),
     (dict(kernal_size=3), r"unknown option 'kernal_size'; did you mean 'kernel_size'\?"),
     (dict(num_heads=(3, 4, 8)), r"num_heads=.* is invalid; stage 0 has dim 64"),
     (dict(layer_scale_init=0), r"layer_scale_init=0 is invalid"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any, TypeVar
 
-from .._errors import did_you_mean
+from .._errors import check_probability, did_you_mean
 
 FORMS = ("blocks", "stages")
 
@@ -92,9 +92,7 @@ class StageConfig:
 
     def _check_probabilities(self, *args: str) -> None:
         for arg in args:
-            p = getattr(self, arg)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-                raise _err(self, arg, p, "use a probability in [0, 1), e.g. 0.1")
+            check_probability(type(self).__name__, arg, getattr(self, arg))
 
     def _check_num_classes(self) -> None:
         c = self.num_classes

@@ -13,16 +13,17 @@ for every token mixer registered when :mod:`msaconv.models` is imported (tic_nan
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..layers import get_token_mixer, list_token_mixers
 from .._errors import did_you_mean
-from ._blocks import Block, Stage, check_image, make_downsample, make_stem
+from ._blocks import Block, Stage, make_downsample, make_stem
 from ._fields import StageConfig, _err, _pos_int, at_block, per_stage
-from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
+from ._backbone import Backbone
+from ._builder import build_model
 from ._registry import register_model
 
 STEMS = ("conv", "patch")
@@ -153,8 +154,7 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@traceable_annotations
-class HierNet(nn.Module):
+class HierNet(Backbone):
     """Hierarchical backbone: stem, stages of pre-norm blocks with any token mixer, GAP + LN + Linear head.
 
     Follows timm's model contract: ``forward_features`` (the last stage's map), ``forward_head(x,
@@ -162,16 +162,16 @@ class HierNet(nn.Module):
     ``feature_info``, ``forward_intermediates`` / ``prune_intermediate_layers``, ``group_matcher``,
     ``set_grad_checkpointing``; ``pretrained_cfg`` is set by :func:`msaconv.models.create_model`.
     No absolute position embedding: any input of at least ``min_input_size`` pixels works.
+    The methods it shares with :class:`~msaconv.models.tic_conv.ConvNet` (``forward``, ``check_input``,
+    ``get_classifier``, ``reset_classifier``, ``forward_intermediates``, ``prune_intermediate_layers``)
+    are written once, in ``msaconv.models._backbone.Backbone``.
     """
 
+    if TYPE_CHECKING:  # set by Backbone.__init__; declared for the type checker only (TorchScript reads class annotations)
+        cfg: HierConfig
+
     def __init__(self, cfg: HierConfig):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
-        self.in_chans = cfg.in_chans
-        self.min_input_size = cfg.min_input_size()
-        self.pretrained_cfg: dict = {}
+        super().__init__(cfg)
         dims, depths, heads = cfg.dims, cfg.depths, cfg.stage_heads()
         self.stem = make_stem(cfg.stem, cfg.in_chans, dims[0], cfg.stem_stride)
         total = sum(depths)
@@ -187,22 +187,13 @@ class HierNet(nn.Module):
             k += depth
             stages.append(Stage(ds, blocks))
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.feature_info: list[dict[str, Any]] = [dict(num_chs=d, reduction=r, module=f"stages.{i}")
-                             for i, (d, r) in enumerate(zip(dims, cfg.reductions()))]
         self.head_norm: nn.Module = nn.LayerNorm(dims[-1])
         self.global_pool = "avg"  # '' (reset_classifier(0, '')): forward_head keeps the map
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
-    # ---- checks ---------------------------------------------------------------------------------
-    def check_input(self, x: torch.Tensor) -> None:
-        """A clear error for inputs the model cannot take (wrong rank or channels, below the minimum size)."""
-        check_image(self.pretrained_cfg.get("architecture", type(self).__name__), x, self.in_chans,
-                    self.min_input_size, self.cfg.reductions()[-1])
-
-    # ---- timm contract --------------------------------------------------------------------------
+    # ---- timm contract (the rest: Backbone) ----------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             self.check_input(x)
@@ -216,35 +207,11 @@ class HierNet(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _init_head(self, head: nn.Linear) -> None:
+        _init_weights(head)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head for ``num_classes`` (0: identity, so ``forward`` returns the pooled, normed features).
-
-        ``global_pool``: None keeps the current pooling ('avg' again if it was '' and a classifier is asked
-        for), 'avg' pools, '' keeps the map (``forward`` returns ``[B, C, H, W]``; only with ``num_classes=0``)."""
-        if global_pool not in (None, "avg", ""):
-            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg', '' "
-                             f"(no pooling, with num_classes=0) or None (keep the current one)")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"reset_classifier: num_classes must be an int >= 0, got {num_classes!r}")
-        pool = global_pool if global_pool is not None else self.global_pool or ("avg" if num_classes else "")
-        if pool == "" and num_classes > 0:
-            raise ValueError(f"reset_classifier: num_classes={num_classes} needs pooling (a linear head on the "
-                             f"pooled vector); use global_pool='avg', or num_classes=0 with global_pool=''")
-        self.num_classes = num_classes
-        self.global_pool = pool
-        ref = next(self.parameters(), None)
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            _init_weights(head)
-            if ref is not None:
-                head = head.to(device=ref.device, dtype=ref.dtype)
-        self.head = head.train(self.training)
+    def _prune_norm(self) -> None:
+        self.head_norm = nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to keep out of weight decay: the layer-scale gammas (norms and biases are 1-D
@@ -265,20 +232,6 @@ class HierNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:
             cast(Stage, s).grad_checkpointing = bool(enable)
-
-    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs at ``indices`` (timm's rule; see :func:`msaconv.models._builder.stage_intermediates`)."""
-        return stage_intermediates(self, x, indices, norm, stop_early, output_fmt, intermediates_only)
-
-    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        """Drop the stages after the last of ``indices`` (and the head); returns the kept indices."""
-        take, pruned = prune_stages(self, indices)
-        if pruned or prune_norm:
-            self.head_norm = nn.Identity()
-        if pruned or prune_head:
-            self.reset_classifier(0)
-        return take
 
 
 def _entry(name: str, model_cls, cfg: HierConfig):

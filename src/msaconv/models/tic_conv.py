@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,8 +35,8 @@ from ..layers.pointwise import Pointwise2d
 from ..layers.shift_pool import resolve_inter_pool, resolve_shift
 from .._errors import did_you_mean, pair
 from ..ops import BORDERS
-from ._blocks import check_image
-from ._builder import build_model, prune_stages, stage_intermediates, traceable_annotations
+from ._backbone import Backbone
+from ._builder import build_model
 from ._registry import register_model
 from ._fields import StageConfig, _err, _pos_int, per_stage
 from .hier import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -231,18 +231,15 @@ def _stem(cfg: ConvNetConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@traceable_annotations
-class ConvNet(nn.Module):
+class ConvNet(Backbone):
     """The ConvNet skeleton of :class:`ConvNetConfig`, with timm's model contract (as :class:`HierNet`)."""
 
+    _POOLS = HEAD_POOLS
+    if TYPE_CHECKING:  # set by Backbone.__init__; declared for the type checker only (TorchScript reads class annotations)
+        cfg: ConvNetConfig
+
     def __init__(self, cfg: ConvNetConfig):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
-        self.in_chans = cfg.in_chans
-        self.min_input_size = cfg.min_input_size()
-        self.pretrained_cfg: dict = {}
+        super().__init__(cfg)
         self.stem = _stem(cfg)
         stages, cin, k = [], cfg.stem_width, 0
         for i, (w, depth) in enumerate(zip(cfg.dims, cfg.depths)):
@@ -255,17 +252,10 @@ class ConvNet(nn.Module):
             stages.append(nn.Sequential(*units))
             cin = w
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = cfg.dims[-1]
-        self.feature_info: list[dict[str, Any]] = [dict(num_chs=w, reduction=r, module=f"stages.{i}")
-                                                   for i, (w, r) in enumerate(zip(cfg.dims, cfg.reductions()))]
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.global_pool = cfg.head_pool  # a str attribute (TorchScript reads no dataclass); '': keep the map
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
-
-    def check_input(self, x: torch.Tensor) -> None:
-        check_image(self.pretrained_cfg.get("architecture", type(self).__name__), x, self.in_chans,
-                    self.min_input_size, self.cfg.reductions()[-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -285,31 +275,13 @@ class ConvNet(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _classifier_pool(self) -> str:
+        return self.cfg.head_pool  # the config's pooling (it follows the last pooling reset_classifier chose)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg", "max", ""):
-            raise ValueError(f"reset_classifier: global_pool={global_pool!r} is not supported; use 'avg', 'max', "
-                             f"'' (no pooling, with num_classes=0) or None (keep the current one)")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"reset_classifier: num_classes must be an int >= 0, got {num_classes!r}")
-        # None keeps the current pooling (the config's again if it was '' and a classifier is asked for)
-        pool = global_pool if global_pool is not None else (
-            self.global_pool or (self.cfg.head_pool if num_classes else ""))
-        if pool == "" and num_classes > 0:
-            raise ValueError(f"reset_classifier: num_classes={num_classes} needs pooling (a linear head on the "
-                             f"pooled vector); use global_pool='avg' or 'max', or num_classes=0 with global_pool=''")
+    def _set_pool(self, pool: str) -> None:
         if pool in HEAD_POOLS:
             self.cfg = replace(self.cfg, head_pool=pool)
         self.global_pool = pool
-        self.num_classes = num_classes
-        w = next(self.parameters())
-        self.head = (nn.Linear(self.num_features, num_classes).to(device=w.device, dtype=w.dtype)
-                     if num_classes > 0 else nn.Identity()).train(self.training)
 
     def no_weight_decay(self) -> set[str]:
         return set()
@@ -319,18 +291,6 @@ class ConvNet(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = bool(enable)
-
-    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs at ``indices`` (timm's rule; see :func:`msaconv.models._builder.stage_intermediates`)."""
-        return stage_intermediates(self, x, indices, norm, stop_early, output_fmt, intermediates_only)
-
-    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        """Drop the stages after the last of ``indices`` (and the head); returns the kept indices."""
-        take, pruned = prune_stages(self, indices)
-        if pruned or prune_head:
-            self.reset_classifier(0)
-        return take
 
 
 # ---- the family --------------------------------------------------------------------------------------

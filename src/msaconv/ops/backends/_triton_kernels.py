@@ -125,6 +125,19 @@ def _tile_positions(pid_t, ROWS, COLS, TH: tl.constexpr, TW: tl.constexpr):
 
 
 @triton.jit
+def _tile_program(ROWS, COLS, NH, scale_hi, scale_lo, D: tl.constexpr, BD: tl.constexpr, TH: tl.constexpr,
+                  TW: tl.constexpr, ACC: tl.constexpr):
+    """What the tiled kernels start with: ``(bh, b, hh)`` of :func:`_image_head` (grid axis 1), ``(y0, x0, y,
+    x, valid)`` of :func:`_tile_positions` (grid axis 0, a ``ROWS x COLS`` grid), the channel lanes ``dd``
+    and their mask ``dm``, the ``[TH*TW, BD]`` load mask of the tile and the logit scale (:func:`_scale`)."""
+    bh, b, hh = _image_head(tl.program_id(1), NH)
+    y0, x0, y, x, valid = _tile_positions(tl.program_id(0), ROWS, COLS, TH, TW)
+    dd = tl.arange(0, BD)
+    dm = dd < D
+    return bh, b, hh, y0, x0, y, x, valid, dd, dm, valid[:, None] & dm[None, :], _scale(scale_hi, scale_lo, ACC)
+
+
+@triton.jit
 def _tile_windows(y0, x0, yo, xo, H, W, HO, WO, KH, KW, DH, DW, SH, SW, PH, PW, BORDER: tl.constexpr,
                   TH: tl.constexpr, TW: tl.constexpr):
     """``(fr, fc, r_lo, r_hi, c_lo, c_hi)``: the first window row and column of each query of a tile, and
@@ -203,14 +216,11 @@ def _fwd(Q, K, V, EK, EV, O, LSE,
          KH, KW, DH, DW, SH, SW, PH, PW, BORDER: tl.constexpr,
          TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr, BM: tl.constexpr,
          HAS_EXTRA: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    bh, b, hh = _image_head(tl.program_id(1), NH)
-    y0, x0, yo, xo, qv = _tile_positions(tl.program_id(0), HO, WO, TH, TW)
-    dd = tl.arange(0, BD)
-    dm = dd < D
-    scale = _scale(scale_hi, scale_lo, ACC)
+    bh, b, hh, y0, x0, yo, xo, qv, dd, dm, qm, scale = _tile_program(HO, WO, NH, scale_hi, scale_lo, D, BD, TH, TW,
+                                                                     ACC)
 
     q = tl.load(Q + b * sqb + hh * sqh + (yo * SH)[:, None] * sqy + (xo * SW)[:, None] * sqx + dd[None, :] * sqd,
-                mask=qv[:, None] & dm[None, :], other=0.0).to(DT)
+                mask=qm, other=0.0).to(DT)
     fr, fc, r_lo, r_hi, c_lo, c_hi = _tile_windows(y0, x0, yo, xo, H, W, HO, WO, KH, KW, DH, DW, SH, SW, PH, PW,
                                                    BORDER, TH, TW)
 
@@ -237,7 +247,7 @@ def _fwd(Q, K, V, EK, EV, O, LSE,
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
     tl.store(O + b * sob + hh * soh + yo[:, None] * soy + xo[:, None] * sox + dd[None, :] * sod,
-             out.to(O.dtype.element_ty), mask=qv[:, None] & dm[None, :])
+             out.to(O.dtype.element_ty), mask=qm)
     tl.store(LSE + bh * HO * WO + yo * WO + xo, lse, mask=qv)
 
 
@@ -254,12 +264,8 @@ def _bwd_dq(Q, K, V, EK, EV, DO, LSE, DELTA, DQ, DK, DV,
             PREC: tl.constexpr):
     """dq per query tile (strides ``sq*`` for q, ``sd*`` for dq, ``so*`` for dout); with ATOMIC, also dk and
     dv (``[B, heads, H, W, D]`` buffers of dtype ACC with strides ``sg*``) by atomic adds."""
-    bh, b, hh = _image_head(tl.program_id(1), NH)
-    y0, x0, yo, xo, qv = _tile_positions(tl.program_id(0), HO, WO, TH, TW)
-    dd = tl.arange(0, BD)
-    dm = dd < D
-    qm = qv[:, None] & dm[None, :]
-    scale = _scale(scale_hi, scale_lo, ACC)
+    bh, b, hh, y0, x0, yo, xo, qv, dd, dm, qm, scale = _tile_program(HO, WO, NH, scale_hi, scale_lo, D, BD, TH, TW,
+                                                                     ACC)
 
     q_off = b * sqb + hh * sqh + (yo * SH)[:, None] * sqy + (xo * SW)[:, None] * sqx + dd[None, :] * sqd
     q = tl.load(Q + q_off, mask=qm, other=0.0).to(DT)
@@ -322,12 +328,8 @@ def _bwd_dkv(Q, K, V, DO, LSE, DELTA, DK, DV,
 
     ``dk``/``dv`` are written with strides ``sg*`` (shared by both). For 'circular', key row ``r`` is
     read at virtual rows ``r + m*H`` for ``m`` in ``[MR_LO, MR_HI]`` (columns alike); elsewhere m = 0."""
-    bh, b, hh = _image_head(tl.program_id(1), NH)
-    ty0, tx0, ky, kx, kv = _tile_positions(tl.program_id(0), H, W, TH, TW)
-    dd = tl.arange(0, BD)
-    dm = dd < D
-    km = kv[:, None] & dm[None, :]
-    scale = _scale(scale_hi, scale_lo, ACC)
+    bh, b, hh, ty0, tx0, ky, kx, kv, dd, dm, km, scale = _tile_program(H, W, NH, scale_hi, scale_lo, D, BD, TH, TW,
+                                                                       ACC)
 
     kt = tl.load(K + b * skb + hh * skh + ky[:, None] * sky + kx[:, None] * skx + dd[None, :] * skd,
                  mask=km, other=0.0).to(DT)

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -165,45 +166,65 @@ Axis make_axis(int L, int k, int d, int s, int border) {
 // output width rounded up to whole vectors; a "slot pointer" points at column 0 of the window slot's
 // run in a padded key/value row buffer [D][Wp].
 
+// The loop of both register-blocked passes: for each vector of columns x of a row WoV wide, NB accumulator
+// vectors set to zero, then body(x, xo, acc), xo being the column's offset in a padded row read with
+// stride sw (x when UNIT). NB is a template argument so that the accumulators stay in registers; this
+// helper, remainder_block and the lambdas passed to them are always inlined: the passes compile to the
+// loops they would be written out by hand.
+template <typename T, bool UNIT, int NB, typename Body>
+__attribute__((always_inline)) inline void vector_columns(int WoV, int64_t sw, Body&& body) {
+  for (int x = 0; x < WoV; x += Vec<T>::L) {
+    typename Vec<T>::type acc[NB];
+    for (int n = 0; n < NB; ++n) acc[n] = vbroadcast<T>(0);
+    body(x, UNIT ? (int64_t)x : (int64_t)x * sw, acc);
+  }
+}
+
+// block(std::integral_constant<int, n>()) for the n in [1, 7] left after the whole blocks of a pass (none
+// for n = 0): the block size of the remainder as a template argument
+template <typename Block>
+__attribute__((always_inline)) inline void remainder_block(int n, Block&& block) {
+  switch (n) {
+    case 7: block(std::integral_constant<int, 7>()); break;
+    case 6: block(std::integral_constant<int, 6>()); break;
+    case 5: block(std::integral_constant<int, 5>()); break;
+    case 4: block(std::integral_constant<int, 4>()); break;
+    case 3: block(std::integral_constant<int, 3>()); break;
+    case 2: block(std::integral_constant<int, 2>()); break;
+    case 1: block(std::integral_constant<int, 1>()); break;
+    default: break;
+  }
+}
+
 // outs[n][x] = mul * sum_d X[d*xs + x] * P_n[d*Wp + x*sw]
 template <typename T, bool UNIT, int NB>
 inline void dot_block(const T* X, int64_t xs, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw,
                       T* const* outs, T mul) {
   typedef typename Vec<T>::type V;
-  constexpr int L = Vec<T>::L;
-  for (int x = 0; x < WoV; x += L) {
-    V acc[NB];
-    for (int n = 0; n < NB; ++n) acc[n] = vbroadcast<T>(0);
-    const int64_t xo = UNIT ? x : (int64_t)x * sw;
+  vector_columns<T, UNIT, NB>(WoV, sw, [&](int x, int64_t xo, V* acc) __attribute__((always_inline)) {
     for (int d = 0; d < D; ++d) {
       const V xv = vload<T>(X + (int64_t)d * xs + x);
       const int64_t row = (int64_t)d * Wp + xo;
       for (int n = 0; n < NB; ++n) acc[n] += xv * vload_s<T, UNIT>(P[n] + row, sw);
     }
     for (int n = 0; n < NB; ++n) vstore<T>(outs[n] + x, acc[n] * mul);
-  }
+  });
 }
 
 template <typename T, bool UNIT>
 void dot_slots(const T* X, int64_t xs, int D, int WoV, const T* const* P, int64_t Wp, int64_t sw, T* const* outs,
                int count, T mul) {
   int n = 0;
+  auto block = [&](auto NB) __attribute__((always_inline)) {
+    dot_block<T, UNIT, decltype(NB)::value>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul);
+  };
   // blocks of 7 or 8 slots (7x7 windows: 7 blocks of 7, never a block of 1)
   const int nb = count % 8 == 0 || count % 8 > 4 ? 8 : 7;
   for (; n + nb <= count; n += nb) {
-    if (nb == 8) dot_block<T, UNIT, 8>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul);
-    else dot_block<T, UNIT, 7>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul);
+    if (nb == 8) block(std::integral_constant<int, 8>());
+    else block(std::integral_constant<int, 7>());
   }
-  switch (count - n) {
-    case 7: dot_block<T, UNIT, 7>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 6: dot_block<T, UNIT, 6>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 5: dot_block<T, UNIT, 5>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 4: dot_block<T, UNIT, 4>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 3: dot_block<T, UNIT, 3>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 2: dot_block<T, UNIT, 2>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    case 1: dot_block<T, UNIT, 1>(X, xs, D, WoV, P + n, Wp, sw, outs + n, mul); break;
-    default: break;
-  }
+  remainder_block(count - n, block);
 }
 
 // O[d*os + x] = inv[x] * (sum_n A_n[x] * P_n[d*Wp + x*sw] + sum_m E_m[x] * ev[m*D + d]) for d in [d0, d0+DB)
@@ -212,11 +233,7 @@ template <typename T, bool UNIT, int DB>
 inline void axpy_block(T* O, int64_t os, int d0, int D, int WoV, const T* const* A, const T* const* P, int count,
                        int64_t Wp, int64_t sw, const T* const* E, const T* ev, int M, const T* inv) {
   typedef typename Vec<T>::type V;
-  constexpr int L = Vec<T>::L;
-  for (int x = 0; x < WoV; x += L) {
-    V acc[DB];
-    for (int b = 0; b < DB; ++b) acc[b] = vbroadcast<T>(0);
-    const int64_t xo = UNIT ? x : (int64_t)x * sw;
+  vector_columns<T, UNIT, DB>(WoV, sw, [&](int x, int64_t xo, V* acc) __attribute__((always_inline)) {
     for (int n = 0; n < count; ++n) {
       const V av = vload<T>(A[n] + x);
       const T* p = P[n] + (int64_t)d0 * Wp + xo;
@@ -231,26 +248,18 @@ inline void axpy_block(T* O, int64_t os, int d0, int D, int WoV, const T* const*
       for (int b = 0; b < DB; ++b) acc[b] *= iv;
     }
     for (int b = 0; b < DB; ++b) vstore<T>(O + (int64_t)(d0 + b) * os + x, acc[b]);
-  }
+  });
 }
 
 template <typename T, bool UNIT>
 void axpy_slots(T* O, int64_t os, int D, int WoV, const T* const* A, const T* const* P, int count, int64_t Wp,
                 int64_t sw, const T* const* E, const T* ev, int M, const T* inv) {
   int d = 0;
-#define MSA_AXPY(DB) axpy_block<T, UNIT, DB>(O, os, d, D, WoV, A, P, count, Wp, sw, E, ev, M, inv)
-  for (; d + 8 <= D; d += 8) MSA_AXPY(8);
-  switch (D - d) {
-    case 7: MSA_AXPY(7); break;
-    case 6: MSA_AXPY(6); break;
-    case 5: MSA_AXPY(5); break;
-    case 4: MSA_AXPY(4); break;
-    case 3: MSA_AXPY(3); break;
-    case 2: MSA_AXPY(2); break;
-    case 1: MSA_AXPY(1); break;
-    default: break;
-  }
-#undef MSA_AXPY
+  auto block = [&](auto DB) __attribute__((always_inline)) {
+    axpy_block<T, UNIT, decltype(DB)::value>(O, os, d, D, WoV, A, P, count, Wp, sw, E, ev, M, inv);
+  };
+  for (; d + 8 <= D; d += 8) block(std::integral_constant<int, 8>());
+  remainder_block(D - d, block);
 }
 
 // P_n[d*Wp + x*sw] += G_n[x] * X[d][x]   (the transposed pass: key / value gradients)
