@@ -313,7 +313,7 @@ CONFIGS: dict[str, ConvNetConfig] = {
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 # weights that ship in the package: the main job's final weights, with the run folder that produced them
 SHIPPED: dict[str, dict[str, str]] = {
-    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="8677709313ee593453e2b5ab052e5bcb0a049a6a250089f4b009a0689756e9a9",
+    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="17b3bcc4a175681529397195e54438ac6b748bc99d98ed53455bb9110c51e632",
                           tag="cifar10_jpeg_20k"),
 }
 
