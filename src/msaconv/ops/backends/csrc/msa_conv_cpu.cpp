@@ -475,22 +475,43 @@ int collect_slots(int64_t yo, const Geometry& g, RowScratch<T>& s, RowPtr rowptr
   return cnt;
 }
 
+// rows[m*rs + x] = mul * sum_d X[d*xs + x] * E[m*D + d]: the logits (or value-gradient dots) of the M extra
+// tokens (IPM 'grid'), one vector row each
+template <typename T>
+inline void extra_rows(T* rows, int64_t rs, const T* X, int64_t xs, const T* E, int64_t M, int64_t D, int WoV, T mul) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  for (int64_t m = 0; m < M; ++m)
+    for (int x = 0; x < WoV; x += L) {
+      V acc = vbroadcast<T>(0);
+      for (int64_t d = 0; d < D; ++d) acc += vload<T>(X + d * xs + x) * E[m * D + d];
+      vstore<T>(rows + m * rs + x, acc * mul);
+    }
+}
+
+// The clamp border's columns, out of the vector pass: out[n*os + xo] = mul * sum_d X[d*xs + xo] * P_r[d*Wp + c]
+// for every window slot n = (i, j) of query row yo, P_r = rowof(r) the padded row of window row i, c its column
+template <typename T, typename RowOf>
+inline void clamp_columns(T* out, int64_t os, const T* X, int64_t xs, const Geometry& g, int64_t yo, RowOf rowof, T mul) {
+  for (int xo : g.C.exc)
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const T* pr = rowof(g.R.idx[(size_t)i * g.Ho + yo]);
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
+        T acc = 0;
+        for (int64_t d = 0; d < g.D; ++d) acc += X[d * xs + xo] * pr[d * g.Wp + c];
+        out[(i * g.kw + j) * os + xo] = acc * mul;
+      }
+    }
+}
+
 // logits of one query row: vector pass + extras + border fix-ups. kp(r) gives the padded k row.
 template <typename T, bool UNIT, typename RowPtr>
 void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const T* X, int64_t xs, const T* ek, T scale,
                 RowPtr rowptr) {
   const int WoV = g.WoV;
-  typedef typename Vec<T>::type V;
-  constexpr int L = Vec<T>::L;
   dot_slots<T, UNIT>(X, xs, (int)g.D, WoV, s.kptr.data(), g.Wp, g.sw, s.lptr.data(), cnt, scale);
-  for (int64_t m = 0; m < g.M; ++m) {
-    T* lrow = s.L0 + (g.K + m) * s.ls;
-    for (int x = 0; x < WoV; x += L) {
-      V acc = vbroadcast<T>(0);
-      for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(X + d * xs + x) * ek[m * g.D + d];
-      vstore<T>(lrow + x, acc * scale);
-    }
-  }
+  extra_rows<T>(s.L0 + g.K * s.ls, s.ls, X, xs, ek, g.M, g.D, WoV, scale);
   if (g.border == MASK) {
     const T ninf = -std::numeric_limits<T>::infinity();
     for (int xo : g.C.exc)
@@ -498,16 +519,7 @@ void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const 
         if (g.C.idx[(size_t)j * g.Wo + xo] < 0)
           for (int64_t i = 0; i < g.kh; ++i) s.L0[(i * g.kw + j) * s.ls + xo] = ninf;
   } else if (g.border == CLAMP) {
-    for (int xo : g.C.exc)
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const T* kr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).first;
-        for (int64_t j = 0; j < g.kw; ++j) {
-          const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
-          T acc = 0;
-          for (int64_t d = 0; d < g.D; ++d) acc += X[d * xs + xo] * kr[d * g.Wp + c];
-          s.L0[(i * g.kw + j) * s.ls + xo] = acc * scale;
-        }
-      }
+    clamp_columns<T>(s.L0, s.ls, X, xs, g, yo, [&](int r) { return rowptr(r).first; }, scale);
   }
 }
 
@@ -748,26 +760,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
         for (int64_t n = 0; n < KM; ++n) std::fill(dA + n * QW, dA + n * QW + WoV, T(0));
         for (int c = 0; c < cnt; ++c) dAptr[c] = dA + (int64_t)s.slot[c] * QW;
         dot_slots<T, UNIT>(G, QW, (int)g.D, WoV, s.vptr.data(), g.Wp, g.sw, dAptr.data(), cnt, T(1));
-        for (int64_t m = 0; m < g.M; ++m) {
-          T* row = dA + (g.K + m) * QW;
-          for (int x = 0; x < WoV; x += L) {
-            V acc = vbroadcast<T>(0);
-            for (int64_t d = 0; d < g.D; ++d) acc += vload<T>(G + d * QW + x) * ev[m * g.D + d];
-            vstore<T>(row + x, acc);
-          }
-        }
-        for (size_t e = 0; e < nexc; ++e) {
-          const int xo = g.C.exc[e];
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const T* vr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).second;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
-              T acc = 0;
-              for (int64_t d = 0; d < g.D; ++d) acc += G[d * QW + xo] * vr[d * g.Wp + c];
-              dA[(i * g.kw + j) * QW + xo] = acc;
-            }
-          }
-        }
+        extra_rows<T>(dA + g.K * QW, QW, G, QW, ev, g.M, g.D, WoV, T(1));
+        if (nexc) clamp_columns<T>(dA, QW, G, QW, g, yo, [&](int r) { return rowptr(r).second; }, T(1));
         // dlogit = a * (dA - delta) * scale, stored over dA
         for (int64_t n = 0; n < KM; ++n)
           for (int x = 0; x < WoV; x += L) {
