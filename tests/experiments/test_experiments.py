@@ -512,3 +512,12 @@ def test_a_killed_run_continues_from_its_last_checkpoint(tmp_path):
     again = C.train_job(job)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert again["reused_checkpoint"] is False and summary["resumed_from"] == 6 and again["top1"] == first["top1"]
+
+
+
+def test_a_failure_followed_by_a_success_is_not_listed():
+    recs = [{"config": "a", "seed": 0, "error": "NonFiniteLossError: nan"}, {"config": "a", "seed": 0, "top1": 70.0},
+            {"config": "b", "seed": 0, "top1": 70.0}, {"config": "b", "seed": 0, "error": "killed"},
+            {"config": "c", "seed": 1, "error": "x"}]
+    open_ = C.open_failures(recs, lambda r: (r["config"], r["seed"]))
+    assert [(r["config"], r["error"]) for r in open_] == [("b", "killed"), ("c", "x")]

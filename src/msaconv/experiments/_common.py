@@ -527,6 +527,16 @@ def latest_batch(records: list[dict], key: Callable[[dict], Any]) -> list[dict]:
     return list(last.values())
 
 
+def open_failures(records: list[dict], key: Callable[[dict], Any]) -> list[dict]:
+    """The newest failed record of each ``key`` that no successful record (``top1``) came after: a run that
+    failed and then trained (a retry, a fixed recipe) is not a failure any more."""
+    last: dict = {}
+    for r in records:
+        if r.get("error") or "top1" in r:
+            last[key(r)] = r
+    return [r for r in last.values() if r.get("error")]
+
+
 def split_budgets(records: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
     """(records at the primary budget, records at other budgets of this framework, superseded records).
 

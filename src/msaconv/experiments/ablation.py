@@ -299,7 +299,7 @@ def render(records: list[dict], figdir: Path) -> str:
     primary, other, superseded = C.split_budgets(records)
     runs = C.latest_batch([r for r in primary if "top1" in r], lambda r: (r["config"], r["seed"]))
     refused = C.latest_batch([r for r in primary if r.get("refused")], lambda r: r["config"])
-    failed = C.latest_batch([r for r in primary if r.get("error")], lambda r: (r["config"], r["seed"]))
+    failed = C.open_failures(primary, lambda r: (r["config"], r["seed"]))
     parts = [f"## Ablation: the mechanisms of MSA-Conv in {MODEL}"]
     if primary:
         parts.append(C.provenance(primary))

@@ -160,7 +160,7 @@ def render(records: list[dict], figdir: Path) -> str:
     figdir = Path(figdir)
     primary, other, superseded = C.split_budgets(records)
     runs = C.latest_batch([r for r in primary if "top1" in r], lambda r: (r["config"], r.get("mode"), r["seed"]))
-    failed = C.latest_batch([r for r in primary if r.get("error")], lambda r: (r["config"], r.get("mode"), r["seed"]))
+    failed = C.open_failures(primary, lambda r: (r["config"], r.get("mode"), r["seed"]))
     parts = ["## Resolution: top-1 at 16-64 px of models trained at 32 px or at 24-40 px"]
     if primary:
         parts.append(C.provenance(primary))
