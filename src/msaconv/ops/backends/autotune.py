@@ -169,18 +169,16 @@ def known(pb: Problem, candidates: Mapping[str, Any]) -> str | None:
 def choose(pb: Problem, candidates: Mapping[str, Any]) -> str:
     """The name of the fastest of ``candidates`` (name -> backend, the likely fastest first) for ``pb``'s shape,
     measured once per shape."""
+    made = known(pb, candidates)
+    if made is not None:
+        return made
     names = list(candidates)
-    if len(names) == 1:
-        return names[0]
-    if not _loaded:
-        _load()
+    times: dict[str, float] = {}
+    for n in names:
+        times[n] = measure(candidates[n], pb, beat=min(times.values(), default=float("inf")))
     key = shape_key(pb, sorted(names))
-    if _choices.get(key) not in candidates:
-        times: dict[str, float] = {}
-        for n in names:
-            times[n] = measure(candidates[n], pb, beat=min(times.values(), default=float("inf")))
-        _choices[key] = min(names, key=times.__getitem__)
-        _store(key, _choices[key])
+    _choices[key] = min(names, key=times.__getitem__)
+    _store(key, _choices[key])
     return _choices[key]
 
 
