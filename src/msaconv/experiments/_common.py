@@ -8,8 +8,9 @@ the final evaluation on all 10,000 test images. The ConvNets (``tic_conv_nano`` 
 lr 0.2); the transformers (every :class:`~msaconv.models.HierConfig` model: ``tic_nano``, the ViTs, the
 ``hier_nano`` mixers) with ``tic_nano.yaml`` (AdamW, lr 3e-3, weight decay 0.05), because SGD at lr 0.2
 sends ``tic_nano``'s loss to NaN within the first epoch (steps 64-77 of 390, the reference backend too).
-Both recipes share the schedule (one-cycle), label smoothing 0.1 and the augmentation (random crop + flip). A run is fixed-size (32 px, ``mode='fixed'``) or
-multi-size (``mode='multi'``: the engine's ``train_sizes`` 24, 32, 40). Its final evaluations at every
+Both recipes share the schedule (one-cycle), label smoothing 0.1 and the augmentation (random crop + flip).
+A run is fixed-size (32 px, ``mode='fixed'``) or multi-size (``mode='multi'``: the engine's ``train_sizes``
+24, 32, 40). Its final evaluations at every
 (size, protocol) the experiment asks for come from the run itself (the engine's ``eval_sizes`` and
 ``eval_protocols``).
 
@@ -108,8 +109,9 @@ def budget_key(b: dict | None) -> str:
     b = b or {}
     data = str(b.get("data", ""))
     # a record made before ``transformer_recipe`` existed had no transformer that trained (tic_nano's NaN only)
-    return json.dumps([b.get("recipe"), b.get("transformer_recipe", TRANSFORMER_RECIPE), b.get("epochs"), b.get("limit_train"), b.get("limit_val"),
-                       b.get("batch_size"), data if data == "embedded" else Path(data).name, b.get("img_size")])
+    return json.dumps([b.get("recipe"), b.get("transformer_recipe", TRANSFORMER_RECIPE), b.get("epochs"),
+                       b.get("limit_train"), b.get("limit_val"), b.get("batch_size"),
+                       data if data == "embedded" else Path(data).name, b.get("img_size")])
 
 
 def is_current(rec: dict) -> bool:
@@ -166,8 +168,9 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
         if getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
     return Budget(recipe=getattr(args, "recipe", RECIPE),
-                  transformer_recipe=getattr(args, "transformer_recipe", TRANSFORMER_RECIPE), epochs=args.epochs, limit_train=args.limit_train,
-                  limit_val=args.limit_val, batch_size=args.batch_size, data=args.data, threads=args.threads)
+                  transformer_recipe=getattr(args, "transformer_recipe", TRANSFORMER_RECIPE), epochs=args.epochs,
+                  limit_train=args.limit_train, limit_val=args.limit_val, batch_size=args.batch_size, data=args.data,
+                  threads=args.threads)
 
 
 def output_path(args: argparse.Namespace, name: str) -> Path:
@@ -278,7 +281,8 @@ def make_job(experiment: str, config: str, model: str, model_kwargs: dict, seed:
              train_overrides: dict | None = None) -> dict:
     """One training job: arm ``config`` of ``experiment``, evaluated at ``sizes`` (those it can run) x ``protocols``;
     ``train_overrides``: TrainConfig values this arm changes in its recipe (a recipe A/B; part of the run's
-    identity, and of its record)."""
+    identity, and of its record). The job names the recipe its model's family trains with
+    (:meth:`Budget.recipe_for`, decided here once)."""
     if mode not in MODES:
         raise ValueError(f"{experiment}: training mode {mode!r} is not one of {list(MODES)}")
     want = sorted(set(sizes if sizes is not None else [budget.img_size]) | {budget.img_size})
@@ -290,7 +294,8 @@ def make_job(experiment: str, config: str, model: str, model_kwargs: dict, seed:
     return {"experiment": experiment, "config": config, "mode": mode, "seed": seed, "model": model,
             "model_kwargs": dict(model_kwargs), "train_sizes": MODES[mode], "eval_sizes": ok,
             "eval_protocols": list(protocols), "eval_errors": bad, "budget": budget.as_dict(),
-            "scratch": str(scratch_dir(args)), "fresh": bool(args.fresh),
+            "recipe": budget.recipe_for(model, model_kwargs), "scratch": str(scratch_dir(args)),
+            "fresh": bool(args.fresh),
             "extra": {**dict(extra or {}), **({"train_overrides": dict(train_overrides)} if train_overrides else {})}}
 
 
@@ -301,7 +306,7 @@ def train_config(job: dict):
 
     b = Budget(**job["budget"])
     data = b.resolved_data()
-    recipe = b.recipe_for(job["model"], job["model_kwargs"])
+    recipe = job["recipe"]
     r = recipe_values(recipe)
     share = float(r.get("warmup_epochs", 0)) / float(r.get("epochs", 1))
     flags = {
@@ -409,7 +414,8 @@ def train_job(job: dict) -> dict:
     return {
         "experiment": job["experiment"], "config": job["config"], "mode": job["mode"], "seed": job["seed"],
         "model": job["model"], "model_kwargs": job["model_kwargs"], "train_sizes": job["train_sizes"],
-        "recipe": budget.recipe_for(job["model"], job["model_kwargs"]), "top1": main["top1"], "top5": main["top5"], "loss": main["loss"], "val_images": main["images"],
+        "recipe": job["recipe"], "top1": main["top1"], "top5": main["top5"], "loss": main["loss"],
+        "val_images": main["images"],
         "evals": evals, "eval_errors": job.get("eval_errors", {}), "evals_from_weights": len(missing),
         "train_images": summary["train_images"], "epochs": summary["epochs"], "steps": summary["steps"],
         "train_seconds": summary["train_seconds"], "cpu_seconds": summary.get("cpu_seconds"),
@@ -530,11 +536,8 @@ def latest_batch(records: list[dict], key: Callable[[dict], Any]) -> list[dict]:
 def open_failures(records: list[dict], key: Callable[[dict], Any]) -> list[dict]:
     """The newest failed record of each ``key`` that no successful record (``top1``) came after: a run that
     failed and then trained (a retry, a fixed recipe) is not a failure any more."""
-    last: dict = {}
-    for r in records:
-        if r.get("error") or "top1" in r:
-            last[key(r)] = r
-    return [r for r in last.values() if r.get("error")]
+    runs = latest_batch([r for r in records if r.get("error") or "top1" in r], key)
+    return [r for r in runs if r.get("error")]
 
 
 def split_budgets(records: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:

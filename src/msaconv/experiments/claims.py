@@ -36,22 +36,27 @@ def _records(results: Path, name: str) -> tuple[list[dict], str]:
     return C.read_records(path), f"results/{name}/records.jsonl"
 
 
-def _decide(verdicts: list[tuple[str, dict]], positive_is_for: bool = True) -> str:
-    """One verdict from labelled paired differences (positive: in the claim's direction if ``positive_is_for``)."""
+WORDS = {"against": "**against**", "supported": "**supported**", "none": "**no difference** within the noise"}
+# the accuracy claim is "comparable": TiC behind is against it, level with its peers meets it
+ACCURACY_WORDS = {"against": "**against** (TiC behind)", "supported": "**supported**, TiC ahead",
+                  "none": "**supported**: no difference within the noise"}
+
+
+def _decide(verdicts: list[tuple[str, dict]], words: dict[str, str] = WORDS) -> str:
+    """One verdict from labelled paired differences (positive: in the claim's direction)."""
     have = [(k, v) for k, v in verdicts if v["n"]]
     if not have:
         return "undecided: not run yet"
     n = min(v["n"] for _k, v in have)
     if n < SEEDS or len(have) < len(verdicts):
         return f"undecided: {n} seed(s) so far" + ("" if len(have) == len(verdicts) else ", some arms not run yet")
-    sign = 1 if positive_is_for else -1
-    against = [k for k, v in have if v["real"] and sign * v["mean"] < 0]
-    support = [k for k, v in have if v["real"] and sign * v["mean"] > 0]
+    against = [k for k, v in have if v["real"] and v["mean"] < 0]
+    support = [k for k, v in have if v["real"] and v["mean"] > 0]
     if against:
-        return "**against**: " + ", ".join(against) + (f" (for: {', '.join(support)})" if support else "")
+        return f"{words['against']}: " + ", ".join(against) + (f" (for: {', '.join(support)})" if support else "")
     if support:
-        return "**supported**: " + ", ".join(support)
-    return "**no difference** within the noise"
+        return f"{words['supported']}: " + ", ".join(support)
+    return words["none"]
 
 
 def _fmt(label: str, v: dict) -> str:
@@ -130,15 +135,8 @@ def accuracy_claim(results: Path) -> tuple[str, str, str, str]:
         if row["config"] != M.REFERENCE and row["config"] not in M.OTHERS:  # a zoo mixer in tic_nano's body
             verdicts.append((f"tic_nano − {row['config']}", _negated(row["delta"])))
     numbers = "; ".join(_fmt(k + " (top-1 points)", v) for k, v in verdicts)
-    decided = _decide(verdicts)
-    if decided.startswith("**against**"):
-        decided = "**against** (TiC behind): " + decided.split(": ", 1)[1]
-    elif decided.startswith("**supported**"):
-        decided = "**supported**, TiC ahead: " + decided.split(": ", 1)[1]
-    elif decided.startswith("**no difference**"):
-        decided = "**supported**: no difference within the noise"
-    return ("Accuracy comparable with its baselines and the other designs (top-1 at 32 px, paired)", decided,
-            numbers, f"{rpath}, {mpath}")
+    return ("Accuracy comparable with its baselines and the other designs (top-1 at 32 px, paired)",
+            _decide(verdicts, ACCURACY_WORDS), numbers, f"{rpath}, {mpath}")
 
 
 def _negated(v: dict) -> dict:
