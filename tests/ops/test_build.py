@@ -7,6 +7,7 @@ real kernels, into a temporary extension cache.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import uuid
 
@@ -73,8 +74,8 @@ def tiny(tmp_path, monkeypatch):
     Tiny.write(1)
     monkeypatch.setattr(_build, "CSRC", csrc)
     monkeypatch.setattr(_build, "SOURCES", ("tiny.cpp",))
-    monkeypatch.setattr(_build, "CFLAGS", ["-O0", "-march=native"])
-    monkeypatch.setattr(_build, "LDFLAGS", [])
+    monkeypatch.setattr(_build, "cflags", lambda: ["-O0", "-march=native"])
+    monkeypatch.setattr(_build, "LDFLAGS", ())
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(Tiny.cache))
     yield Tiny
     for name in [n for n in sys.modules if n.startswith("msaconv_cpu_")]:
@@ -100,6 +101,63 @@ def test_cache_name_changes_with_the_cpu(monkeypatch):
     other = _build._ext_name()
     monkeypatch.setattr(_build, "native_target", lambda: "gcc -march=haswell -mavx2")
     assert len({name, other, _build._ext_name()}) == 3
+
+
+def test_msaconv_march_names_another_target(monkeypatch):
+    """MSACONV_MARCH: another -march= target is another flag and another resolved target, so another cache key."""
+    native = _build._ext_name()
+    monkeypatch.setenv("MSACONV_MARCH", "x86-64-v3")
+    assert "-march=x86-64-v3" in _build.cflags() and "-march=native" not in _build.cflags()
+    assert _build._ext_name() != native
+    monkeypatch.setenv("MSACONV_MARCH", "")  # empty: the default
+    assert _build.march() == "native" and _build._ext_name() == native
+
+
+def test_bad_msaconv_march_is_a_reason_naming_it(monkeypatch, saved_state):
+    monkeypatch.setenv("MSACONV_MARCH", "native; rm -rf ~")
+    with pytest.raises(ValueError, match="MSACONV_MARCH='native; rm -rf ~' is not a -march= target.*x86-64-v3"):
+        _build.march()
+    module, reason = _build.extension()
+    assert module is None and "MSACONV_MARCH" in reason
+
+
+def test_the_cache_key_is_the_same_after_a_build():
+    """torch's load() appends its libraries to the ldflags list it is given: the key must not see that, or a
+    second build in one process (after reset()) would compile again under another name."""
+    name = _build._ext_name()
+    if _build.extension()[0] is None:
+        pytest.skip(f"cpu backend unavailable here: {_build.extension()[1]}")
+    assert _build._ext_name() == name and _build.LDFLAGS == ("-fopenmp",)
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_the_avx2_kernels_match_the_reference_on_an_avx512_cpu(tmp_path):
+    """Both vector widths tested on one CPU: where the native build is AVX-512, the fused-kernel tests run again
+    in a fresh process against an AVX2 build (MSACONV_MARCH=x86-64-v3) in an empty extension cache."""
+    import subprocess
+
+    if not _has_avx512() or platform.machine() != "x86_64":
+        pytest.skip("the native build here is already the AVX2 one (no AVX-512): the main run tests it")
+    if _build.extension()[0] is None:
+        pytest.skip(f"cpu backend unavailable here: {_build.extension()[1]}")
+    env = dict(os.environ, MSACONV_MARCH="x86-64-v3", TORCH_EXTENSIONS_DIR=str(tmp_path))
+    info = subprocess.run([sys.executable, "-c", "from msaconv.ops.backends import _build; m, r = _build.extension(); "
+                           "print(m.build_info() if m else r)"], env=env, capture_output=True, text=True, timeout=1200)
+    assert "(AVX2)" in info.stdout, info.stdout + info.stderr
+    tests = os.path.join(os.path.dirname(__file__), "test_cpu_fused.py")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", tests,
+                          "-k", "matches_reference or edge_shapes or gradcheck"],
+                         env=env, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-2000:]
 
 
 @pytest.mark.compile
@@ -129,7 +187,7 @@ def test_a_changed_source_or_flag_never_loads_a_stale_binary(tiny, monkeypatch):
     m2, name2, _, compiled = tiny.build()
     assert name2 != name1 and compiled and m2.answer() == 2
 
-    monkeypatch.setattr(_build, "CFLAGS", ["-O1", "-march=native"])  # a changed flag, same source
+    monkeypatch.setattr(_build, "cflags", lambda: ["-O1", "-march=native"])  # a changed flag, same source
     m3, name3, _, compiled = tiny.build()
     assert name3 not in (name1, name2) and compiled and m3.answer() == 2
 

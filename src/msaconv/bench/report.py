@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Iterable
 
 TARGET = {"height": 56, "width": 56, "kernel": 7, "dilation": 1}
+# the targets at that shape (the issue "Attention at the speed of convolution"): time over the roofline bound,
+# and speed-up over global SDPA on the same 3,136 tokens
+TARGET_BOUND = {"fwd": 3.0, "fwdbwd": 4.0}
+TARGET_VS_GLOBAL = 15.0
 LOCAL_PEERS = ("sdpa_masked", "flex", "flex_compiled")
 
 
@@ -48,13 +52,13 @@ def _summary(ops: list[dict], mems: list[dict]) -> list[str]:
             glob[(r["mode"], r["height"], r["width"])] = r
     for impl in sorted({r["impl"] for r in ops if r["impl"] not in ("sdpa_global",) + LOCAL_PEERS}):
         parts = []
-        for mode, limit in (("fwd", 4.0), ("fwdbwd", 5.0)):
+        for mode, limit in TARGET_BOUND.items():
             cur = by.get((impl, mode, tk))
             if cur is None or "median_ms" not in cur:
                 continue
             g = glob.get((mode, TARGET["height"], TARGET["width"]))
             speed = (f", {g['median_ms'] / cur['median_ms']:.1f}x faster than global SDPA "
-                     f"({g['median_ms']:.0f} ms{', timed once' if g.get('runs') == 1 else ''}; target >= 10x)"
+                     f"({g['median_ms']:.0f} ms{', timed once' if g.get('runs') == 1 else ''}; target >= {TARGET_VS_GLOBAL:g}x)"
                      if g else ", global SDPA not timed here")
             p10 = f", p10 {cur['p10_ms'] / cur['bound_ms']:.2f}x" if cur.get("runs", 0) > 1 else ""
             if "ratio_to_local_bound" in cur:

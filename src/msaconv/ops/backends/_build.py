@@ -4,7 +4,10 @@ The extension is compiled by ``torch.utils.cpp_extension.load`` into torch's ext
 (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, torch's own rule) under a name that hashes
 the sources, the flags, torch's and python's versions and what ``-march=native`` resolves to on this CPU
 (:func:`native_target`): a changed source, flag or CPU never loads a stale binary, so a cache shared
-between machines (a home directory on a cluster) never hands an AVX-512 build to an AVX2 node. An
+between machines (a home directory on a cluster) never hands an AVX-512 build to an AVX2 node.
+``MSACONV_MARCH`` (default ``native``) names another ``-march=`` target: ``x86-64-v3`` builds the AVX2
+kernels on an AVX-512 machine (the tests use it to check both vector widths on one CPU), or one binary
+for every node of a mixed cluster. An
 exclusive ``fcntl`` lock around the build serialises concurrent builders (``pytest -n 2``); the second
 process waits, then loads what the first built. Any failure (no compiler, no ninja, a compile error) is
 caught once and kept as the reason the backend cannot run; nothing here raises at import.
@@ -28,8 +31,21 @@ import torch
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("msa_conv_cpu.cpp",)
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno"]
-LDFLAGS = ["-fopenmp"]
+LDFLAGS = ("-fopenmp",)  # a tuple: torch's load() appends its libraries to the list it is given
+MARCH_ENV = "MSACONV_MARCH"
+
+
+def march() -> str:
+    """The ``-march=`` target: ``$MSACONV_MARCH``, default ``native``; anything else is an error naming it."""
+    value = os.environ.get(MARCH_ENV, "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9._+-]+", value):
+        raise ValueError(f"{MARCH_ENV}={value!r} is not a -march= target; use e.g. native (the default), "
+                         f"x86-64-v3 (AVX2) or x86-64-v4 (AVX-512)")
+    return value
+
+
+def cflags() -> list[str]:
+    return ["-O3", f"-march={march()}", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "module" or "reason", set once per process
@@ -87,16 +103,19 @@ def _output(cmd: list[str]) -> str:
     return r.stdout + r.stderr if r.returncode == 0 else ""
 
 
-@functools.lru_cache(maxsize=None)
 def native_target() -> str:
-    """What ``-march=native`` means on this CPU, as one line: part of the cache key.
+    """What ``-march=native`` (or ``$MSACONV_MARCH``) means on this CPU, as one line: part of the cache key.
 
     GCC: the ``-march=`` value and every enabled or valued ``-m`` option of ``-march=native -Q --help=target``;
     clang: the ``-target-cpu``/``-target-feature`` its driver passes for ``-march=native``; otherwise the CPU's
     instruction-set flags from ``/proc/cpuinfo``, or the machine name.
     """
-    cxx = os.environ.get("CXX", "c++")
-    out = _output([cxx, "-march=native", "-Q", "--help=target"])
+    return _target(os.environ.get("CXX", "c++"), march())
+
+
+@functools.lru_cache(maxsize=None)
+def _target(cxx: str, arch: str) -> str:
+    out = _output([cxx, f"-march={arch}", "-Q", "--help=target"])
     march = re.findall(r"^\s*-march=\s+(\S+)\s*$", out, flags=re.M)
     if march:
         opts = []
@@ -105,10 +124,12 @@ def native_target() -> str:
             if m and m.group(2) != "[disabled]":
                 opts.append(m.group(1) if m.group(2) == "[enabled]" else f"{m.group(1)}{m.group(2)}")
         return "gcc " + " ".join(sorted(set(opts)))
-    out = _output([cxx, "-march=native", "-###", "-x", "c++", "-c", os.devnull, "-o", os.devnull])
+    out = _output([cxx, f"-march={arch}", "-###", "-x", "c++", "-c", os.devnull, "-o", os.devnull])
     feats = re.findall(r'"-target-(?:cpu|feature)" "([^"]+)"', out)
     if feats:
         return "clang " + " ".join(feats)
+    if arch != "native":
+        return f"march {arch}"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -123,7 +144,7 @@ def _ext_name() -> str:
     h = hashlib.sha256()
     for src in SOURCES:
         h.update((CSRC / src).read_bytes())
-    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(" ".join(cflags() + list(LDFLAGS)).encode())
     h.update(torch.__version__.encode())
     h.update(sys.version.encode())
     h.update(native_target().encode())
@@ -146,8 +167,8 @@ def _build() -> ModuleType:
             if not (build_dir / f"{name}.so").exists():
                 print(f"msaconv: compiling the fused CPU kernels into {build_dir} (first use only, under a "
                       f"minute) ...", file=sys.stderr, flush=True)
-            return load(name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CFLAGS,
-                        extra_ldflags=LDFLAGS, build_directory=str(build_dir), verbose=False)
+            return load(name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=cflags(),
+                        extra_ldflags=list(LDFLAGS), build_directory=str(build_dir), verbose=False)
         finally:
             fcntl.flock(lockf, fcntl.LOCK_UN)
 
