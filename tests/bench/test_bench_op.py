@@ -158,3 +158,24 @@ def test_roofline_per_case_gives_a_local_bound():
     if "median_ms" in rec:
         assert rec["ratio_to_local_bound"] == pytest.approx(rec["median_ms"] / rec["local_bound_ms"])
     assert "Roofline re-measured before each of 1 cases" in report.markdown(records)
+
+
+def test_a_backend_in_another_layout_is_its_own_row():
+    """``cpu@bhwd`` times the cpu backend called in msa_conv2d's default layout, recorded under its own name and
+    layout."""
+    cfg = op.OpBenchConfig(sizes=[(6, 7)], kernels=[3], dilations=[1], modes=["fwd", "fwdbwd"],
+                           implementations=["portable", "portable@bhdhw"], batch=1, heads=2, head_dim=3, runs=2,
+                           warmup=1, memory=False, roofline_matmul_n=256, roofline_copy_mb=8)
+    ops = [r for r in op.run_op_bench(cfg, command="t", log=lambda s: None) if r["kind"] == "op"]
+    assert {(r["impl"], r["layout"]) for r in ops} == {("portable", "bhwd"), ("portable@bhdhw", "bhdhw")}
+    assert all("median_ms" in r for r in ops)
+    case = op.Case(6, 7, 3, 1, batch=1, heads=2, head_dim=3, dtype="float64")
+    native, _ = op.setup("portable", case, "fwd")
+    other, _ = op.setup("portable@bhdhw", case, "fwd")
+    assert native().shape == (1, 2, 6, 7, 3) and other().shape == (1, 2, 3, 6, 7)
+    assert "portable@bhdhw" in report.markdown(ops)
+
+
+def test_a_layout_that_does_not_exist_is_a_clear_error(capsys):
+    assert main(["bench", "op", "--backends", "cpu@bhdw", "--no-memory"]) == 2
+    assert "cpu@bhwd" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 Implementations, all timed in the same run, in their native layouts:
 
 - each backend of :data:`msaconv.ops.backends.BACKENDS` (``cpu``, ``portable``, ``reference``, ...),
-  called through :func:`msaconv.ops.msa_conv2d` with ``border='zeros'`` (the default);
+  called through :func:`msaconv.ops.msa_conv2d` with ``border='zeros'`` (the default); ``<backend>@<layout>``
+  (``cpu@bhwd``) calls it in another layout, e.g. ``bhwd``, msa_conv2d's default, where the backend's own is
+  ``bhdhw``: what a user calling with default arguments pays;
 - ``sdpa_global``: ``F.scaled_dot_product_attention`` over all ``N = H*W`` tokens (what MSA-Conv replaces);
 - ``sdpa_masked``: the same with a boolean ``[N, N]`` window mask (= ``border='mask'``), where N^2 fits;
 - ``flex`` / ``flex_compiled``: FlexAttention with a 2-D window ``mask_mod``, eager (dense on CPU) and under
@@ -41,8 +43,18 @@ def backend_names() -> list[str]:
     return list(backends.BACKENDS)
 
 
+LAYOUTS: tuple[str, ...] = ("bhwd", "bhdhw")
+
+
 def implementation_names() -> list[str]:
-    return backend_names() + list(PEERS)
+    """Every name ``--backends`` takes: the backends, each backend in each layout (``cpu@bhwd``), the peers."""
+    return backend_names() + [f"{b}@{lay}" for b in backend_names() for lay in LAYOUTS] + list(PEERS)
+
+
+def _backend_and_layout(impl: str) -> tuple[str, str | None]:
+    """``'cpu@bhwd'`` -> ``('cpu', 'bhwd')``; ``'cpu'`` -> ``('cpu', None)``: the backend's own layout."""
+    name, _, layout = impl.partition("@")
+    return name, layout or None
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,7 @@ class OpBenchConfig:
         return sorted(out, key=lambda c: (c.tokens * c.kernel ** 2, c.tokens, c.kernel, c.dilation, c.height))
 
     def impls(self) -> list[str]:
-        return list(self.implementations) if self.implementations else implementation_names()
+        return list(self.implementations) if self.implementations else backend_names() + list(PEERS)
 
 
 class Skip(Exception):
@@ -198,19 +210,21 @@ def work(impl: str, case: Case) -> float:
 def setup(impl: str, case: Case, mode: str, seed: int = 0) -> tuple[Callable[[], object], dict]:
     """``(call, info)`` for one implementation, case and mode; raises :class:`Skip` with the reason."""
     info: dict = {}
-    if impl in backend_names():
+    name, layout = _backend_and_layout(impl)
+    if name in backend_names():
         from ..ops import backends, msa_conv2d
         from ..ops import check_msa_conv2d
-        be = backends.BACKENDS[impl]
-        inputs = _inputs(case, be.layout, mode == "fwdbwd", seed)
+        be = backends.BACKENDS[name]
+        layout = layout or be.layout
+        inputs = _inputs(case, layout, mode == "fwdbwd", seed)
         q, k, v = inputs
-        pb = check_msa_conv2d("bench", q, k, v, case.kernel, case.dilation, 1, "zeros", None, None, None, be.layout)
+        pb = check_msa_conv2d("bench", q, k, v, case.kernel, case.dilation, 1, "zeros", None, None, None, layout)
         reason = be.can_run(pb)
         if reason is not None:
             raise Skip(reason)
-        info["layout"] = be.layout
-        fn = lambda: msa_conv2d(q, k, v, case.kernel, case.dilation, border="zeros", backend=impl,  # noqa: E731
-                                layout=be.layout)
+        info["layout"] = layout
+        fn = lambda: msa_conv2d(q, k, v, case.kernel, case.dilation, border="zeros", backend=name,  # noqa: E731
+                                layout=layout)
         return _runner(fn, inputs, mode), info
     if impl in ("sdpa_global", "sdpa_masked"):
         inputs = _inputs(case, "bhnd", mode == "fwdbwd", seed)

@@ -52,8 +52,9 @@ def _add_op(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dilations", type=_int_list, default=None, help="dilations (default 1,2)")
     g.add_argument("--modes", type=_str_list, default=None, help="fwd,fwdbwd (default both)")
     g.add_argument("--backends", type=_str_list, default=None,
-                   help="implementations to run: msa_conv2d backends (cpu, portable, reference, ...) and peers "
-                        "(sdpa_global, sdpa_masked, flex, flex_compiled); default all")
+                   help="implementations to run: msa_conv2d backends (cpu, portable, reference, ...) in their own "
+                        "layout, a backend in a given one (cpu@bhwd: msa_conv2d's default layout) and peers "
+                        "(sdpa_global, sdpa_masked, flex, flex_compiled); default every backend and peer")
     g.add_argument("--quick", action="store_true",
                    help="a small sweep: sizes 14,28, kernels 3,7, dilation 1, no compiled FlexAttention")
     g.add_argument("--batch", type=int, default=d.batch)
