@@ -298,3 +298,49 @@ def test_prepare_in_background_then_ready(monkeypatch):
     finally:
         _build.reset()
         _build._state.update(saved)
+
+
+def _strided_views():
+    """q, k, v views of one buffer in the memory orders the kernels meet: msa_conv2d's default bhwd, the slices of a
+    channels-last qkv projection ([B, H, W, 3, heads, D] memory), and a generic one (D neither inner nor outer)."""
+    g = torch.Generator().manual_seed(11)
+    B, h, D, H, W = 2, 2, 5, 7, 9
+    bhwd = torch.randn(3, B, h, H, W, D, generator=g, dtype=torch.float64).permute(0, 1, 2, 5, 3, 4)
+    channels_last = torch.randn(B, H, W, 3, h, D, generator=g, dtype=torch.float64).permute(3, 0, 4, 5, 1, 2)
+    generic = torch.randn(3, B, H, D, h, W, 2, generator=g, dtype=torch.float64)[..., 0].permute(0, 1, 4, 3, 2, 5)
+    return {"bhwd": bhwd, "channels_last": channels_last, "generic": generic}
+
+
+@pytest.mark.parametrize("memory", ["bhwd", "channels_last", "generic"])
+@pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=(3, 5), dilation=2, border="mask"),
+                                dict(kernel_size=3, stride=2, border="clamp"), dict(kernel_size=(4, 3), border="circular")],
+                         ids=["k3", "k3x5-d2-mask", "k3-s2-clamp", "k4x3-circular"])
+def test_any_strides_match_the_reference_without_a_copy(memory, kw):
+    """The kernels read strided q, k, v (and dout, out in the backward) in place: same numbers as the reference on
+    contiguous copies, forward and every gradient, and no plane is made contiguous first."""
+    _ready()
+    qkv = _strided_views()[memory]
+    q, k, v = (qkv[i].detach().requires_grad_() for i in range(3))
+    assert not q.is_contiguous() and cpu._planes(q, torch.float64).data_ptr() == q.data_ptr()
+    out = msa_conv2d(q, k, v, layout="bhdhw", backend="cpu", **kw)
+    ref_in = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
+    ref = msa_conv2d(*ref_in, layout="bhdhw", backend="reference", **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    dout = dout.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # a strided upstream gradient too
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), dout), torch.autograd.grad(ref, ref_in, dout)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_the_default_layout_is_computed_in_place():
+    """msa_conv2d's default bhwd: the output and the gradients come back contiguous in bhwd, written there by the
+    kernels (no conversion of the output afterwards)."""
+    _ready()
+    q, k, v = (torch.randn(2, 3, 8, 9, 4, requires_grad=True) for _ in range(3))
+    out = msa_conv2d(q, k, v, 3, backend="cpu")
+    assert out.is_contiguous() and out.shape == (2, 3, 8, 9, 4)
+    native = cpu.BACKEND.forward_with_stats(*(t.detach().permute(0, 1, 4, 2, 3) for t in (q, k, v)), None, None,
+                                            check_msa_conv2d("t", q, k, v, 3, 1, 1, "zeros", None, None, None, "bhwd"))[0]
+    assert native.permute(0, 1, 3, 4, 2).is_contiguous()  # the kernel wrote bhwd order itself
+    grads = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    assert all(g.is_contiguous() for g in grads)

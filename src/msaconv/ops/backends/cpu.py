@@ -1,6 +1,9 @@
 """Fused CPU backend: C++/OpenMP kernels for the forward and the backward (``csrc/msa_conv_cpu.cpp``).
 
-Channels-first (``'bhdhw'``, ``[B, heads, head_dim, H, W]``) and vectorised along W: one task is one
+Channels-first (``'bhdhw'``, ``[B, heads, head_dim, H, W]``) and vectorised along W, reading q, k, v, dout and out
+with any strides: msa_conv2d's default ``'bhwd'`` (seen through a permutation) and slices of channels-last maps
+are transposed row by row into the kernel's buffers, never copied beforehand, and the outputs are written in
+the caller's layout, so neither layout pays for a conversion. One task is one
 query row of one (image, head) plane; its K x W logits stay in a small buffer, and the q.k and a.v loops
 are register-blocked. No K-fold copy of k or v is ever made; the forward keeps only the per-query
 log-sum-exp ``[B, heads, H_out, W_out]`` for the backward, which recomputes the weights. The backward
@@ -29,12 +32,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _planes(t: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    """``t`` in dtype ``ct`` with contiguous ``[D, H, W]`` planes (batch/head strides may be anything)."""
-    t = t.to(ct)
-    B, h, D, H, W = t.shape
-    if (W == 1 or t.stride(4) == 1) and (H == 1 or t.stride(3) == W) and (D == 1 or t.stride(2) == H * W):
-        return t
-    return t.contiguous()
+    """``t`` in dtype ``ct``: the kernels read any strides, so this copies only to convert the dtype."""
+    return t.to(ct)
 
 
 def _args(pb: Problem) -> tuple:
@@ -69,15 +68,15 @@ class CpuBackend:
         """``(out [B,h,D,Ho,Wo] in q's dtype, lse [B,h,Ho,Wo] in the compute dtype)``; not differentiable."""
         ext, ct, ek, ev = _prepare(pb, extra_k, extra_v)
         with torch.no_grad():
-            out, lse = ext.forward(_planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev, *_args(pb))
+            out, lse = ext.forward(_planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev, *_args(pb), pb.layout == "bhwd")
         return out.to(pb.dtype), lse
 
     def backward(self, dout, q, k, v, extra_k, extra_v, out, lse, pb: Problem):
         """Gradients ``(dq, dk, dv, d_extra_k | None, d_extra_v | None)`` from the saved ``out`` and ``lse``."""
         ext, ct, ek, ev = _prepare(pb, extra_k, extra_v)
         with torch.no_grad():
-            dq, dk, dv, dek, dev = ext.backward(dout.to(ct), _planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev,
-                                                out.to(ct), lse, *_args(pb))
+            dq, dk, dv, dek, dev = ext.backward(_planes(dout, ct), _planes(q, ct), _planes(k, ct), _planes(v, ct), ek,
+                                                ev, _planes(out, ct), lse, *_args(pb), pb.layout == "bhwd")
         cast = (lambda t: t.to(pb.dtype)) if ct != pb.dtype else (lambda t: t)
         if extra_k is None:
             dek = dev = None

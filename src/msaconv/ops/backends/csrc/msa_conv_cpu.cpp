@@ -1,4 +1,8 @@
-// Fused CPU kernels of msa_conv2d (forward and backward), channels-first layout [B, heads, D, H, W].
+// Fused CPU kernels of msa_conv2d (forward and backward), on [B, heads, D, H, W] tensors of any strides: the
+// channels-first layout, msa_conv2d's default [B, heads, H, W, D] seen through a permutation, or a slice of a
+// channels-last map. Rows are read into the kernel's own channels-first buffers (transposed on the way when
+// D is not the outer axis), so no layout is copied beforehand; outputs are written channels-first, or in
+// [B, heads, H, W, D] order when the caller asks (its own layout).
 //
 // Design (see msaconv/ops/backends/cpu.py for the Python side):
 //   * one task = one output row of one (image, head) plane in the forward, one whole plane in the
@@ -337,6 +341,15 @@ void gather_slots(T* dst, int D, int64_t c0, int64_t c1, const T* const* gp, con
 }
 
 // ---------------------------------------------------------------------------------------------
+// Where the elements of one (image, head) plane of a [B, heads, D, H, W] tensor lie: element (d, r, c) at
+// d * cs + r * rs + c * es from the plane's start.
+struct Strides {
+  int64_t cs, rs, es;
+};
+
+inline Strides strides_of(const at::Tensor& t) { return {t.stride(2), t.stride(3), t.stride(4)}; }
+
+// ---------------------------------------------------------------------------------------------
 struct Geometry {
   int64_t B, h, D, H, W, Ho, Wo, M, kh, kw, K, sh, sw;
   int border;
@@ -372,43 +385,81 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
   for (; c < n; ++c) dst[c] = src[c];
 }
 
-// The D runs of one plane row lie a plane-channel apart, too many streams for the hardware prefetcher:
-// pad_row also asks for the row PREFETCH_ROWS further down (a later task's), so it arrives from memory
-// while this task computes.
-constexpr int64_t PREFETCH_ROWS = 2;
-
+// n columns x D channels of a row at src (column stride st.es, channel stride st.cs) -> dst[d * ds + c]. A row
+// of the channels-first layout is D runs of n; where D is the inner axis (es > 1, cs == 1: [.., W, D] memory)
+// it is n runs of D, read in memory order and transposed into the buffer, which stays in L1.
 template <typename T>
-inline void prefetch_row(const T* plane, int64_t cs, int64_t r, const Geometry& g) {
-  if (r >= g.H) return;
-  constexpr int64_t line = 64 / sizeof(T);
-  for (int64_t d = 0; d < g.D; ++d)
-    for (int64_t c = 0; c < g.W; c += line) __builtin_prefetch(plane + d * cs + r * g.W + c);
-}
-
-// one row r of a [D][H][W] plane (channel stride cs) -> padded [D][Wp] buffer. The buffers are
-// zero-initialised and, except for 'circular', only their interior columns [pl, pl + W) are ever
-// written, so the zero margins need no refill.
-template <typename T>
-inline void pad_row(T* dst, const T* plane, int64_t cs, int64_t r, const Geometry& g) {
-  const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl;
-  prefetch_row<T>(plane, cs, r + PREFETCH_ROWS, g);
-  for (int64_t d = 0; d < g.D; ++d) {
-    const T* src = plane + d * cs + r * W;
-    T* o = dst + d * Wp;
-    if (g.border == CIRCULAR) {
-      for (int64_t c = 0; c < Wp; ++c) o[c] = src[(((c - pl) % W) + W) % W];
-    } else {
-      copy_row<T>(o + pl, src, W);
+inline void load_row(T* dst, int64_t ds, const T* src, const Strides& st, int64_t D, int64_t n) {
+  if (st.es == 1) {
+    for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * ds, src + d * st.cs, n);
+  } else if (st.cs == 1) {
+    for (int64_t c = 0; c < n; ++c) {
+      const T* sc = src + c * st.es;
+      for (int64_t d = 0; d < D; ++d) dst[d * ds + c] = sc[d];
     }
+  } else {
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t c = 0; c < n; ++c) dst[d * ds + c] = src[d * st.cs + c * st.es];
   }
 }
 
-// every row of a [D][H][W] plane -> padded [H][D][Wp] buffers, reading the plane in memory order (not 'circular')
+// the inverse: src[d * ss + c] -> n columns x D channels of a row at dst
 template <typename T>
-inline void pad_plane(T* dst, const T* plane, int64_t cs, const Geometry& g) {
-  const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl, rowsz = g.D * Wp;
+inline void store_row(T* dst, const Strides& st, const T* src, int64_t ss, int64_t D, int64_t n) {
+  if (st.es == 1) {
+    for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * st.cs, src + d * ss, n);
+  } else if (st.cs == 1) {
+    for (int64_t c = 0; c < n; ++c) {
+      T* dc = dst + c * st.es;
+      for (int64_t d = 0; d < D; ++d) dc[d] = src[d * ss + c];
+    }
+  } else {
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t c = 0; c < n; ++c) dst[d * st.cs + c * st.es] = src[d * ss + c];
+  }
+}
+
+// The D runs of one channels-first plane row lie a plane-channel apart, too many streams for the hardware
+// prefetcher: pad_row also asks for the row PREFETCH_ROWS further down (a later task's), so it arrives from
+// memory while this task computes. A row with D inner is one run (when the columns are dense), which the
+// hardware prefetcher follows by itself.
+constexpr int64_t PREFETCH_ROWS = 2;
+
+template <typename T>
+inline void prefetch_row(const T* plane, const Strides& st, int64_t r, const Geometry& g) {
+  if (r >= g.H || st.es != 1) return;
+  constexpr int64_t line = 64 / sizeof(T);
   for (int64_t d = 0; d < g.D; ++d)
-    for (int64_t r = 0; r < g.H; ++r) copy_row<T>(dst + r * rowsz + d * Wp + pl, plane + d * cs + r * W, W);
+    for (int64_t c = 0; c < g.W; c += line) __builtin_prefetch(plane + d * st.cs + r * st.rs + c);
+}
+
+// one row r of a plane -> padded [D][Wp] buffer. The buffers are zero-initialised and, except for
+// 'circular', only their interior columns [pl, pl + W) are ever written, so the zero margins need no refill.
+template <typename T>
+inline void pad_row(T* dst, const T* plane, const Strides& st, int64_t r, const Geometry& g) {
+  const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl;
+  prefetch_row<T>(plane, st, r + PREFETCH_ROWS, g);
+  if (g.border == CIRCULAR) {
+    for (int64_t d = 0; d < g.D; ++d) {
+      const T* src = plane + d * st.cs + r * st.rs;
+      T* o = dst + d * Wp;
+      for (int64_t c = 0; c < Wp; ++c) o[c] = src[((((c - pl) % W) + W) % W) * st.es];
+    }
+  } else {
+    load_row<T>(dst + pl, Wp, plane + r * st.rs, st, g.D, W);
+  }
+}
+
+// every row of a plane -> padded [H][D][Wp] buffers, reading the plane in memory order (not 'circular')
+template <typename T>
+inline void pad_plane(T* dst, const T* plane, const Strides& st, const Geometry& g) {
+  const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl, rowsz = g.D * Wp;
+  if (st.es != 1) {  // rows are the outer axis in memory: row by row
+    for (int64_t r = 0; r < g.H; ++r) load_row<T>(dst + r * rowsz + pl, Wp, plane + r * st.rs, st, g.D, W);
+    return;
+  }
+  for (int64_t d = 0; d < g.D; ++d)
+    for (int64_t r = 0; r < g.H; ++r) copy_row<T>(dst + r * rowsz + d * Wp + pl, plane + d * st.cs + r * st.rs, W);
 }
 
 // Per-thread scratch for one query row.
@@ -436,16 +487,11 @@ struct RowScratch {
   }
 };
 
-// gather row y of a [D][H][W] plane at columns x*sw into buf [D][WoV] (tail zero)
+// row y of a plane at columns x*sw into buf[d * bs + x], x < Wo (the tail is left as it is)
 template <typename T>
-inline void gather_row(T* buf, const T* plane, int64_t cs, int64_t y, int64_t W, const Geometry& g) {
-  for (int64_t d = 0; d < g.D; ++d) {
-    const T* src = plane + d * cs + y * W;
-    T* o = buf + d * g.WoV;
-    if (g.sw == 1) copy_row<T>(o, src, g.Wo);
-    else for (int64_t x = 0; x < g.Wo; ++x) o[x] = src[x * g.sw];
-    std::fill(o + g.Wo, o + g.WoV, T(0));
-  }
+inline void gather_row(T* buf, int64_t bs, const T* plane, const Strides& st, int64_t y, const Geometry& g) {
+  const Strides sst = {st.cs, st.rs, st.es * g.sw};  // every sw-th column
+  load_row<T>(buf, bs, plane + y * st.rs, sst, g.D, g.Wo);
 }
 
 // The valid slots of query row yo: pointers into the padded k / v rows (via rowptr(r)), and logits
@@ -535,13 +581,15 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   T* od = out.data_ptr<T>();
   T* ld = lse.data_ptr<T>();
   const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
-  const int64_t cs = g.H * g.W;  // channel stride inside a plane
+  const int64_t osb = out.stride(0), osh = out.stride(1);
+  const Strides qst = strides_of(q), kst = strides_of(k), vst = strides_of(v), ost = strides_of(out);
   const int64_t planes = g.B * g.h;
   const int64_t tasks = planes * g.Ho;
   const int WoV = g.WoV;
   const int64_t rowsz = g.D * g.Wp;
 
-  const bool direct = UNIT && g.Wo % L == 0;  // rows are whole vectors: read q and write out in place
+  // rows are whole vectors of unit-stride columns: read q and write out in place
+  const bool direct = UNIT && g.Wo % L == 0 && qst.es == 1 && ost.es == 1;
   // Tasks are handed out in chunks from a shared counter (dynamic scheduling: on a shared machine a thread
   // that gets descheduled does not hold up the others). Tasks write disjoint outputs, so which thread
   // runs one never changes the result.
@@ -578,8 +626,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
       const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
       if (whole_plane && stamp[0] != p * g.H) {  // a chunk is the whole plane: pad every row, reading k and v in order
-        pad_plane<T>(kpad.data(), kp, cs, g);
-        pad_plane<T>(vpad.data(), vp, cs, g);
+        pad_plane<T>(kpad.data(), kp, kst, g);
+        pad_plane<T>(vpad.data(), vp, vst, g);
         for (int64_t r = 0; r < g.H; ++r) stamp[r] = p * g.H + r;
       }
       auto rowptr = [&](int r) {
@@ -587,17 +635,17 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         T* kr = kpad.data() + slot * rowsz;
         T* vr = vpad.data() + slot * rowsz;
         if (stamp[slot] != p * g.H + r) {
-          pad_row<T>(kr, kp, cs, r, g);
-          pad_row<T>(vr, vp, cs, r, g);
+          pad_row<T>(kr, kp, kst, r, g);
+          pad_row<T>(vr, vp, vst, r, g);
           stamp[slot] = p * g.H + r;
         }
         return std::pair<const T*, const T*>(kr, vr);
       };
       // q row: read in place when rows are whole vectors, else gathered into a padded buffer
-      const T* X = qp + yo * g.sh * g.W;
-      int64_t xs = cs;
+      const T* X = qp + yo * g.sh * qst.rs;
+      int64_t xs = qst.cs;
       if (!direct) {
-        gather_row<T>(s.qbuf.data(), qp, cs, yo * g.sh, g.W, g);
+        gather_row<T>(s.qbuf.data(), WoV, qp, qst, yo * g.sh, g);
         X = s.qbuf.data();
         xs = WoV;
       }
@@ -631,8 +679,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       }
 
       // out = (e . v + e_extra . v_extra) / sum, written in place when rows are whole vectors
-      T* O = direct ? od + p * g.D * g.Ho * g.Wo + yo * g.Wo : s.obuf.data();
-      const int64_t os = direct ? g.Ho * g.Wo : WoV;
+      T* const orow = od + b * osb + hh * osh + yo * ost.rs;
+      T* O = direct ? orow : s.obuf.data();
+      const int64_t os = direct ? ost.cs : WoV;
       const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
       for (size_t e = 0; e < nexc; ++e)  // clamp border columns: scalar below, out of the vector pass
         for (int64_t n = 0; n < g.K; ++n) {
@@ -655,10 +704,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           }
         }
       }
-      if (!direct) {  // write the row: out [B, h, D, Ho, Wo] contiguous
-        T* orow = od + p * g.D * g.Ho * g.Wo + yo * g.Wo;
-        for (int64_t d = 0; d < g.D; ++d) copy_row<T>(orow + d * g.Ho * g.Wo, s.obuf.data() + d * WoV, g.Wo);
-      }
+      if (!direct) store_row<T>(orow, ost, s.obuf.data(), WoV, g.D, g.Wo);  // write the row
       copy_row<T>(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), g.Wo);
     }
    }
@@ -681,7 +727,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   T* dkd = dk.data_ptr<T>();
   T* dvd = dv.data_ptr<T>();
   const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
-  const int64_t cs = g.H * g.W, ocs = g.Ho * g.Wo;
+  const Strides qst = strides_of(q), kst = strides_of(k), vst = strides_of(v), ost = strides_of(out), gst = strides_of(dout);
+  const Strides dqst = strides_of(dq), dkst = strides_of(dk), dvst = strides_of(dv);
   const int64_t planes = g.B * g.h;
   const int WoV = g.WoV;
   const int64_t rowsz = g.D * g.Wp;
@@ -714,37 +761,32 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
       const T* qp = qd + b * qsb + hh * qsh;
       const T* kp = kd + b * ksb + hh * ksh;
       const T* vp = vd + b * vsb + hh * vsh;
-      const T* op = od + p * g.D * ocs;
-      const T* gp = gd + p * g.D * ocs;
+      const T* op = od + b * out.stride(0) + hh * out.stride(1);
+      const T* gp = gd + b * dout.stride(0) + hh * dout.stride(1);
       const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
       const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
       T* dek = dek_all ? dek_all + p * g.M * g.D : nullptr;
       T* dev = dev_all ? dev_all + p * g.M * g.D : nullptr;
       for (int64_t r = 0; r < g.H; ++r) {
-        pad_row<T>(kpad.data() + r * rowsz, kp, cs, r, g);
-        pad_row<T>(vpad.data() + r * rowsz, vp, cs, r, g);
+        pad_row<T>(kpad.data() + r * rowsz, kp, kst, r, g);
+        pad_row<T>(vpad.data() + r * rowsz, vp, vst, r, g);
       }
       std::fill(dkpad.begin(), dkpad.end(), T(0));
       std::fill(dvpad.begin(), dvpad.end(), T(0));
       auto rowptr = [&](int r) {
         return std::pair<const T*, const T*>(kpad.data() + r * rowsz, vpad.data() + r * rowsz);
       };
-      T* dqp = dqd + p * g.D * cs;  // dq is a fresh contiguous [B, h, D, H, W] tensor of zeros
+      T* dqp = dqd + b * dq.stride(0) + hh * dq.stride(1);  // dq is a fresh tensor of zeros
       for (int64_t yo = 0; yo < g.Ho; ++yo) {
         // q row (strided gather when sw > 1) and dout row into the margined buffers; tails stay zero
-        for (int64_t d = 0; d < g.D; ++d) {
-          const T* src = qp + d * cs + yo * g.sh * g.W;
-          T* o = Q + d * QW;
-          if (g.sw == 1) copy_row<T>(o, src, g.Wo);
-          else for (int64_t x = 0; x < g.Wo; ++x) o[x] = src[x * g.sw];
-          copy_row<T>(G + d * QW, gp + d * ocs + yo * g.Wo, g.Wo);
-        }
+        gather_row<T>(Q, QW, qp, qst, yo * g.sh, g);
+        load_row<T>(G, QW, gp + yo * gst.rs, gst, g.D, g.Wo);
         // delta = <dout, out> per query, straight from the tensors
         std::fill(delta.begin(), delta.end(), T(0));
         for (int64_t d = 0; d < g.D; ++d) {
-          const T* gr = gp + d * ocs + yo * g.Wo;
-          const T* orow = op + d * ocs + yo * g.Wo;
-          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x] * orow[x];
+          const T* gr = gp + d * gst.cs + yo * gst.rs;
+          const T* orow = op + d * ost.cs + yo * ost.rs;
+          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x * gst.es] * orow[x * ost.es];
         }
         const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
         const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
@@ -847,47 +889,46 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
             }
           }
         }
-        for (int64_t d = 0; d < g.D; ++d) {
-          T* dst = dqp + d * cs + yo * g.sh * g.W;
-          const T* src = dqbuf.data() + d * WoV;
-          if (g.sw == 1) copy_row<T>(dst, src, g.Wo);
-          else for (int64_t x = 0; x < g.Wo; ++x) dst[x * g.sw] = src[x];
-        }
+        const Strides dqs = {dqst.cs, dqst.rs, dqst.es * g.sw};  // every sw-th column
+        store_row<T>(dqp + yo * g.sh * dqst.rs, dqs, dqbuf.data(), WoV, g.D, g.Wo);
       }
       // fold the padded key / value gradients back into the plane
-      T* dkp = dkd + p * g.D * cs;
-      T* dvp = dvd + p * g.D * cs;
+      T* dkp = dkd + b * dk.stride(0) + hh * dk.stride(1);
+      T* dvp = dvd + b * dv.stride(0) + hh * dv.stride(1);
       const int64_t W = g.W, pl = g.C.pl;
-      for (int64_t r = 0; r < g.H; ++r)
+      for (int64_t r = 0; r < g.H; ++r) {
+        const T* sk = dkpad.data() + r * rowsz;
+        const T* sv = dvpad.data() + r * rowsz;
+        if (g.border != CIRCULAR) {
+          store_row<T>(dkp + r * dkst.rs, dkst, sk + pl, g.Wp, g.D, W);
+          store_row<T>(dvp + r * dvst.rs, dvst, sv + pl, g.Wp, g.D, W);
+          continue;
+        }
         for (int64_t d = 0; d < g.D; ++d) {
-          const T* sk = dkpad.data() + r * rowsz + d * g.Wp;
-          const T* sv = dvpad.data() + r * rowsz + d * g.Wp;
-          T* ok = dkp + d * cs + r * W;
-          T* ov = dvp + d * cs + r * W;
-          if (g.border == CIRCULAR) {
-            std::fill(ok, ok + W, T(0));
-            std::fill(ov, ov + W, T(0));
-            for (int64_t c = 0; c < g.Wp; ++c) {
-              const int64_t x = (((c - pl) % W) + W) % W;
-              ok[x] += sk[c];
-              ov[x] += sv[c];
-            }
-          } else {
-            copy_row<T>(ok, sk + pl, W);
-            copy_row<T>(ov, sv + pl, W);
+          T* ok = dkp + d * dkst.cs + r * dkst.rs;
+          T* ov = dvp + d * dvst.cs + r * dvst.rs;
+          for (int64_t x = 0; x < W; ++x) ok[x * dkst.es] = ov[x * dvst.es] = T(0);
+          for (int64_t c = 0; c < g.Wp; ++c) {
+            const int64_t x = (((c - pl) % W) + W) % W;
+            ok[x * dkst.es] += sk[d * g.Wp + c];
+            ov[x * dvst.es] += sv[d * g.Wp + c];
           }
         }
+      }
     }
    }
   });
 }
 
 void check_plane(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 5, "msaconv cpu kernel: ", name, " must be 5-D [B, heads, D, H, W]");
-  // strides of size-1 axes never enter an address
-  TORCH_CHECK((t.size(4) == 1 || t.stride(4) == 1) && (t.size(3) == 1 || t.stride(3) == t.size(4)) &&
-                  (t.size(2) == 1 || t.stride(2) == t.size(3) * t.size(4)),
-              "msaconv cpu kernel: each [D, H, W] plane of ", name, " must be contiguous");
+  TORCH_CHECK(t.dim() == 5, "msaconv cpu kernel: ", name, " must be 5-D [B, heads, D, H, W] (any strides)");
+}
+
+// a new [B, h, D, H, W] tensor, laid out channels-first, or as [B, h, H, W, D] (bhwd) seen through a permutation
+at::Tensor new_planes(at::IntArrayRef sizes, const at::TensorOptions& opt, bool bhwd, bool zero) {
+  if (!bhwd) return zero ? at::zeros(sizes, opt) : at::empty(sizes, opt);
+  const std::vector<int64_t> hwd = {sizes[0], sizes[1], sizes[3], sizes[4], sizes[2]};
+  return (zero ? at::zeros(hwd, opt) : at::empty(hwd, opt)).permute({0, 1, 4, 2, 3});
 }
 
 at::Tensor opt_contig(const c10::optional<at::Tensor>& t) {
@@ -898,14 +939,14 @@ at::Tensor opt_contig(const c10::optional<at::Tensor>& t) {
 
 std::vector<at::Tensor> msa_forward(at::Tensor q, at::Tensor k, at::Tensor v, c10::optional<at::Tensor> extra_k,
                                     c10::optional<at::Tensor> extra_v, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
-                                    int64_t sh, int64_t sw, int64_t border, double scale) {
+                                    int64_t sh, int64_t sw, int64_t border, double scale, bool bhwd_out) {
   check_plane(q, "q"); check_plane(k, "k"); check_plane(v, "v");
   at::Tensor ek = opt_contig(extra_k), ev = opt_contig(extra_v);
   const int64_t M = ek.defined() ? ek.size(2) : 0;
   at::Tensor out, lse;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "msa_forward", [&] {
     Geometry g = make_geometry<scalar_t>(q, M, kh, kw, dh, dw, sh, sw, border);
-    out = at::empty({g.B, g.h, g.D, g.Ho, g.Wo}, q.options());
+    out = new_planes({g.B, g.h, g.D, g.Ho, g.Wo}, q.options(), bhwd_out, false);
     lse = at::empty({g.B, g.h, g.Ho, g.Wo}, q.options());
     const scalar_t* ekp = M ? ek.data_ptr<scalar_t>() : nullptr;
     const scalar_t* evp = M ? ev.data_ptr<scalar_t>() : nullptr;
@@ -918,16 +959,14 @@ std::vector<at::Tensor> msa_forward(at::Tensor q, at::Tensor k, at::Tensor v, c1
 std::vector<at::Tensor> msa_backward(at::Tensor dout, at::Tensor q, at::Tensor k, at::Tensor v,
                                      c10::optional<at::Tensor> extra_k, c10::optional<at::Tensor> extra_v,
                                      at::Tensor out, at::Tensor lse, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
-                                     int64_t sh, int64_t sw, int64_t border, double scale) {
-  check_plane(q, "q"); check_plane(k, "k"); check_plane(v, "v");
-  dout = dout.contiguous();
-  out = out.contiguous();
+                                     int64_t sh, int64_t sw, int64_t border, double scale, bool bhwd_out) {
+  check_plane(q, "q"); check_plane(k, "k"); check_plane(v, "v"); check_plane(dout, "dout"); check_plane(out, "out");
   lse = lse.contiguous();
   at::Tensor ek = opt_contig(extra_k), ev = opt_contig(extra_v);
   const int64_t M = ek.defined() ? ek.size(2) : 0;
-  at::Tensor dq = at::zeros(q.sizes(), q.options());
-  at::Tensor dk = at::empty(k.sizes(), k.options());
-  at::Tensor dv = at::empty(v.sizes(), v.options());
+  at::Tensor dq = new_planes(q.sizes(), q.options(), bhwd_out, true);
+  at::Tensor dk = new_planes(k.sizes(), k.options(), bhwd_out, false);
+  at::Tensor dv = new_planes(v.sizes(), v.options(), bhwd_out, false);
   at::Tensor dek, dev;
   if (M) {
     dek = at::zeros(ek.sizes(), ek.options());
@@ -956,7 +995,7 @@ std::string build_info() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &msa_forward, "msa_conv2d forward (channels-first)");
-  m.def("backward", &msa_backward, "msa_conv2d backward (channels-first)");
+  m.def("forward", &msa_forward, "msa_conv2d forward ([B, heads, D, H, W] of any strides; bhwd_out: outputs in bhwd order)");
+  m.def("backward", &msa_backward, "msa_conv2d backward (as the forward)");
   m.def("build_info", &build_info, "vector width the kernels were built for");
 }
