@@ -315,21 +315,39 @@ def _strided_views():
 @pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=(3, 5), dilation=2, border="mask"),
                                 dict(kernel_size=3, stride=2, border="clamp"), dict(kernel_size=(4, 3), border="circular")],
                          ids=["k3", "k3x5-d2-mask", "k3-s2-clamp", "k4x3-circular"])
-def test_any_strides_match_the_reference_without_a_copy(memory, kw):
-    """The kernels read strided q, k, v (and dout, out in the backward) in place: same numbers as the reference on
-    contiguous copies, forward and every gradient, and no plane is made contiguous first."""
+def test_the_kernels_read_any_strides(memory, kw):
+    """The kernels themselves, given strided q, k, v (and a strided dout and out in the backward): the reference's
+    numbers on contiguous copies, forward and every gradient, in channels-first and in bhwd output order."""
     _ready()
     qkv = _strided_views()[memory]
-    q, k, v = (qkv[i].detach().requires_grad_() for i in range(3))
-    assert not q.is_contiguous() and cpu._planes(q, torch.float64).data_ptr() == q.data_ptr()
-    out = msa_conv2d(q, k, v, layout="bhdhw", backend="cpu", **kw)
-    ref_in = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
+    q, k, v = (qkv[i] for i in range(3))
+    assert not q.is_contiguous()
+    ref_in = [t.contiguous().requires_grad_() for t in (q, k, v)]
     ref = msa_conv2d(*ref_in, layout="bhdhw", backend="reference", **kw)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     dout = dout.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # a strided upstream gradient too
-    for got, want in zip(torch.autograd.grad(out, (q, k, v), dout), torch.autograd.grad(ref, ref_in, dout)):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    want = torch.autograd.grad(ref, ref_in, dout)
+    pb = check_msa_conv2d("t", q, k, v, kw["kernel_size"], kw.get("dilation", 1), kw.get("stride", 1),
+                          kw.get("border", "zeros"), None, None, None, "bhdhw")
+    ext, _ = _build.extension()
+    for bhwd_out in (False, True):
+        out, lse = ext.forward(q, k, v, None, None, *cpu._args(pb), bhwd_out)
+        assert out.permute(0, 1, 3, 4, 2).is_contiguous() == bhwd_out
+        torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-10)
+        got = ext.backward(dout, q, k, v, None, None, out, lse, *cpu._args(pb), bhwd_out)[:3]
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+def test_dense_planes_are_read_in_place_and_gapped_ones_copied():
+    views = _strided_views()
+    assert cpu._planes(views["bhwd"][0], torch.float64).data_ptr() == views["bhwd"][0].data_ptr()
+    for memory in ("channels_last", "generic"):
+        assert cpu._planes(views[memory][0], torch.float64).is_contiguous()
+    q = views["channels_last"][0].detach().requires_grad_()
+    out = msa_conv2d(q, q, q, 3, layout="bhdhw", backend="cpu")
+    ref = msa_conv2d(q, q, q, 3, layout="bhdhw", backend="reference")
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
 def test_the_default_layout_is_computed_in_place():
