@@ -31,24 +31,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _dense_planes(t: torch.Tensor) -> bool:
-    """Whether each ``[D, H, W]`` plane of ``t`` fills one gap-free block of memory, in any axis order."""
-    expected = 1
-    for stride, size in sorted((t.stride(i), t.size(i)) for i in (2, 3, 4) if t.size(i) > 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def _planes(t: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    """``t`` in dtype ``ct``. The kernels read any strides, and read a plane that fills a block of memory in place
-    (channels-first, or msa_conv2d's default bhwd); a plane with gaps (q of a channels-last qkv map, where each
-    pixel holds every head's q, k and v) is made contiguous first: measured on the main job's 16x16 and 8x8
-    maps, reading it in place took 1.3-1.6x the copy and the contiguous call together (its rows are short runs
-    a pixel apart, which the hardware prefetcher does not follow)."""
-    t = t.to(ct)
-    return t if _dense_planes(t) else t.contiguous()
+    """``t`` in dtype ``ct``. The kernels read any strides in place, q of a channels-last qkv map included (each
+    pixel holds every head's q, k and v): with prefetching, that beat copying to contiguous planes first on
+    every shape measured (``benchmarks/op/probes/strided_inputs_avx512.md``)."""
+    return t.to(ct)
 
 
 def _args(pb: Problem) -> tuple:

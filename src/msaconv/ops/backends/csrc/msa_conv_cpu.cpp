@@ -385,6 +385,19 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
   for (; c < n; ++c) dst[c] = src[c];
 }
 
+// the cache lines of columns [c0, c1) of a row whose D channels are inner (cs == 1): a run of D per column
+template <typename T>
+inline void prefetch_columns(const T* src, const Strides& st, int64_t D, int64_t c0, int64_t c1) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t d = 0; d < D; d += line) __builtin_prefetch(src + c * st.es + d);
+}
+
+// Columns ahead that load_row asks for while it transposes a row with D inner: its runs of D lie a pixel
+// apart (and, for a slice of a channels-last qkv map, with gaps between them), which the hardware
+// prefetcher does not follow.
+constexpr int64_t PREFETCH_COLUMNS = 4;
+
 // n columns x D channels of a row at src (column stride st.es, channel stride st.cs) -> dst[d * ds + c]. A row
 // of the channels-first layout is D runs of n; where D is the inner axis (es > 1, cs == 1: [.., W, D] memory)
 // it is n runs of D, read in memory order and transposed into the buffer, which stays in L1.
@@ -393,7 +406,9 @@ inline void load_row(T* dst, int64_t ds, const T* src, const Strides& st, int64_
   if (st.es == 1) {
     for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * ds, src + d * st.cs, n);
   } else if (st.cs == 1) {
+    prefetch_columns<T>(src, st, D, 0, std::min(n, PREFETCH_COLUMNS));
     for (int64_t c = 0; c < n; ++c) {
+      if (c + PREFETCH_COLUMNS < n) prefetch_columns<T>(src, st, D, c + PREFETCH_COLUMNS, c + PREFETCH_COLUMNS + 1);
       const T* sc = src + c * st.es;
       for (int64_t d = 0; d < D; ++d) dst[d * ds + c] = sc[d];
     }
@@ -427,7 +442,11 @@ constexpr int64_t PREFETCH_ROWS = 2;
 
 template <typename T>
 inline void prefetch_row(const T* plane, const Strides& st, int64_t r, const Geometry& g) {
-  if (r >= g.H || st.es != 1) return;
+  if (r >= g.H) return;
+  if (st.es != 1) {
+    if (st.cs == 1) prefetch_columns<T>(plane + r * st.rs, st, g.D, 0, g.W);
+    return;
+  }
   constexpr int64_t line = 64 / sizeof(T);
   for (int64_t d = 0; d < g.D; ++d)
     for (int64_t c = 0; c < g.W; c += line) __builtin_prefetch(plane + d * st.cs + r * st.rs + c);
@@ -454,8 +473,11 @@ inline void pad_row(T* dst, const T* plane, const Strides& st, int64_t r, const 
 template <typename T>
 inline void pad_plane(T* dst, const T* plane, const Strides& st, const Geometry& g) {
   const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl, rowsz = g.D * Wp;
-  if (st.es != 1) {  // rows are the outer axis in memory: row by row
-    for (int64_t r = 0; r < g.H; ++r) load_row<T>(dst + r * rowsz + pl, Wp, plane + r * st.rs, st, g.D, W);
+  if (st.es != 1) {  // rows are the outer axis in memory: row by row, asking for the next row's first columns
+    for (int64_t r = 0; r < g.H; ++r) {
+      if (r + 1 < g.H && st.cs == 1) prefetch_columns<T>(plane + (r + 1) * st.rs, st, g.D, 0, std::min(W, PREFETCH_COLUMNS));
+      load_row<T>(dst + r * rowsz + pl, Wp, plane + r * st.rs, st, g.D, W);
+    }
     return;
   }
   for (int64_t d = 0; d < g.D; ++d)
