@@ -48,3 +48,19 @@ def test_channels_first_matches_conv_and_is_nchw_contiguous(bias):
     assert y.is_contiguous()  # the fused MSA-Conv kernel reads these planes without a copy
     torch.testing.assert_close(y, ref(x))
     torch.autograd.gradcheck(pw, (x,))
+
+
+def test_channels_first_takes_the_linear_path_for_a_channels_last_input():
+    """A channels-last x stays channels-last (linear over its free view): bmm would copy x to NCHW and, in the
+    backward, sum one weight gradient per image."""
+    torch.manual_seed(0)
+    pw = Pointwise2d(6, 9, channels_first=True).double()
+    ref = torch.nn.Conv2d(6, 9, 1).double()
+    ref.load_state_dict(pw.state_dict())
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = pw(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, ref(x))
+    torch.autograd.gradcheck(pw, (x,))
+    one = torch.randn(2, 6, 1, 1, dtype=torch.float64)  # both layouts at once: the NCHW path
+    assert pw(one).is_contiguous()

@@ -20,9 +20,10 @@ class Pointwise2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 1, bias=bias)`` computed as one matrix product.
 
     ``channels_first=False`` (default): ``linear`` over a channels-last view; the output has channels-last
-    strides (a free view). ``channels_first=True``: ``weight @ x.flatten(2)`` per image, so the output is
-    NCHW-contiguous, which is what a consumer that reads whole ``[C, H, W]`` planes (the fused MSA-Conv
-    kernel reads ``[head_dim, H, W]`` planes of q, k and v) can take without a copy.
+    strides (a free view). ``channels_first=True``: for an NCHW-contiguous ``x``, ``weight @ x.flatten(2)``
+    per image, so the output is NCHW-contiguous too, without the copy that ``linear`` would make of x; a
+    channels-last ``x`` takes the ``linear`` path all the same (it is a free view there, and ``bmm`` would
+    copy x, and in the backward sum a weight gradient per image).
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True,
@@ -41,7 +42,7 @@ class Pointwise2d(nn.Conv2d):
             return self._conv_forward(x, self.weight, self.bias)  # what nn.Conv2d.forward runs (scriptable)
         w = self.weight.flatten(1)
         bias = self.bias  # a local: TorchScript refines Optional locals, not attributes
-        if self.channels_first:
+        if self.channels_first and not _channels_last(x):
             B, _, H, W = x.shape
             # bmm over an expanded (not copied) weight: matmul would fold the batch and transpose back
             if bias is not None:
@@ -50,3 +51,8 @@ class Pointwise2d(nn.Conv2d):
                 y = torch.bmm(w.expand(B, -1, -1), x.reshape(B, x.shape[1], H * W))
             return y.view(B, w.shape[0], H, W)
         return F.linear(x.permute(0, 2, 3, 1), w, bias).permute(0, 3, 1, 2)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether a 4-D ``x`` is laid out channels-last (and not also NCHW-contiguous, as a 1x1 map or one channel is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
