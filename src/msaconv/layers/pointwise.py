@@ -42,7 +42,7 @@ class Pointwise2d(nn.Conv2d):
             return self._conv_forward(x, self.weight, self.bias)  # what nn.Conv2d.forward runs (scriptable)
         w = self.weight.flatten(1)
         bias = self.bias  # a local: TorchScript refines Optional locals, not attributes
-        if self.channels_first and not _channels_last(x):
+        if self.channels_first and (tracing or not _channels_last(x)):  # a traced graph: the NCHW path
             B, _, H, W = x.shape
             # bmm over an expanded (not copied) weight: matmul would fold the batch and transpose back
             if bias is not None:
