@@ -1,7 +1,8 @@
 """MSA-Conv modules: ``MSAConv2d`` (a drop-in for ``nn.Conv2d``) and ``MSAttention2d`` (a token mixer).
 
 Both project q, k, v with one 1x1 convolution and call :func:`msaconv.ops.msa_conv2d` in the
-channels-first ``'bhdhw'`` layout, which is a free view of the projection's NCHW output.
+channels-first ``'bhdhw'`` layout, which is a free view of the projection's output (NCHW or channels-last:
+the fused kernels read either in place).
 """
 
 from __future__ import annotations
