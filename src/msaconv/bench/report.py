@@ -15,7 +15,14 @@ LOCAL_PEERS = ("sdpa_masked", "flex", "flex_compiled")
 
 
 def _key(r: dict) -> tuple:
-    return (r["height"], r["width"], r["kernel"], r["dilation"])
+    """A case: map, kernel, dilation, then batch, heads and head_dim (a file may append runs of several)."""
+    return (r["height"], r["width"], r["kernel"], r["dilation"], r.get("batch"), r.get("heads"), r.get("head_dim"))
+
+
+def _label(key: tuple, several: bool) -> str:
+    """The map column: ``HxW``, with ``B.. h..xD`` when the file mixes batch / heads / head_dim."""
+    h, w, _k, _d, batch, heads, head_dim = key
+    return f"{h}x{w}" + (f" (B{batch}, {heads}x{head_dim})" if several else "")
 
 
 def _ordered_impls(records: list[dict]) -> list[str]:
@@ -44,7 +51,7 @@ def _cell(r: dict | None) -> str:
 
 def _summary(ops: list[dict], mems: list[dict]) -> list[str]:
     lines = []
-    by = {(r["impl"], r["mode"], _key(r)): r for r in ops}
+    by = {(r["impl"], r["mode"], _key(r)[:4]): r for r in ops}
     tk = (TARGET["height"], TARGET["width"], TARGET["kernel"], TARGET["dilation"])
     glob = {}
     for r in ops:
@@ -66,7 +73,7 @@ def _summary(ops: list[dict], mems: list[dict]) -> list[str]:
                         f"{cur['local_bound_ms']:.2f} ms")
             parts.append(f"{mode} {cur['median_ms']:.2f} ms = {cur['ratio_to_bound']:.2f}x its bound "
                          f"({cur['bound_ms']:.2f} ms{p10}; target <= {limit:g}x){speed}")
-        m = [x for x in mems if x["impl"] == impl and _key(x) == tk and "extra_over_output" in x]
+        m = [x for x in mems if x["impl"] == impl and _key(x)[:4] == tk and "extra_over_output" in x]
         if m:
             parts.append(f"peak memory above inputs and output during forward = {m[0]['extra_over_output']:.2f}x "
                          f"the output size (target <= 2x)")
@@ -119,6 +126,7 @@ def markdown(records: Iterable[dict]) -> str:
     out += ["", "### At the target shape (B=8, 4 heads x 32, 56x56, k=7, dilation 1)", ""]
     out += _summary(ops, mems) or ["(target shape not in this run)"]
     impls = _ordered_impls(records)
+    several = len({_key(r)[4:] for r in ops}) > 1
     for mode in ("fwd", "fwdbwd"):
         rows = [r for r in ops if r["mode"] == mode]
         if not rows:
@@ -131,7 +139,7 @@ def markdown(records: Iterable[dict]) -> str:
         by = {(r["impl"], _key(r)): r for r in rows}
         glob_by_size = {(r["height"], r["width"]): r for r in rows if r["impl"] == "sdpa_global"}
         for ck in cases:
-            h, w, k, d = ck
+            h, w, k, d = ck[:4]
             any_r = next(r for r in rows if _key(r) == ck)
             cells = []
             best = None
@@ -143,7 +151,7 @@ def markdown(records: Iterable[dict]) -> str:
                 if r is not None and "median_ms" in r and impl != "sdpa_global" and r.get("runs", 0) > 1:
                     best = r["median_ms"] if best is None else min(best, r["median_ms"])
             ratio = f"{best / any_r['bound_ms']:.2f}x" if best is not None else ""
-            out.append(f"| {h}x{w} | {k} | {d} | {any_r['bound_ms']:.3g} | " + " | ".join(cells) + f" | {ratio} |")
+            out.append(f"| {_label(ck, several)} | {k} | {d} | {any_r['bound_ms']:.3g} | " + " | ".join(cells) + f" | {ratio} |")
     if mems:
         out += ["", "### forward: peak memory above the inputs, in units of the output size (RSS high-water mark "
                 "of a child process; 1.0 = the output alone)", ""]
@@ -151,7 +159,7 @@ def markdown(records: Iterable[dict]) -> str:
         out += ["| map | k | d | output MB | " + " | ".join(mimpls) + " |", "|---|---|---|---|" + "---|" * len(mimpls)]
         by = {(m["impl"], _key(m)): m for m in mems}
         for ck in sorted({_key(m) for m in mems}, key=lambda k: (k[0] * k[1], k[2], k[3], k[0])):
-            h, w, k, d = ck
+            h, w, k, d = ck[:4]
             any_m = next(m for m in mems if _key(m) == ck)
             cells = []
             for impl in mimpls:
