@@ -34,17 +34,22 @@ def load(folder: str):
     return mod
 
 
+def _layout_flag(m) -> tuple:
+    """Builds since the kernels read any strides take a last ``bhwd_out`` argument (here False: channels-first)."""
+    return (False,) if "bhwd_out" in (m.forward.__doc__ or "") else ()
+
+
 def compare(old, new, B: int, h: int, H: int, k: int, repeats: int, clock) -> str:
     D = 32
     q, kk, v = (torch.randn(B, h, D, H, H) for _ in range(3))
-    args = (k, k, 1, 1, 1, 1, 0, D ** -0.5)
-    out, lse = old.forward(q, kk, v, None, None, *args)
-    out_new, _ = new.forward(q, kk, v, None, None, *args)
+    args = {m: (k, k, 1, 1, 1, 1, 0, D ** -0.5) + _layout_flag(m) for m in (old, new)}
+    out, lse = old.forward(q, kk, v, None, None, *args[old])
+    out_new, _ = new.forward(q, kk, v, None, None, *args[new])
     torch.testing.assert_close(out_new, out, rtol=1e-4, atol=1e-5)
     g = torch.randn_like(out)
-    calls = {"fwd": lambda m: m.forward(q, kk, v, None, None, *args),
-             "fwd+bwd": lambda m: (m.forward(q, kk, v, None, None, *args),
-                                   m.backward(g, q, kk, v, None, None, out, lse, *args))}
+    calls = {"fwd": lambda m: m.forward(q, kk, v, None, None, *args[m]),
+             "fwd+bwd": lambda m: (m.forward(q, kk, v, None, None, *args[m]),
+                                   m.backward(g, q, kk, v, None, None, out, lse, *args[m]))}
     parts = []
     for tag, fn in calls.items():
         best = {"old": float("inf"), "new": float("inf")}

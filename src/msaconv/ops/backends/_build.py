@@ -7,7 +7,8 @@ the sources, the flags, torch's and python's versions and what ``-march=native``
 between machines (a home directory on a cluster) never hands an AVX-512 build to an AVX2 node.
 ``MSACONV_MARCH`` (default ``native``) names another ``-march=`` target: ``x86-64-v3`` builds the AVX2
 kernels on an AVX-512 machine (the tests use it to check both vector widths on one CPU), or one binary
-for every node of a mixed cluster. An
+for every node of a mixed cluster. ``MSACONV_VECTOR_BITS`` (default 256) caps the vector width the kernels
+use. An
 exclusive ``fcntl`` lock around the build serialises concurrent builders (``pytest -n 2``); the second
 process waits, then loads what the first built. Any failure (no compiler, no ninja, a compile error) is
 caught once and kept as the reason the backend cannot run; nothing here raises at import.
@@ -44,8 +45,23 @@ def march() -> str:
     return value
 
 
+VECTOR_ENV = "MSACONV_VECTOR_BITS"
+VECTOR_BITS = (128, 256, 512)
+
+
+def vector_bits() -> int:
+    """The widest vectors the kernels use: ``$MSACONV_VECTOR_BITS`` (128, 256 or 512), default 256. On the AVX-512
+    EPYC (Zen 4) of our benchmarks the 256-bit build beat the 512-bit one at every shape measured
+    (``benchmarks/op/vector_width_avx512.md``); 512 may pay on CPUs with full-width AVX-512 units."""
+    value = os.environ.get(VECTOR_ENV, "").strip() or "256"
+    if value not in {str(b) for b in VECTOR_BITS}:
+        raise ValueError(f"{VECTOR_ENV}={value!r} is not a vector width; use 128, 256 (the default) or 512")
+    return int(value)
+
+
 def cflags() -> list[str]:
-    return ["-O3", f"-march={march()}", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno"]
+    return ["-O3", f"-march={march()}", f"-DMSA_MAX_VECTOR_BYTES={vector_bits() // 8}", "-ffp-contract=fast",
+            "-fopenmp", "-fno-math-errno"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "module" or "reason", set once per process
