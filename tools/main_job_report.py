@@ -150,7 +150,7 @@ def timing_lines(shipped: dict | None) -> list[str]:
             f"{t['main_job_seconds'] / 60:.1f} min `msaconv` with the kernel build, "
             f"{fresh['summary']['train_seconds'] / 60:.1f} min of it training). "
             + ("It is the shipped run: `tools/ship_main_job.sh` made its final weights the package's"
-               + (f"; earlier shipped runs reproduced from fresh clones to the last digit ({', '.join(older)})."
+               + (f"; the fresh-clone records of earlier shipped runs stay beside it ({', '.join(older)})."
                   if older else ".") if itself else
                "Its final top-1 at 24 / 32 / 40 / 48 px equals the shipped run's to the last digit: the main job "
                "is reproducible from a fresh clone." if same else "Its final top-1 differs from the shipped run's.")]

@@ -313,7 +313,7 @@ CONFIGS: dict[str, ConvNetConfig] = {
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 # weights that ship in the package: the main job's final weights, with the run folder that produced them
 SHIPPED: dict[str, dict[str, str]] = {
-    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="17b3bcc4a175681529397195e54438ac6b748bc99d98ed53455bb9110c51e632",
+    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="421ed18f1a865a9c4db622996f16520ebafa175bcedc0c9f7453654c5b504fd7",
                           tag="cifar10_jpeg_20k"),
 }
 
