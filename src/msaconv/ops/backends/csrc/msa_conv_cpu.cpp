@@ -404,6 +404,92 @@ inline void prefetch_columns(const T* src, const Strides& st, int64_t D, int64_t
 // prefetcher does not follow.
 constexpr int64_t PREFETCH_COLUMNS = 4;
 
+// 8x8 float transpose in registers (256-bit vectors): out[j][i] = in[i][j]. Three rounds of shuffles, which
+// GCC lowers to vunpck{l,h}ps / vshufps / vperm2f128.
+#if MSA_VBYTES == 32
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr bool HAVE_TRANSPOSE8 = true;
+inline void transpose8(v8f r[8]) {
+  const v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const v8i s44 = {0, 1, 8, 9, 4, 5, 12, 13}, sEE = {2, 3, 10, 11, 6, 7, 14, 15};
+  const v8i p20 = {0, 1, 2, 3, 8, 9, 10, 11}, p31 = {4, 5, 6, 7, 12, 13, 14, 15};
+  v8f t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], s44);
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], sEE);
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], s44);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], sEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = __builtin_shuffle(u[j], u[j + 4], p20);
+    r[j + 4] = __builtin_shuffle(u[j], u[j + 4], p31);
+  }
+}
+#else
+constexpr bool HAVE_TRANSPOSE8 = false;
+#endif
+
+// dst[d * ds + c] = src[c * es + d] for c < n, d < D (a row with D inner, cs == 1): whole 8x8 float blocks
+// through registers where the build has 256-bit vectors, the rest element by element; columns ahead are
+// prefetched (their runs of D lie a pixel apart, with gaps for a slice of a channels-last qkv map).
+template <typename T>
+inline void transpose_in(T* dst, int64_t ds, const T* src, int64_t es, int64_t D, int64_t n) {
+  prefetch_columns<T>(src, {1, 0, es}, D, 0, std::min(n, PREFETCH_COLUMNS));
+  int64_t c0 = 0, d8 = 0;
+#if MSA_VBYTES == 32
+  if constexpr (std::is_same<T, float>::value && HAVE_TRANSPOSE8) {
+    d8 = D / 8 * 8;
+    for (; c0 + 8 <= n; c0 += 8) {
+      prefetch_columns<T>(src, {1, 0, es}, D, std::min(n, c0 + PREFETCH_COLUMNS), std::min(n, c0 + 8 + PREFETCH_COLUMNS));
+      for (int64_t d0 = 0; d0 < d8; d0 += 8) {
+        v8f r[8];
+        for (int i = 0; i < 8; ++i) std::memcpy(&r[i], src + (c0 + i) * es + d0, sizeof(v8f));
+        transpose8(r);
+        for (int j = 0; j < 8; ++j) std::memcpy(dst + (d0 + j) * ds + c0, &r[j], sizeof(v8f));
+      }
+      for (int64_t c = c0; c < c0 + 8; ++c)
+        for (int64_t d = d8; d < D; ++d) dst[d * ds + c] = src[c * es + d];
+    }
+  }
+#endif
+  (void)d8;
+  for (int64_t c = c0; c < n; ++c) {
+    if (c + PREFETCH_COLUMNS < n) prefetch_columns<T>(src, {1, 0, es}, D, c + PREFETCH_COLUMNS, c + PREFETCH_COLUMNS + 1);
+    const T* sc = src + c * es;
+    for (int64_t d = 0; d < D; ++d) dst[d * ds + c] = sc[d];
+  }
+}
+
+// the inverse: dst[c * es + d] = src[d * ss + c]
+template <typename T>
+inline void transpose_out(T* dst, int64_t es, const T* src, int64_t ss, int64_t D, int64_t n) {
+  int64_t c0 = 0;
+#if MSA_VBYTES == 32
+  if constexpr (std::is_same<T, float>::value && HAVE_TRANSPOSE8) {
+    const int64_t d8 = D / 8 * 8;
+    for (; c0 + 8 <= n; c0 += 8) {
+      for (int64_t d0 = 0; d0 < d8; d0 += 8) {
+        v8f r[8];
+        for (int j = 0; j < 8; ++j) std::memcpy(&r[j], src + (d0 + j) * ss + c0, sizeof(v8f));
+        transpose8(r);
+        for (int i = 0; i < 8; ++i) std::memcpy(dst + (c0 + i) * es + d0, &r[i], sizeof(v8f));
+      }
+      for (int64_t c = c0; c < c0 + 8; ++c)
+        for (int64_t d = d8; d < D; ++d) dst[c * es + d] = src[d * ss + c];
+    }
+  }
+#endif
+  for (int64_t c = c0; c < n; ++c) {
+    T* dc = dst + c * es;
+    for (int64_t d = 0; d < D; ++d) dc[d] = src[d * ss + c];
+  }
+}
+
 // n columns x D channels of a row at src (column stride st.es, channel stride st.cs) -> dst[d * ds + c]. A row
 // of the channels-first layout is D runs of n; where D is the inner axis (es > 1, cs == 1: [.., W, D] memory)
 // it is n runs of D, read in memory order and transposed into the buffer, which stays in L1.
@@ -412,12 +498,7 @@ inline void load_row(T* dst, int64_t ds, const T* src, const Strides& st, int64_
   if (st.es == 1) {
     for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * ds, src + d * st.cs, n);
   } else if (st.cs == 1) {
-    prefetch_columns<T>(src, st, D, 0, std::min(n, PREFETCH_COLUMNS));
-    for (int64_t c = 0; c < n; ++c) {
-      if (c + PREFETCH_COLUMNS < n) prefetch_columns<T>(src, st, D, c + PREFETCH_COLUMNS, c + PREFETCH_COLUMNS + 1);
-      const T* sc = src + c * st.es;
-      for (int64_t d = 0; d < D; ++d) dst[d * ds + c] = sc[d];
-    }
+    transpose_in<T>(dst, ds, src, st.es, D, n);
   } else {
     for (int64_t d = 0; d < D; ++d)
       for (int64_t c = 0; c < n; ++c) dst[d * ds + c] = src[d * st.cs + c * st.es];
@@ -430,10 +511,7 @@ inline void store_row(T* dst, const Strides& st, const T* src, int64_t ss, int64
   if (st.es == 1) {
     for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * st.cs, src + d * ss, n);
   } else if (st.cs == 1) {
-    for (int64_t c = 0; c < n; ++c) {
-      T* dc = dst + c * st.es;
-      for (int64_t d = 0; d < D; ++d) dc[d] = src[d * ss + c];
-    }
+    transpose_out<T>(dst, st.es, src, ss, D, n);
   } else {
     for (int64_t d = 0; d < D; ++d)
       for (int64_t c = 0; c < n; ++c) dst[d * st.cs + c * st.es] = src[d * ss + c];
