@@ -391,12 +391,13 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
   for (; c < n; ++c) dst[c] = src[c];
 }
 
-// the cache lines of columns [c0, c1) of a row whose D channels are inner (cs == 1): a run of D per column
+// the cache lines of columns [c0, c1) of a row whose D channels are inner (cs == 1): a run of D per column,
+// column c at src + c * es
 template <typename T>
-inline void prefetch_columns(const T* src, const Strides& st, int64_t D, int64_t c0, int64_t c1) {
+inline void prefetch_columns(const T* src, int64_t es, int64_t D, int64_t c0, int64_t c1) {
   constexpr int64_t line = 64 / sizeof(T);
   for (int64_t c = c0; c < c1; ++c)
-    for (int64_t d = 0; d < D; d += line) __builtin_prefetch(src + c * st.es + d);
+    for (int64_t d = 0; d < D; d += line) __builtin_prefetch(src + c * es + d);
 }
 
 // Columns ahead that load_row asks for while it transposes a row with D inner: its runs of D lie a pixel
@@ -409,7 +410,6 @@ constexpr int64_t PREFETCH_COLUMNS = 4;
 #if MSA_VBYTES == 32
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-constexpr bool HAVE_TRANSPOSE8 = true;
 inline void transpose8(v8f r[8]) {
   const v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
   const v8i s44 = {0, 1, 8, 9, 4, 5, 12, 13}, sEE = {2, 3, 10, 11, 6, 7, 14, 15};
@@ -430,63 +430,37 @@ inline void transpose8(v8f r[8]) {
     r[j + 4] = __builtin_shuffle(u[j], u[j + 4], p31);
   }
 }
-#else
-constexpr bool HAVE_TRANSPOSE8 = false;
 #endif
 
-// dst[d * ds + c] = src[c * es + d] for c < n, d < D (a row with D inner, cs == 1): whole 8x8 float blocks
-// through registers where the build has 256-bit vectors, the rest element by element; columns ahead are
-// prefetched (their runs of D lie a pixel apart, with gaps for a slice of a channels-last qkv map).
-template <typename T>
-inline void transpose_in(T* dst, int64_t ds, const T* src, int64_t es, int64_t D, int64_t n) {
-  prefetch_columns<T>(src, {1, 0, es}, D, 0, std::min(n, PREFETCH_COLUMNS));
-  int64_t c0 = 0, d8 = 0;
+// dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols: whole 8x8 float blocks through registers where the
+// build has 256-bit vectors, the rest element by element. It moves rows with D inner (cs == 1) into and out of
+// the kernel's channels-first buffers. PREFETCH: src is such a row in a tensor, its rows (pixels) a column
+// stride apart (with gaps for a slice of a channels-last qkv map), which the hardware prefetcher does not
+// follow: the rows PREFETCH_COLUMNS ahead are asked for.
+template <typename T, bool PREFETCH>
+inline void transpose(T* dst, int64_t ds, const T* src, int64_t ss, int64_t rows, int64_t cols) {
+  if (PREFETCH) prefetch_columns<T>(src, ss, cols, 0, std::min(rows, PREFETCH_COLUMNS));
+  int64_t i0 = 0;
 #if MSA_VBYTES == 32
-  if constexpr (std::is_same<T, float>::value && HAVE_TRANSPOSE8) {
-    d8 = D / 8 * 8;
-    for (; c0 + 8 <= n; c0 += 8) {
-      prefetch_columns<T>(src, {1, 0, es}, D, std::min(n, c0 + PREFETCH_COLUMNS), std::min(n, c0 + 8 + PREFETCH_COLUMNS));
-      for (int64_t d0 = 0; d0 < d8; d0 += 8) {
+  if constexpr (std::is_same<T, float>::value) {
+    const int64_t c8 = cols / 8 * 8;
+    for (; i0 + 8 <= rows; i0 += 8) {
+      if (PREFETCH)
+        prefetch_columns<T>(src, ss, cols, std::min(rows, i0 + PREFETCH_COLUMNS), std::min(rows, i0 + 8 + PREFETCH_COLUMNS));
+      for (int64_t j0 = 0; j0 < c8; j0 += 8) {
         v8f r[8];
-        for (int i = 0; i < 8; ++i) std::memcpy(&r[i], src + (c0 + i) * es + d0, sizeof(v8f));
+        for (int i = 0; i < 8; ++i) std::memcpy(&r[i], src + (i0 + i) * ss + j0, sizeof(v8f));
         transpose8(r);
-        for (int j = 0; j < 8; ++j) std::memcpy(dst + (d0 + j) * ds + c0, &r[j], sizeof(v8f));
+        for (int j = 0; j < 8; ++j) std::memcpy(dst + (j0 + j) * ds + i0, &r[j], sizeof(v8f));
       }
-      for (int64_t c = c0; c < c0 + 8; ++c)
-        for (int64_t d = d8; d < D; ++d) dst[d * ds + c] = src[c * es + d];
+      for (int64_t i = i0; i < i0 + 8; ++i)
+        for (int64_t j = c8; j < cols; ++j) dst[j * ds + i] = src[i * ss + j];
     }
   }
 #endif
-  (void)d8;
-  for (int64_t c = c0; c < n; ++c) {
-    if (c + PREFETCH_COLUMNS < n) prefetch_columns<T>(src, {1, 0, es}, D, c + PREFETCH_COLUMNS, c + PREFETCH_COLUMNS + 1);
-    const T* sc = src + c * es;
-    for (int64_t d = 0; d < D; ++d) dst[d * ds + c] = sc[d];
-  }
-}
-
-// the inverse: dst[c * es + d] = src[d * ss + c]
-template <typename T>
-inline void transpose_out(T* dst, int64_t es, const T* src, int64_t ss, int64_t D, int64_t n) {
-  int64_t c0 = 0;
-#if MSA_VBYTES == 32
-  if constexpr (std::is_same<T, float>::value && HAVE_TRANSPOSE8) {
-    const int64_t d8 = D / 8 * 8;
-    for (; c0 + 8 <= n; c0 += 8) {
-      for (int64_t d0 = 0; d0 < d8; d0 += 8) {
-        v8f r[8];
-        for (int j = 0; j < 8; ++j) std::memcpy(&r[j], src + (d0 + j) * ss + c0, sizeof(v8f));
-        transpose8(r);
-        for (int i = 0; i < 8; ++i) std::memcpy(dst + (c0 + i) * es + d0, &r[i], sizeof(v8f));
-      }
-      for (int64_t c = c0; c < c0 + 8; ++c)
-        for (int64_t d = d8; d < D; ++d) dst[c * es + d] = src[d * ss + c];
-    }
-  }
-#endif
-  for (int64_t c = c0; c < n; ++c) {
-    T* dc = dst + c * es;
-    for (int64_t d = 0; d < D; ++d) dc[d] = src[d * ss + c];
+  for (int64_t i = i0; i < rows; ++i) {
+    if (PREFETCH && i + PREFETCH_COLUMNS < rows) prefetch_columns<T>(src, ss, cols, i + PREFETCH_COLUMNS, i + PREFETCH_COLUMNS + 1);
+    for (int64_t j = 0; j < cols; ++j) dst[j * ds + i] = src[i * ss + j];
   }
 }
 
@@ -498,7 +472,7 @@ inline void load_row(T* dst, int64_t ds, const T* src, const Strides& st, int64_
   if (st.es == 1) {
     for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * ds, src + d * st.cs, n);
   } else if (st.cs == 1) {
-    transpose_in<T>(dst, ds, src, st.es, D, n);
+    transpose<T, true>(dst, ds, src, st.es, n, D);
   } else {
     for (int64_t d = 0; d < D; ++d)
       for (int64_t c = 0; c < n; ++c) dst[d * ds + c] = src[d * st.cs + c * st.es];
@@ -511,7 +485,7 @@ inline void store_row(T* dst, const Strides& st, const T* src, int64_t ss, int64
   if (st.es == 1) {
     for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * st.cs, src + d * ss, n);
   } else if (st.cs == 1) {
-    transpose_out<T>(dst, st.es, src, ss, D, n);
+    transpose<T, false>(dst, st.es, src, ss, D, n);
   } else {
     for (int64_t d = 0; d < D; ++d)
       for (int64_t c = 0; c < n; ++c) dst[d * st.cs + c * st.es] = src[d * ss + c];
@@ -528,7 +502,7 @@ template <typename T>
 inline void prefetch_row(const T* plane, const Strides& st, int64_t r, const Geometry& g) {
   if (r >= g.H) return;
   if (st.es != 1) {
-    if (st.cs == 1) prefetch_columns<T>(plane + r * st.rs, st, g.D, 0, g.W);
+    if (st.cs == 1) prefetch_columns<T>(plane + r * st.rs, st.es, g.D, 0, g.W);
     return;
   }
   constexpr int64_t line = 64 / sizeof(T);
@@ -559,7 +533,7 @@ inline void pad_plane(T* dst, const T* plane, const Strides& st, const Geometry&
   const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl, rowsz = g.D * Wp;
   if (st.es != 1) {  // rows are the outer axis in memory: row by row, asking for the next row's first columns
     for (int64_t r = 0; r < g.H; ++r) {
-      if (r + 1 < g.H && st.cs == 1) prefetch_columns<T>(plane + (r + 1) * st.rs, st, g.D, 0, std::min(W, PREFETCH_COLUMNS));
+      if (r + 1 < g.H && st.cs == 1) prefetch_columns<T>(plane + (r + 1) * st.rs, st.es, g.D, 0, std::min(W, PREFETCH_COLUMNS));
       load_row<T>(dst + r * rowsz + pl, Wp, plane + r * st.rs, st, g.D, W);
     }
     return;
@@ -887,12 +861,12 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
         // q row (strided gather when sw > 1) and dout row into the margined buffers; tails stay zero
         gather_row<T>(Q, QW, qp, qst, yo * g.sh, g);
         load_row<T>(G, QW, gp + yo * gst.rs, gst, g.D, g.Wo);
-        // delta = <dout, out> per query, straight from the tensors
+        // delta = <dout, out> per query: dout from its row buffer, out straight from the tensor
         std::fill(delta.begin(), delta.end(), T(0));
         for (int64_t d = 0; d < g.D; ++d) {
-          const T* gr = gp + d * gst.cs + yo * gst.rs;
+          const T* gr = G + d * QW;
           const T* orow = op + d * ost.cs + yo * ost.rs;
-          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x * gst.es] * orow[x * ost.es];
+          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x] * orow[x * ost.es];
         }
         const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
         const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
