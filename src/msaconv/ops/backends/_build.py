@@ -5,10 +5,9 @@ The extension is compiled by ``torch.utils.cpp_extension.load`` into torch's ext
 the sources, the flags, torch's and python's versions and what ``-march=native`` resolves to on this CPU
 (:func:`native_target`): a changed source, flag or CPU never loads a stale binary, so a cache shared
 between machines (a home directory on a cluster) never hands an AVX-512 build to an AVX2 node.
-``MSACONV_MARCH`` (default ``native``) names another ``-march=`` target: ``x86-64-v3`` builds the AVX2
-kernels on an AVX-512 machine (the tests use it to check both vector widths on one CPU), or one binary
-for every node of a mixed cluster. ``MSACONV_VECTOR_BITS`` (default 256) caps the vector width the kernels
-use. An
+``MSACONV_MARCH`` (default ``native``) names another ``-march=`` target, e.g. ``x86-64-v3`` (AVX2) for one
+binary for every node of a mixed cluster. ``MSACONV_VECTOR_BITS`` (default 256) caps the vector width the
+kernels use; the tests build the 512-bit width too on an AVX-512 CPU, to check both widths on one machine. An
 exclusive ``fcntl`` lock around the build serialises concurrent builders (``pytest -n 2``); the second
 process waits, then loads what the first built. Any failure (no compiler, no ninja, a compile error) is
 caught once and kept as the reason the backend cannot run; nothing here raises at import.
