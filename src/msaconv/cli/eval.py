@@ -24,6 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", nargs="+", choices=("resize", "canvas"), default=["resize"],
                    help="how images reach each size: 'resize' the whole image (object scale changes), 'canvas' keep "
                         "the training scale and centre-crop / pad (map size changes); both may be given")
+    p.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
+                   help="also evaluate with BatchNorm statistics re-estimated at each size from N training images "
+                        "(no labels, no gradient; the weights stay the trained ones): adds a 'recal' column")
+    p.add_argument("--recal-data", metavar="PATH",
+                   help="the training images --bn-recalibrate reads (default: the embedded training set with --data "
+                        "embedded, <data>/train when --data is a folder holding train/ and val/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model_kwargs.KEY=VALUE overrides for a weights file without metadata")
 
@@ -34,15 +40,19 @@ def run(args: argparse.Namespace) -> int:
     results, out_path = evaluate_checkpoint(args.checkpoint, data=args.data, sizes=args.img_size, model=args.model,
                                             batch_size=args.batch_size, limit=args.limit_val, skip_bad=args.skip_bad,
                                             json_path=args.json, sets=args.set, tta=args.tta,
-                                            protocols=args.protocol)
+                                            protocols=args.protocol, bn_recalibrate=args.bn_recalibrate,
+                                            recal_data=args.recal_data)
     flip = args.tta != "none"
-    cols = ("model", "top1") + (("top1_flip",) if flip else ()) + ("top1_err", "top5", "top5_err", "param_count",
+    recal = ("top1_recal",) + (("top1_flip_recal",) if flip else ()) if args.bn_recalibrate else ()
+    cols = ("model", "top1") + (("top1_flip",) if flip else ()) + recal + ("top1_err", "top5", "top5_err", "param_count",
                                                                     "img_size", "protocol", "images")
     print(" ".join(f"{c:>12}" if i else f"{c:<14}" for i, c in enumerate(cols)))
     for r in results:
-        f_col = f" {r['top1_flip']:>12.3f}" if flip else ""
+        f_col = "".join(f" {r[c]:>12.3f}" for c in cols[2:2 + flip + len(recal)])
         print(f"{r['model']:<14} {r['top1']:>12.3f}{f_col} {r['top1_err']:>12.3f} {r['top5']:>12.3f} "
               f"{r['top5_err']:>12.3f} {r['param_count']:>12.3f} {r['img_size']:>12} {r['protocol']:>12} "
               f"{r['images']:>12}")
+    if recal:
+        print(f"top1_recal: BatchNorm statistics re-estimated at each size from {args.bn_recalibrate} training images")
     print(f"results: {out_path}")
     return 0

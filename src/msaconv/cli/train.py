@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. 24,32,40; images are resized whole")
     p.add_argument("--tta", choices=("none", "flip", "both"),
                    help="final evaluation with horizontal-flip test-time augmentation ('both': with and without)")
+    p.add_argument("--bn-recalibrate", type=int, metavar="N",
+                   help="final evaluation also with BatchNorm statistics re-estimated at each size from N training "
+                        "images (no labels, no gradient; 0: off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--output", help="folder of run folders (default runs/)")
     p.add_argument("--name", help="run folder name (default <model>-<UTC time>)")
@@ -52,8 +55,8 @@ def size_list(text: str) -> list[int]:
 
 
 def _flags(args: argparse.Namespace) -> dict:
-    keys = ("model", "data", "val_data", "epochs", "batch_size", "lr", "img_size", "train_sizes", "tta", "seed",
-            "output", "name", "resume",
+    keys = ("model", "data", "val_data", "epochs", "batch_size", "lr", "img_size", "train_sizes", "tta", "bn_recalibrate",
+            "seed", "output", "name", "resume",
             "limit_train", "limit_val", "skip_bad")
     out = {k: getattr(args, k) for k in keys}
     if args.no_progress:

@@ -69,6 +69,9 @@ class TrainConfig:
     eval_sizes: list = field(default_factory=lambda: [24, 32, 40, 48, 64])
     eval_protocols: list = field(default_factory=lambda: ["resize"])  # final eval: 'resize' and/or 'canvas'
     tta: str = "none"  # final eval: 'none', 'flip' (mean of the image's and its mirror's logits) or 'both'
+    # final eval: also the figures with BatchNorm statistics re-estimated at each size from this many training
+    # images (no labels, no gradient; 0: off), as top1_recal, ... (msaconv.train.evaluate.recalibrated)
+    bn_recalibrate: int = 0
     eval_every: int = 1  # epochs
     epoch_eval_images: int | None = 2000  # per-epoch check on a fixed class-mixed subset (None: all); final: all
     eval_batch_size: int = 500
@@ -225,6 +228,9 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.eval_protocols or any(p not in EVAL_PROTOCOLS for p in cfg.eval_protocols):
         bad("eval_protocols", f"must be a non-empty list of {EVAL_PROTOCOLS}: 'resize' scales the whole image, "
                               "'canvas' keeps the scale and crops / pads to the size")
+    if isinstance(cfg.bn_recalibrate, bool) or not isinstance(cfg.bn_recalibrate, int) or cfg.bn_recalibrate < 0:
+        bad("bn_recalibrate", "must be an int >= 0: the training images that re-estimate BatchNorm statistics at each "
+                              "final evaluation size (0: off; e.g. 2000)")
     if cfg.tta not in TTA_MODES:
         close = difflib.get_close_matches(str(cfg.tta), TTA_MODES, n=1)
         bad("tta", f"is not one of {', '.join(TTA_MODES)}" + (f"; did you mean {close[0]!r}?" if close else ""))

@@ -481,7 +481,7 @@ def _finish(run: Run, tally: Tally, t_start: float, cpu_start: float) -> dict:
     ``cpu_start`` are the wall and CPU clocks when the run began."""
     evals = []
     if run.va is not None:
-        for ev in final_evaluations(run.eval_model, run.va, run.cfg, run.info):
+        for ev in final_evaluations(run.eval_model, run.va, run.cfg, run.info, run.tr):
             evals.append(ev)
             run.metrics.write({"type": "final", "step": run.step, **ev})
     summary = _summary(run, tally, evals, time.perf_counter() - t_start, time.process_time() - cpu_start)
@@ -662,16 +662,22 @@ def format_summary(summary: dict) -> str:
     """The final table: one line per evaluation size, then the run's totals."""
     lines = []
     if summary.get("final"):
-        flip = any("top1_flip" in ev for ev in summary["final"])
-        lines.append(f"{'model':<14} {'img_size':>8} {'protocol':>8} {'top1':>7}" + (f" {'flip':>7}" if flip else "")
+        final = summary["final"]
+        cols = [k for k in ("top1_flip", "top1_recal", "top1_flip_recal") if any(k in ev for ev in final)]
+        names = {"top1_flip": "flip", "top1_recal": "recal", "top1_flip_recal": "r+flip"}
+        lines.append(f"{'model':<14} {'img_size':>8} {'protocol':>8} {'top1':>7}" + "".join(f" {names[c]:>7}" for c in cols)
                      + f" {'top5':>7} {'loss':>7} {'images':>7} {'eval s':>7}")
-        for ev in summary["final"]:
-            f_col = f" {ev['top1_flip']:>7.2f}" if "top1_flip" in ev else (f" {'':>7}" if flip else "")
+        for ev in final:
+            extra = "".join(f" {ev[c]:>7.2f}" if c in ev else f" {'':>7}" for c in cols)
             lines.append(f"{summary['model']:<14} {ev['img_size']:>8} {ev.get('protocol', 'resize'):>8} "
-                         f"{ev['top1']:>7.2f}{f_col} {ev['top5']:>7.2f} {ev['loss']:>7.3f} {ev['images']:>7} "
-                         f"{ev['seconds']:>7.1f}")
-        if flip:
+                         f"{ev['top1']:>7.2f}{extra} {ev['top5']:>7.2f} {ev['loss']:>7.3f} {ev['images']:>7} "
+                         f"{ev['seconds'] + ev.get('recal_seconds', 0):>7.1f}")
+        if "top1_flip" in cols:
             lines.append("flip: top-1 with horizontal-flip test-time augmentation (mean of the two views' logits)")
+        if "top1_recal" in cols:
+            n = next(ev["recal_images"] for ev in final if "recal_images" in ev)
+            lines.append(f"recal: top-1 with BatchNorm statistics re-estimated at that size from {n} training images "
+                         "(no labels, no gradient; the weights are the trained ones); r+flip: the same with flip")
     ips = summary.get("img_per_s")
     lines.append(f"params {summary['params'] / 1e6:.2f}M | {summary['epochs']} epochs, {summary['steps']} steps, "
                  f"{summary['train_images']} train images | train {summary['train_seconds'] / 60:.1f} min"

@@ -3,6 +3,7 @@ the end), and of a saved checkpoint at several sizes (what ``msaconv eval`` call
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -75,12 +76,13 @@ def _rank_items(split: Split, limit: int | None, indices: torch.Tensor | None, i
     return order
 
 
-def _at_stream_size(split: Split, size: int, cfg: TrainConfig) -> Split:
-    """``split``, or for a stream decoded at another size, the same images streamed at ``size``."""
-    if split.stream is None or split.stream.size == size:
+def _at_stream_size(split: Split, size: int, cfg: TrainConfig, force_eval: bool = False) -> Split:
+    """``split``, or for a stream decoded at another size (or, with ``force_eval``, a training stream, which
+    augments), the same images streamed at ``size`` without augmentation."""
+    if split.stream is None or (split.stream.size == size and not (force_eval and split.stream.train)):
         return split
     return Split(split.classes, split.source, stream=StreamingImages(
-        split.source, size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=0))
+        split.source, size, train=False, limit=split.stream.__len__(), skip_bad=cfg.skip_bad, seed=split.stream.seed))
 
 
 def _logits(model: torch.nn.Module, x: torch.Tensor, cfg: TrainConfig, info: D.DistInfo) -> torch.Tensor:
@@ -98,15 +100,63 @@ def _score(sums: list[float], at: int, out: torch.Tensor, y: torch.Tensor) -> No
     sums[at + 2] += (top5 == y[:, None]).any(dim=1).sum().item()
 
 
-def final_evaluations(model: torch.nn.Module, split: Split, cfg: TrainConfig, info: D.DistInfo) -> Iterator[dict]:
+RECAL_KEYS = ("top1", "top5", "loss", "top1_flip", "top5_flip", "loss_flip")
+
+
+def recalibrated(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConfig, info: D.DistInfo,
+                 images: int, protocol: str = "resize") -> torch.nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are re-estimated at ``img_size``.
+
+    The statistics come from the first ``images`` images of ``split`` (a training split; seeded order, no
+    augmentation, no labels, no gradient), shown at ``img_size`` by ``protocol`` as the evaluation shows its
+    images, and averaged over all of them (``torch.optim.swa_utils.update_bn``). Only the running statistics
+    change; the weights are the trained ones. ``model`` itself is left as it was.
+    """
+    m = copy.deepcopy(model)
+    n = min(images, len(split))
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0x8EC))[:n]
+    src = _at_stream_size(split, img_size if protocol == "resize" else cfg.img_size, cfg, force_eval=True)
+
+    def inputs() -> Iterator[torch.Tensor]:
+        for x, _y, _bad in batches(src, order, cfg.eval_batch_size, cfg, 0):
+            if len(x):
+                x = to_eval_size(normalize(x, cfg.mean, cfg.std), img_size, protocol, cfg.img_size).to(info.device)
+                yield x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+    with torch.no_grad(), autocast(cfg, info):
+        torch.optim.swa_utils.update_bn(inputs(), m)
+    return m.eval()
+
+
+def final_evaluations(model: torch.nn.Module, split: Split, cfg: TrainConfig, info: D.DistInfo,
+                      train_split: Split | None = None) -> Iterator[dict]:
     """The end of a run: ``evaluate`` at ``img_size`` and every ``eval_sizes`` size, for each protocol, one
-    result as each is done. At the training size 'canvas' shows the images 'resize' does, so it runs once."""
+    result as each is done. At the training size 'canvas' shows the images 'resize' does, so it runs once.
+
+    With ``cfg.bn_recalibrate`` images and a ``train_split``, each result also holds the same figures with the
+    BatchNorm statistics re-estimated at that size (:func:`recalibrated`), as ``top1_recal``,
+    ``top1_flip_recal``, ... and ``recal_images``."""
     sizes = sorted(set(cfg.eval_sizes) | {cfg.img_size})
     for protocol in cfg.eval_protocols:
         for s in sizes:
             if protocol != "resize" and s == cfg.img_size and "resize" in cfg.eval_protocols:
                 continue
-            yield evaluate(model, split, s, cfg, info, cfg.limit_val, protocol=protocol, tta=cfg.tta != "none")
+            ev = evaluate(model, split, s, cfg, info, cfg.limit_val, protocol=protocol, tta=cfg.tta != "none")
+            if cfg.bn_recalibrate and train_split is not None:
+                ev.update(recalibrated_scores(model, split, train_split, s, cfg, info, protocol))
+            yield ev
+
+
+def recalibrated_scores(model: torch.nn.Module, split: Split, train_split: Split, img_size: int, cfg: TrainConfig,
+                        info: D.DistInfo, protocol: str) -> dict:
+    """``evaluate``'s figures at ``img_size`` after :func:`recalibrated` with ``cfg.bn_recalibrate`` images of
+    ``train_split``, as ``<key>_recal``, with ``recal_images`` and ``recal_seconds``."""
+    t0 = time.perf_counter()
+    m = recalibrated(model, train_split, img_size, cfg, info, cfg.bn_recalibrate, protocol)
+    ev = evaluate(m, split, img_size, cfg, info, cfg.limit_val, protocol=protocol, tta=cfg.tta != "none")
+    out = {f"{k}_recal": ev[k] for k in RECAL_KEYS if k in ev}
+    return {**out, "recal_images": min(cfg.bn_recalibrate, len(train_split)),
+            "recal_seconds": time.perf_counter() - t0}
 
 
 def load_model_from_checkpoint(path: str, model: str | None = None, sets: list[str] | None = None):
@@ -143,12 +193,15 @@ def load_model_from_checkpoint(path: str, model: str | None = None, sets: list[s
 def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | None = None, model: str | None = None,
                         batch_size: int = 500, limit: int | None = None, skip_bad: bool = False,
                         json_path: str | None = None, sets: list[str] | None = None, tta: str = "none",
-                        protocols: list[str] | None = None) -> tuple[list[dict], Path]:
+                        protocols: list[str] | None = None, bn_recalibrate: int = 0,
+                        recal_data: str | None = None) -> tuple[list[dict], Path]:
     """Top-1/top-5 of a checkpoint at every size and protocol ('resize' / 'canvas', see
-    :func:`msaconv.data.to_eval_size`), with flip TTA when ``tta`` is 'flip' or 'both'."""
+    :func:`msaconv.data.to_eval_size`), with flip TTA when ``tta`` is 'flip' or 'both', and with
+    ``bn_recalibrate`` > 0 also after :func:`recalibrated` with that many images of ``recal_data``
+    (default: the embedded training set for ``data='embedded'``, ``<data>/train`` beside ``<data>/val``)."""
     m, cfg, classes = load_model_from_checkpoint(path, model, sets)
     cfg = apply_overrides(cfg, {"eval_batch_size": batch_size, "skip_bad": skip_bad, "limit_val": limit, "tta": tta,
-                                "eval_protocols": protocols or ["resize"]}, "eval")
+                                "eval_protocols": protocols or ["resize"], "bn_recalibrate": bn_recalibrate}, "eval")
     if data == "embedded":
         resolved = resolve_data_paths(apply_overrides(cfg, {"data": "embedded"}, "eval"))[1]
         if resolved is None:
@@ -165,6 +218,12 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
     split = load_split(cfg, val_path, False, limit, print)
     if classes is not None and split.classes != classes:
         raise ValueError(f"--data: its classes {split.classes[:4]}... differ from the checkpoint's {classes[:4]}...")
+    train_split = None
+    if bn_recalibrate:
+        train_split = load_split(cfg, _recal_path(data, recal_data, cfg), False, None, print)
+        if train_split.classes != split.classes:
+            raise ValueError(f"--recal-data: its classes {train_split.classes[:4]}... differ from --data's "
+                             f"{split.classes[:4]}...")
     n_params = sum(p.numel() for p in m.parameters())
     results = []
     for protocol in cfg.eval_protocols:
@@ -176,11 +235,30 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
                    "images": ev["images"], "loss": ev["loss"], "seconds": ev["seconds"]}
             if "top1_flip" in ev:
                 row.update(top1_flip=round(ev["top1_flip"], 3), top5_flip=round(ev["top5_flip"], 3))
+            if train_split is not None:
+                rc = recalibrated_scores(m, split, train_split, s, cfg, info, protocol)
+                row.update({k: round(v, 3) if k.startswith("top") else v for k, v in rc.items()})
             results.append(row)
     out = Path(json_path) if json_path else (Path(path) if Path(path).is_dir() else Path(path).parent) / "eval.json"
     doc = {**provenance(path, val_path, len(split)), "results": results}
     ckpt.atomic_write(out, (json.dumps(doc, indent=1) + "\n").encode())
     return results, out
+
+
+def _recal_path(data: str, recal_data: str | None, cfg: TrainConfig) -> str:
+    """The training images ``msaconv eval --bn-recalibrate`` reads (see :func:`evaluate_checkpoint`)."""
+    if recal_data:
+        if not Path(recal_data).exists():
+            raise ValueError(f"--recal-data: {recal_data!r} does not exist; pass a folder / zip / tar of <class> images")
+        return recal_data
+    if data == "embedded":
+        return resolve_data_paths(apply_overrides(cfg, {"data": "embedded"}, "eval"))[0]
+    p = Path(data)
+    for parent in (p, p.parent):
+        if parent.is_dir() and (parent / "train").is_dir() and (parent / "val").is_dir():
+            return str(parent / "train")
+    raise ValueError(f"--bn-recalibrate: --data {data!r} has no train/ folder beside its val/ to re-estimate BatchNorm "
+                     "statistics from; pass --recal-data PATH (training images, <class>/<image>)")
 
 
 def provenance(checkpoint: str | Path, data: str, images: int) -> dict:
