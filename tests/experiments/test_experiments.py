@@ -254,13 +254,18 @@ def test_resolution_records(smoke):
         assert {(16, "resize"), (48, "canvas"), (32, "resize")} <= _pairs(r)
         for e in r["evals"]:
             assert 0 <= e["top1"] <= 100 and e["images"] == C.SMOKE["limit_val"]
+            # every evaluation also with BatchNorm statistics re-estimated at its size (the smoke's 192 images)
+            assert 0 <= e["top1_recal"] <= 100 and e["recal_images"] == C.SMOKE["limit_train"]
+        assert r["bn_recalibrate"] == C.RECAL_IMAGES
+        assert C.top1_at(r, 48, "canvas+bn") is not None and C.top1_at(r, 32, "canvas+bn") == C.top1_at(r, 32, "resize+bn")
     # below tic_nano's total stride: the size is recorded with its reason, not silently dropped
     assert "minimum input size 16x16" in by[("tic_nano", "multi")]["eval_errors"]["8"]
     assert (8, "resize") not in _pairs(by[("tic_nano", "fixed")])
     assert (8, "resize") in _pairs(by[("tic_conv_nano", "fixed")])
-    # the fixed tic_conv_nano run is the ablation's default, reused; its 8 px evaluations come from its weights
+    # the fixed tic_conv_nano run is the ablation's default, reused; the ablation did not recalibrate, so all its
+    # evaluations (the 8 px ones it never had too) come from its weights
     r = by[("tic_conv_nano", "fixed")]
-    assert r["reused_checkpoint"] is True and r["evals_from_weights"] == 2
+    assert r["reused_checkpoint"] is True and r["evals_from_weights"] == len(r["evals"])
     assert by[("tic_conv_nano", "multi")]["reused_checkpoint"] is False
 
 

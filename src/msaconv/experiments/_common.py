@@ -48,6 +48,12 @@ DEFAULT_EPOCHS = 5  # 4 epochs gave the default arm 69.88 +- 0.21% (2 seeds): be
 BAR = 70.0  # the default arm's top-1 (%) the budget must reach for its differences to mean anything
 EVAL_SIZES = (16, 24, 32, 40, 48, 64)
 PROTOCOLS = ("resize", "canvas")
+# a protocol with BatchNorm statistics re-estimated at the size (msaconv.train.evaluate.recalibrated) is read from the
+# evaluation's *_recal figures and named '<protocol>+bn'; RECAL_IMAGES training images re-estimate them
+RECAL = "+bn"
+RECAL_IMAGES = 2000
+EVAL_KEYS = ("img_size", "protocol", "top1", "top5", "loss", "images", "seconds", "top1_recal", "top5_recal",
+             "loss_recal", "recal_images", "recal_seconds")
 MULTI_SIZES = (24, 32, 40)  # multi-size training: one of these per step
 MODES = {"fixed": None, "multi": list(MULTI_SIZES)}  # mode -> the engine's train_sizes
 SMOKE_EVAL_SIZES = (16, 32, 48)
@@ -55,7 +61,7 @@ EPOCH_EVAL_IMAGES = 500  # the engine's end-of-epoch check (once, at the end); t
 # TrainConfig keys that only say how a run is evaluated, logged, laid out in memory or where it goes: not part
 # of the run's identity (channels_last, like threads, only changes how the sums round)
 NOT_TRAINING = ("output", "name", "resume", "progress", "log_every", "checkpoint_every", "threads", "workers",
-                "eval_sizes", "eval_protocols", "tta", "eval_batch_size", "channels_last")
+                "eval_sizes", "eval_protocols", "tta", "eval_batch_size", "channels_last", "bn_recalibrate")
 
 
 def default_output(name: str) -> Path:
@@ -278,10 +284,11 @@ def _runnable_sizes(model: str, model_kwargs: dict, sizes: list[int]) -> tuple[l
 def make_job(experiment: str, config: str, model: str, model_kwargs: dict, seed: int, budget: Budget,
              args: argparse.Namespace, mode: str = "fixed", sizes: Sequence[int] | None = None,
              protocols: Sequence[str] = PROTOCOLS, extra: dict | None = None,
-             train_overrides: dict | None = None) -> dict:
+             train_overrides: dict | None = None, bn_recalibrate: int = 0) -> dict:
     """One training job: arm ``config`` of ``experiment``, evaluated at ``sizes`` (those it can run) x ``protocols``;
     ``train_overrides``: TrainConfig values this arm changes in its recipe (a recipe A/B; part of the run's
-    identity, and of its record). The job names the recipe its model's family trains with
+    identity, and of its record); ``bn_recalibrate``: each evaluation also with BatchNorm statistics re-estimated
+    from that many training images (part of the record's key: records without those figures are not reused). The job names the recipe its model's family trains with
     (:meth:`Budget.recipe_for`, decided here once)."""
     if mode not in MODES:
         raise ValueError(f"{experiment}: training mode {mode!r} is not one of {list(MODES)}")
@@ -296,7 +303,8 @@ def make_job(experiment: str, config: str, model: str, model_kwargs: dict, seed:
             "eval_protocols": list(protocols), "eval_errors": bad, "budget": budget.as_dict(),
             "recipe": budget.recipe_for(model, model_kwargs), "scratch": str(scratch_dir(args)),
             "fresh": bool(args.fresh),
-            "extra": {**dict(extra or {}), **({"train_overrides": dict(train_overrides)} if train_overrides else {})}}
+            "extra": {**dict(extra or {}), **({"train_overrides": dict(train_overrides)} if train_overrides else {}),
+                      **({"bn_recalibrate": int(bn_recalibrate)} if bn_recalibrate else {})}}
 
 
 def train_config(job: dict):
@@ -315,6 +323,7 @@ def train_config(job: dict):
         "epochs": b.epochs, "batch_size": b.batch_size, "warmup_epochs": b.epochs * share, "img_size": b.img_size,
         "eval_sizes": list(job["eval_sizes"]), "eval_protocols": list(job["eval_protocols"]), "tta": "none",
         "eval_every": b.epochs, "epoch_eval_images": EPOCH_EVAL_IMAGES, "eval_batch_size": 250, "seed": job["seed"],
+        "bn_recalibrate": job.get("extra", {}).get("bn_recalibrate", 0),
         "output": job["scratch"], "threads": b.threads, "progress": False, "log_every": 50,
         "checkpoint_every": 10**6,  # plus every epoch end: a killed run continues from its last epoch
     }
@@ -368,16 +377,25 @@ def _pairs(cfg) -> list[tuple[int, str]]:
 
 
 def evaluate_run(run_dir: Path, cfg, pairs: Sequence[tuple[int, str]]) -> list[dict]:
-    """Evaluate a finished run's final weights (``last.json``) at ``pairs``, as the engine's final evaluations do."""
+    """Evaluate a finished run's final weights (``last.json``) at ``pairs``, as the engine's final evaluations do
+    (with ``cfg.bn_recalibrate``, the recalibrated figures too)."""
     from ..data import embedded_path
     from ..train import distributed as D
-    from ..train.data import load_split
-    from ..train.evaluate import evaluate, load_model_from_checkpoint
+    from ..train.data import load_split, resolve_data_paths
+    from ..train.evaluate import evaluate, load_model_from_checkpoint, recalibrated_scores
 
     model, _, _ = load_model_from_checkpoint(str(run_dir / "last.json"))
     val = str(embedded_path("test")) if cfg.val_data in ("auto", None) else cfg.val_data
     split = load_split(cfg, val, False, cfg.limit_val, lambda s: None)
-    return [evaluate(model, split, s, cfg, D.DistInfo(), cfg.limit_val, protocol=p) for s, p in pairs]
+    train = (load_split(cfg, resolve_data_paths(cfg)[0], True, cfg.limit_train, lambda s: None)  # the run's images
+             if cfg.bn_recalibrate else None)
+    out = []
+    for s, p in pairs:
+        ev = evaluate(model, split, s, cfg, D.DistInfo(), cfg.limit_val, protocol=p)
+        if train is not None:
+            ev.update(recalibrated_scores(model, split, train, s, cfg, D.DistInfo(), p))
+        out.append(ev)
+    return out
 
 
 def train_job(job: dict) -> dict:
@@ -399,13 +417,13 @@ def train_job(job: dict) -> dict:
         summary = train(cfg, log=lambda s: None)
         if summary.get("status") != "finished":
             raise RuntimeError(f"run {run_dir} did not finish: {summary.get('status')}")
-    evals = [{k: e[k] for k in ("img_size", "protocol", "top1", "top5", "loss", "images", "seconds") if k in e}
-             for e in summary.get("final", [])]
+    evals = [{k: e[k] for k in EVAL_KEYS if k in e} for e in summary.get("final", [])]
+    if cfg.bn_recalibrate:  # a run reused from an experiment that did not recalibrate: evaluate it again
+        evals = [e for e in evals if "top1_recal" in e]
     have = {(e["img_size"], e.get("protocol", "resize")) for e in evals}
     missing = [p for p in _pairs(cfg) if p not in have]
     if missing:  # a run reused from an experiment that asked for fewer evaluations
-        evals += [{k: e[k] for k in ("img_size", "protocol", "top1", "top5", "loss", "images", "seconds")}
-                  for e in evaluate_run(run_dir, cfg, missing)]
+        evals += [{k: e[k] for k in EVAL_KEYS if k in e} for e in evaluate_run(run_dir, cfg, missing)]
     wanted = set(_pairs(cfg))
     evals = [e for e in evals if (e["img_size"], e.get("protocol", "resize")) in wanted]
     main = next((e for e in evals if e["img_size"] == budget.img_size and e.get("protocol", "resize") == "resize"), None)
@@ -447,7 +465,8 @@ def safe_train_job(job: dict) -> dict:
 
 
 def record_key(r: dict) -> tuple:
-    return (r.get("config"), r.get("mode", "fixed"), r.get("seed"), budget_key(r.get("budget")))
+    recal = r.get("bn_recalibrate", (r.get("extra") or {}).get("bn_recalibrate", 0))
+    return (r.get("config"), r.get("mode", "fixed"), r.get("seed"), budget_key(r.get("budget")), recal)
 
 
 def pending(jobs: Sequence[dict], records: Iterable[dict], fresh: bool = False) -> tuple[list[dict], int]:
@@ -556,13 +575,21 @@ def split_budgets(records: list[dict]) -> tuple[list[dict], list[dict], list[dic
 
 
 def top1_at(rec: dict, size: int, protocol: str = "resize") -> float | None:
-    """A record's top-1 at (size, protocol); 'canvas' at the training size is the 'resize' evaluation."""
+    """A record's top-1 at (size, protocol); 'canvas' at the training size is the 'resize' evaluation; a
+    protocol ending in :data:`RECAL` ('resize+bn') reads the figure with BatchNorm statistics re-estimated."""
+    base, key = (protocol[: -len(RECAL)], "top1_recal") if protocol.endswith(RECAL) else (protocol, "top1")
     for e in rec.get("evals", []):
-        if e["img_size"] == size and e.get("protocol", "resize") == protocol:
-            return float(e["top1"])
-    if protocol != "resize" and size == rec.get("budget", {}).get("img_size", 32):
-        return top1_at(rec, size, "resize")
+        if e["img_size"] == size and e.get("protocol", "resize") == base:
+            return float(e[key]) if key in e else None
+    if base != "resize" and size == rec.get("budget", {}).get("img_size", 32):
+        return top1_at(rec, size, "resize" + protocol[len(base):])
     return None
+
+
+def protocols_of(records: Iterable[dict]) -> list[str]:
+    """:data:`PROTOCOLS`, then each with :data:`RECAL` where some record holds recalibrated figures."""
+    recal = any("top1_recal" in e for r in records for e in r.get("evals", []))
+    return [*PROTOCOLS, *([p + RECAL for p in PROTOCOLS] if recal else [])]
 
 
 def commands(records: list[dict]) -> list[str]:

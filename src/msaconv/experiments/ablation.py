@@ -74,6 +74,7 @@ CONFIGS: dict[str, tuple[str, dict, str]] = {
     "depthwise": ("kernel", {"depthwise": True}, "depthwise MSA-Conv: one head per channel, then a 1x1 conv"),
     "no_smoothing": ("recipe", {}, "label smoothing 0 instead of 0.1"),
     "batch128": ("recipe", {}, "batch 128 instead of 256 at the same lr and epochs (twice the steps)"),
+    "batch64": ("recipe", {}, "batch 64 instead of 256 at the same lr and epochs (four times the steps)"),
     "lr0.1": ("recipe", {}, "peak lr 0.1 instead of 0.2"),
     "lr0.4": ("recipe", {}, "peak lr 0.4 instead of 0.2"),
     "adamw": ("recipe", {}, "AdamW (lr 3e-3, weight decay 0.05: the transformers' recipe) instead of SGD + Nesterov"),
@@ -83,6 +84,7 @@ CONFIGS: dict[str, tuple[str, dict, str]] = {
 TRAINING: dict[str, dict] = {
     "no_smoothing": {"label_smoothing": 0.0},
     "batch128": {"batch_size": 128},
+    "batch64": {"batch_size": 64},
     "lr0.1": {"lr": 0.1},
     "lr0.4": {"lr": 0.4},
     "adamw": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05},

@@ -74,7 +74,7 @@ def resolution_claim(results: Path) -> tuple[str, str, str, str]:
         s = R.summarise(runs)
         train = runs[-1]["budget"]["img_size"]
         for tic, other in (("tic_conv_nano", "convnet_nano"), ("tic_nano", "vit_nano_abspe")):
-            for proto in C.PROTOCOLS:
+            for proto in s["protocols"]:
                 for size in [z for z in s["sizes"] if z != train]:
                     v = R.keep_verdict(s, (tic, "fixed"), (other, "fixed"), size, proto)
                     verdicts.append((f"{tic} − {other} at {size} px {proto}", v))

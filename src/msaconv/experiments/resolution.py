@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> Path:
             for name in selected(args):
                 model, desc = arm_spec(name)
                 jobs.append(C.make_job("resolution", name, model, arm_kwargs(name), s, budget, args, mode, sizes,
-                                       extra={"description": desc}))
+                                       extra={"description": desc}, bn_recalibrate=C.RECAL_IMAGES))
     C.run_training("resolution", args, jobs, stamp, out)
     return out
 
@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def _keep(r: dict, size: int, proto: str) -> float | None:
-    a, b = C.top1_at(r, size, proto), C.top1_at(r, r["budget"]["img_size"], "resize")
+    """top-1 at (size, protocol) over top-1 at the training size (recalibrated there too for a '+bn' protocol)."""
+    a = C.top1_at(r, size, proto)
+    b = C.top1_at(r, r["budget"]["img_size"], "resize+bn" if proto.endswith(C.RECAL) else "resize")
     return a / b if a is not None and b else None
 
 
@@ -118,7 +120,7 @@ def summarise(runs: list[dict]) -> dict:
     """Per (arm, mode): seeds, top-1 and retention per (size, protocol), the paired difference at 32 px."""
     sizes = sorted({e["img_size"] for r in runs for e in r.get("evals", [])})
     val = max((r.get("val_images", 0) for r in runs), default=0)
-    out: dict = {"sizes": sizes, "rows": {}, "val": val}
+    out: dict = {"sizes": sizes, "rows": {}, "val": val, "protocols": C.protocols_of(runs)}
     keys = list(dict.fromkeys((r["config"], r.get("mode", "fixed")) for r in runs))
     order = {n: i for i, n in enumerate(ARMS)}
     keys.sort(key=lambda k: (k[1] != "fixed", order.get(k[0], 99), k[0]))
@@ -127,7 +129,7 @@ def summarise(runs: list[dict]) -> dict:
         ref = {r["seed"]: r["top1"] for r in runs if r["config"] == REFERENCE and r.get("mode", "fixed") == mode}
         ref_stats = C.mean_spread(list(ref.values()))
         cell = {}
-        for proto in C.PROTOCOLS:
+        for proto in out["protocols"]:
             for s in sizes:
                 t = {r["seed"]: C.top1_at(r, s, proto) for r in rs}
                 k = {r["seed"]: _keep(r, s, proto) for r in rs}
@@ -178,10 +180,14 @@ def render(records: list[dict], figdir: Path) -> str:
             f"{', '.join(map(str, sizes))} px under two protocols: `resize` scales the whole image (the object's "
             f"scale changes), `canvas` keeps the scale and centre-crops / zero-pads (the map grows or shrinks, the "
             f"object does not); at {train} px both are the same images. {n_seeds} seed(s) per arm and mode, "
-            f"paired by seed. keep = top-1 at the size / top-1 at {train} px.")
+            f"paired by seed. keep = top-1 at the size / top-1 at {train} px."
+            + (f" `resize+bn` / `canvas+bn`: the same images with BatchNorm's running statistics re-estimated at "
+               f"each size from {C.RECAL_IMAGES} training images (no labels, no gradient, the trained weights; keep "
+               f"relative to {train} px recalibrated too): what remains of the drop once the statistics fit the size."
+               if len(s["protocols"]) > len(C.PROTOCOLS) else ""))
         ref = s["rows"].get((REFERENCE, "fixed"))
         parts.append(C.bar_sentence(ref["top1"] if ref else C.mean_spread([]), f"`{REFERENCE}` (fixed {train} px)"))
-        for proto in C.PROTOCOLS:
+        for proto in s["protocols"]:
             table = []
             for (arm, mode), r in s["rows"].items():
                 cells = []
@@ -228,7 +234,7 @@ def render(records: list[dict], figdir: Path) -> str:
 def _keep_section(s: dict, train: int) -> str:
     sizes = [sz for sz in s["sizes"] if sz != train]
     rows = []
-    for proto in C.PROTOCOLS:
+    for proto in s["protocols"]:
         for tic in TICS:
             for mode in C.MODES:
                 if (tic, mode) not in s["rows"]:
@@ -253,7 +259,7 @@ def findings(s: dict, train: int) -> list[str]:
     """Per protocol, TiC reading and training mode: where TiC keeps more / less than each baseline (real only)."""
     out = []
     sizes = [sz for sz in s["sizes"] if sz != train]
-    for proto in C.PROTOCOLS:
+    for proto in s["protocols"]:
         for tic in TICS:
             for mode in C.MODES:
                 if (tic, mode) not in s["rows"]:
@@ -286,10 +292,11 @@ def _plot(s: dict, figdir: Path, train: int) -> str | None:
     if plt is None or not s["rows"]:
         return None
     figdir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    protos = s["protocols"]
+    fig, axes = plt.subplots(1, len(protos), figsize=(6 * len(protos), 4.5), sharey=True)
     colors = {"tic_conv_nano": "tab:red", "tic_nano": "tab:orange", "convnet_nano": "black",
               "vit_nano_global": "tab:blue", "vit_nano_abspe": "tab:cyan"}
-    for ax, proto in zip(axes, C.PROTOCOLS):
+    for ax, proto in zip(axes, protos):
         for (arm, mode), r in s["rows"].items():
             pts = [(sz, r["cell"][(sz, proto)]["keep"]["mean"]) for sz in s["sizes"] if r["cell"][(sz, proto)]["keep"]["n"]]
             if pts:
@@ -300,7 +307,7 @@ def _plot(s: dict, figdir: Path, train: int) -> str | None:
         ax.set_xlabel("evaluation size (px)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"keep: top-1 / top-1 at {train} px")
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[-1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(figdir / "resolution_top1.png", dpi=110)
     plt.close(fig)
