@@ -157,14 +157,16 @@ def test_budget_is_the_main_recipe_scaled():
     recipe = C.recipe_values()
     b = C.Budget()
     assert (b.recipe, b.epochs, b.limit_train, b.limit_val, b.batch_size) == (
-        "tic_conv_nano", C.DEFAULT_EPOCHS, None, None, recipe["batch_size"])
+        "tic_conv_nano", C.DEFAULT_EPOCHS, None, None, C.BATCH)
     args = argparse.Namespace(scratch="runs/x", smoke=False, fresh=False)
     fixed = C.make_job("t", "a", "tic_conv_nano", {}, 1, b, args, "fixed", C.EVAL_SIZES)
     multi = C.make_job("t", "a", "tic_conv_nano", {}, 1, b, args, "multi", [32], ["resize"])
     cf, cm = C.train_config(fixed), C.train_config(multi)
     for k in ("optimizer", "nesterov", "lr", "momentum", "weight_decay", "schedule", "label_smoothing", "crop_pad",
-              "hflip", "batch_size"):
+              "hflip"):
         assert getattr(cf, k) == recipe[k], k
+    # the experiments keep their own batch (256: every record comparable), not the main job's 128
+    assert cf.batch_size == b.batch_size == C.BATCH
     E = C.DEFAULT_EPOCHS
     assert cf.epochs == E and cf.warmup_epochs == pytest.approx(E * recipe["warmup_epochs"] / recipe["epochs"])
     assert cf.limit_train is None and cf.limit_val is None and cf.data == "embedded" and cf.tta == "none"
@@ -195,7 +197,7 @@ def test_transformers_train_with_the_transformer_recipe(model):
     for k in ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "crop_pad", "hflip"):
         assert getattr(cfg, k) == tr[k], k
     assert cfg.optimizer == "adamw" != conv["optimizer"]
-    assert cfg.batch_size == b.batch_size == conv["batch_size"] and cfg.epochs == b.epochs
+    assert cfg.batch_size == b.batch_size == C.BATCH and cfg.epochs == b.epochs
     assert cfg.warmup_epochs == pytest.approx(b.epochs * tr["warmup_epochs"] / tr["epochs"])
     # one recipe for all is a flag away, and a different budget
     one = C.Budget(transformer_recipe="tic_conv_nano")
