@@ -313,7 +313,7 @@ CONFIGS: dict[str, ConvNetConfig] = {
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 # weights that ship in the package: the main job's final weights, with the run folder that produced them
 SHIPPED: dict[str, dict[str, str]] = {
-    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="421ed18f1a865a9c4db622996f16520ebafa175bcedc0c9f7453654c5b504fd7",
+    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="66a8363e47041cc9a7b7f1d4c7f7d34791054d4c0ec0ad075750471ed874c818",
                           tag="cifar10_jpeg_20k"),
 }
 
