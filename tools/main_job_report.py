@@ -19,6 +19,12 @@ SHIPPED = ROOT / "src/msaconv/models/pretrained/tic_conv_nano"
 RUNS = ROOT / "results/main_job"
 SIZES = (16, 24, 32, 40, 48, 64)
 MAIN_EPOCHS = 8
+# the recipe's batch: 256 until the recipe A/B (results/ablation, arm batch128) moved it to 128; each comparison
+# pairs runs of one batch only
+BATCHES = (128, 256)
+# the batch-256 shipped run (seed 0 of the batch-256 comparisons); older fresh_clone_* folders reproduce earlier
+# shipped runs and are records only
+PREVIOUS_SHIPPED = "fresh_clone_fb12271"
 
 
 SHIPPED_EVAL = RUNS / "shipped_eval.json"  # `msaconv eval` of the shipped weights: both protocols, 16-64 px
@@ -30,9 +36,12 @@ def load(run: Path) -> dict | None:
     if not (run / "summary.json").is_file():
         return None
     summary = json.loads((run / "summary.json").read_text())
-    if run == SHIPPED and SHIPPED_EVAL.is_file():  # add what the run's own final evaluation did not measure
+    # add what the run's own final evaluation did not measure: `msaconv eval` of its weights (a previously shipped
+    # run keeps its evaluation in its own folder)
+    evaluation = SHIPPED_EVAL if run == SHIPPED else run / "shipped_eval.json"
+    if evaluation.is_file():
         have = {(e["img_size"], e.get("protocol", "resize")) for e in summary["final"]}
-        extra = json.loads(SHIPPED_EVAL.read_text())["results"]
+        extra = json.loads(evaluation.read_text())["results"]
         summary["final"] += [e for e in extra if (e["img_size"], e["protocol"]) not in have]
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -60,7 +69,7 @@ def training(r: dict) -> str:
 def row(r: dict) -> str:
     s = r["summary"]
     cells = [f"`{r['path']}`", s["model"], training(r), str(r["cfg"].get("seed", 0)), str(s["epochs"]),
-             str(r["run"].get("threads")), cpu_minutes(s)]
+             str(r["cfg"]["batch_size"]), str(r["run"].get("threads")), cpu_minutes(s)]
     cells += [fmt(top1(r, z)) for z in SIZES] + [fmt(top1(r, 32, flip=True))]
     cells += [fmt(top1(r, z, "canvas")) for z in SIZES if z != 32]
     return "| " + " | ".join(cells) + " |"
@@ -80,9 +89,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f} ({len(values)} seeds)"
 
 
-def arm(runs: list[dict], model: str, multi: bool, epochs: int | None = None, not_epochs: int | None = None) -> list[dict]:
+def arm(runs: list[dict], model: str, multi: bool, epochs: int | None = None, not_epochs: int | None = None,
+        batch: int | None = None) -> list[dict]:
     return sorted([r for r in runs if r["summary"]["model"] == model and bool(r["cfg"].get("train_sizes")) == multi
                    and (epochs is None or r["summary"]["epochs"] == epochs)
+                   and (batch is None or r["cfg"]["batch_size"] == batch)
                    and (not_epochs is None or r["summary"]["epochs"] != not_epochs)],
                   key=lambda r: int(r["cfg"].get("seed", 0)))
 
@@ -100,7 +111,8 @@ def difference(label: str, tic: list[dict], base: list[dict]) -> str:
 def retention(r: dict, protocol: str) -> str:
     base = top1(r, 32)
     cells = [fmt(None if (v := top1(r, z, protocol)) is None or not base else v / base) for z in SIZES if z != 32]
-    return f"| `{r['path']}` | {r['summary']['model']} | {training(r)} | {protocol} | " + " | ".join(cells) + " |"
+    return (f"| `{r['path']}` | {r['summary']['model']} | {training(r)} | {r['cfg']['batch_size']} | {protocol} | "
+            + " | ".join(cells) + " |")
 
 
 def paired_retention(tic: list[dict], base: list[dict], size: int, protocol: str) -> str:
@@ -131,6 +143,26 @@ def step_time_ratios() -> list[float]:
             if (a["model"], b["model"]) == ("tic_conv_nano", "convnet_nano"):
                 ratios.append(a["train_step_time"] / b["train_step_time"])
     return ratios
+
+
+def differences(runs: list[dict], batch: int) -> list[str]:
+    """TiC minus ConvNet at 32 px for the runs of one batch size: same epochs, same time, fixed-size training."""
+    tic = arm(runs, "tic_conv_nano", True, MAIN_EPOCHS, batch=batch)
+    out = [difference(f"same recipe, same epochs ({MAIN_EPOCHS})", tic,
+                      arm(runs, "convnet_nano", True, MAIN_EPOCHS, batch=batch))]
+    same_time = arm(runs, "convnet_nano", True, not_epochs=MAIN_EPOCHS, batch=batch)
+    if same_time:
+        ratios = step_time_ratios()
+        out += [difference("same training time", tic, same_time),
+                f"  (the ConvNet's epochs for the same time: {MAIN_EPOCHS} x the median ratio of TiC's to the ConvNet's "
+                f"training-step time, {statistics.median(ratios):.2f}, over {len(ratios)} interleaved pairs "
+                f"({', '.join(f'{x:.2f}' for x in ratios)}) in "
+                + ", ".join(f"`{p.relative_to(ROOT).with_suffix('.md')}`" for p in BENCHES)
+                + f" = {MAIN_EPOCHS * statistics.median(ratios):.1f}, rounded; measured at batch 256)"]
+    fixed = (arm(runs, "tic_conv_nano", False, MAIN_EPOCHS, batch=batch), arm(runs, "convnet_nano", False, MAIN_EPOCHS, batch=batch))
+    if any(fixed):
+        out.append(difference("fixed 32-px training, same epochs", *fixed))
+    return out
 
 
 def timing_lines(shipped: dict | None) -> list[str]:
@@ -183,7 +215,8 @@ def recal_section() -> list[str]:
 def main() -> None:
     # fresh_clone_<commit>: an earlier shipped run's reproduction (it reproduced to the last digit), kept as a record
     runs = [r for r in [load(SHIPPED)] + [load(p) for p in sorted(RUNS.glob("*"))
-                                          if p.is_dir() and not p.name.startswith("fresh_clone_")] if r]
+                                          if p.is_dir() and (p.name == PREVIOUS_SHIPPED
+                                                             or not p.name.startswith("fresh_clone_"))] if r]
     other = [z for z in SIZES if z != 32]
     out = ["# The main job against its matched ConvNet",
            "",
@@ -197,39 +230,36 @@ def main() -> None:
            "`msaconv eval` of its weights (`results/main_job/shipped_eval.json`, which names the command, commit, CPU "
            "and data SHA-256); its other columns reproduce the run's own final evaluation exactly.",
            "",
-           "| run folder | model | training | seed | epochs | threads | CPU min | "
+           "| run folder | model | training | seed | epochs | batch | threads | CPU min | "
            + " | ".join(map(str, SIZES)) + " | 32 flip | " + " | ".join(f"canvas {z}" for z in other) + " |",
-           "|---|---|---|---:|---:|---:|---:|" + "---:|" * (len(SIZES) + 1 + len(other))]
+           "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * (len(SIZES) + 1 + len(other))]
     out += [row(r) for r in runs]
     out += timing_lines(runs[0] if runs and runs[0]["path"] == SHIPPED.relative_to(ROOT) else None)
     runs = [r for r in runs if r["name"] != "fresh_clone"]  # a reproduction of the shipped run, not another seed
-    tic = arm(runs, "tic_conv_nano", True, MAIN_EPOCHS)
-    ratios = step_time_ratios()
     out += ["", "## TiC minus ConvNet at 32 px (resize, no TTA)", "",
-            difference(f"same recipe, same epochs ({MAIN_EPOCHS})", tic, arm(runs, "convnet_nano", True, MAIN_EPOCHS)),
-            difference("same training time", tic, arm(runs, "convnet_nano", True, not_epochs=MAIN_EPOCHS)),
-            f"  (the ConvNet's epochs for the same time: {MAIN_EPOCHS} x the median ratio of TiC's to the ConvNet's "
-            f"training-step time, {statistics.median(ratios):.2f}, over {len(ratios)} interleaved pairs "
-            f"({', '.join(f'{x:.2f}' for x in ratios)}) in "
-            + ", ".join(f"`{p.relative_to(ROOT).with_suffix('.md')}`" for p in BENCHES)
-            + f" = {MAIN_EPOCHS * statistics.median(ratios):.1f}, rounded)",
-            difference("fixed 32-px training, same epochs", arm(runs, "tic_conv_nano", False, MAIN_EPOCHS),
-                       arm(runs, "convnet_nano", False, MAIN_EPOCHS)),
+            "Each comparison pairs runs of one batch size: the recipe trains at batch 128 since the recipe A/B "
+            "(`results/ablation/records.jsonl`, arm batch128), at 256 before."]
+    for batch in BATCHES:
+        out += ["", f"Batch {batch}:", ""] + differences(runs, batch)
+    out += [
             "", "## What each model keeps at other sizes", "",
             "Top-1 at each size divided by the same model's 32-px top-1 (resize, no TTA).", "",
-            "| run folder | model | training | protocol | " + " | ".join(map(str, other)) + " |",
-            "|---|---|---|---|" + "---:|" * len(other)]
+            "| run folder | model | training | batch | protocol | " + " | ".join(map(str, other)) + " |",
+            "|---|---|---|---:|---|" + "---:|" * len(other)]
     for r in runs:
         out += [retention(r, p) for p in ("resize", "canvas") if any(top1(r, z, p) is not None for z in other)]
-    out += ["", "TiC's retention minus the ConvNet's, paired by seed (same training mode, 8 epochs): positive = TiC "
-            "keeps more of its 32-px accuracy.", "",
-            "| training | protocol | " + " | ".join(map(str, other)) + " |", "|---|---|" + "---:|" * len(other)]
+    out += ["", "TiC's retention minus the ConvNet's, paired by seed (same training mode and batch, 8 epochs): "
+            "positive = TiC keeps more of its 32-px accuracy.", "",
+            "| training | batch | protocol | " + " | ".join(map(str, other)) + " |", "|---|---:|---|" + "---:|" * len(other)]
     for multi in (True, False):
-        tic, base = arm(runs, "tic_conv_nano", multi, MAIN_EPOCHS), arm(runs, "convnet_nano", multi, MAIN_EPOCHS)
-        for protocol in ("resize", "canvas"):
-            cells = [paired_retention(tic, base, z, protocol) for z in other]
-            if any(cells):
-                out.append(f"| {'multi-size' if multi else 'fixed 32'} | {protocol} | " + " | ".join(cells) + " |")
+        for batch in BATCHES:
+            tic = arm(runs, "tic_conv_nano", multi, MAIN_EPOCHS, batch=batch)
+            base = arm(runs, "convnet_nano", multi, MAIN_EPOCHS, batch=batch)
+            for protocol in ("resize", "canvas"):
+                cells = [paired_retention(tic, base, z, protocol) for z in other]
+                if any(cells):
+                    out.append(f"| {'multi-size' if multi else 'fixed 32'} | {batch} | {protocol} | "
+                               + " | ".join(cells) + " |")
     out += recal_section()
     (ROOT / "docs/main_job.md").write_text("\n".join(out) + "\n")
 
