@@ -43,17 +43,24 @@ def load(run: Path) -> dict | None:
         have = {(e["img_size"], e.get("protocol", "resize")) for e in summary["final"]}
         extra = json.loads(evaluation.read_text())["results"]
         summary["final"] += [e for e in extra if (e["img_size"], e["protocol"]) not in have]
+    if run == SHIPPED and SHIPPED_RECAL.is_file():  # the same weights with BatchNorm re-estimated at each size
+        recal = {(e["img_size"], e["protocol"]): e for e in json.loads(SHIPPED_RECAL.read_text())["results"]}
+        for e in summary["final"]:
+            e.update({k: v for k, v in recal.get((e["img_size"], e.get("protocol", "resize")), {}).items()
+                      if k.endswith("_recal")})
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     return {"name": run.name, "summary": summary, "run": first, "cfg": cfg, "path": run.relative_to(ROOT)}
 
 
-def top1(r: dict, size: int, protocol: str = "resize", flip: bool = False) -> float | None:
+def top1(r: dict, size: int, protocol: str = "resize", flip: bool = False, recal: bool = False) -> float | None:
+    """A run's final top-1 at ``size`` (with flip TTA, with BatchNorm re-estimated at that size), None if unmeasured."""
+    key = "top1" + ("_flip" if flip else "") + ("_recal" if recal else "")
     for ev in r["summary"]["final"]:
         if ev["img_size"] == size and ev.get("protocol", "resize") == protocol:
-            return ev.get("top1_flip") if flip else ev["top1"]
+            return ev.get(key)
     if protocol == "canvas" and size == 32:
-        return top1(r, size, "resize", flip)
+        return top1(r, size, "resize", flip, recal)
     return None
 
 
@@ -98,11 +105,12 @@ def arm(runs: list[dict], model: str, multi: bool, epochs: int | None = None, no
                   key=lambda r: int(r["cfg"].get("seed", 0)))
 
 
-def difference(label: str, tic: list[dict], base: list[dict]) -> str:
-    t = [v for v in (top1(r, 32) for r in tic) if v is not None]
-    b = [v for v in (top1(r, 32) for r in base) if v is not None]
+def difference(label: str, tic: list[dict], base: list[dict], size: int = 32, recal: bool = False) -> str:
+    t = [v for v in (top1(r, size, recal=recal) for r in tic) if v is not None]
+    b = [v for v in (top1(r, size, recal=recal) for r in base) if v is not None]
     seeds = {int(r["cfg"].get("seed", 0)): r for r in base}
-    paired = [top1(x, 32) - top1(seeds[s], 32) for x in tic if (s := int(x["cfg"].get("seed", 0))) in seeds]
+    paired = [a - c for x in tic if (s := int(x["cfg"].get("seed", 0))) in seeds
+              and (a := top1(x, size, recal=recal)) is not None and (c := top1(seeds[s], size, recal=recal)) is not None]
     epochs = sorted({r["summary"]["epochs"] for r in base})
     return (f"- {label} (ConvNet epochs {', '.join(map(str, epochs)) or 'n/a'}): TiC {mean_std(t)}, ConvNet "
             f"{mean_std(b)}, TiC minus ConvNet paired by seed {mean_std(paired) if paired else 'n/a'}")
@@ -212,6 +220,38 @@ def recal_section() -> list[str]:
     return out
 
 
+def recal_runs_section(runs: list[dict]) -> list[str]:
+    """TiC against the ConvNet with BatchNorm re-estimated at each size, for the runs whose final evaluation (or,
+    for the shipped run, `msaconv eval` of its weights) has those figures."""
+    have = [r for r in runs if top1(r, 32, recal=True) is not None]
+    if not have:
+        return []
+    other = [z for z in SIZES if z != 32]
+    out = ["", "## TiC and ConvNet with BatchNorm re-estimated at each size", "",
+           "Runs trained with `--bn-recalibrate 2000` (the shipped run: its weights evaluated so, "
+           f"`{SHIPPED_RECAL.relative_to(ROOT)}`): top-1 (resize, no TTA) with BatchNorm's running statistics "
+           "re-estimated at each size from 2000 training images, and what each keeps of its own re-estimated "
+           "32-px top-1.", "",
+           "| run folder | model | training | batch | seed | " + " | ".join(map(str, SIZES)) + " | "
+           + " | ".join(f"keep {z}" for z in other) + " |", "|---|---|---|---:|---:|" + "---:|" * (2 * len(SIZES) - 1)]
+    for r in have:
+        base = top1(r, 32, recal=True)
+        vals = [top1(r, z, recal=True) for z in SIZES]
+        keeps = [top1(r, z, recal=True) for z in other]
+        out.append(f"| `{r['path']}` | {r['summary']['model']} | {training(r)} | {r['cfg']['batch_size']} | "
+                   f"{r['cfg'].get('seed', 0)} | " + " | ".join(fmt(v) for v in vals) + " | "
+                   + " | ".join(fmt(None if v is None else v / base) for v in keeps) + " |")
+    out.append("")
+    for batch in BATCHES:
+        tic = arm(have, "tic_conv_nano", True, MAIN_EPOCHS, batch=batch)
+        base_runs = arm(have, "convnet_nano", True, MAIN_EPOCHS, batch=batch)
+        if tic and base_runs:
+            out += [difference(f"batch {batch}, multi-size, same epochs ({MAIN_EPOCHS}), BatchNorm re-estimated, "
+                               f"{z} px", tic, base_runs, z, recal=True) for z in SIZES
+                    if any(top1(b, z, recal=True) is not None for b in base_runs)]
+    return out
+
+
 def main() -> None:
     # fresh_clone_<commit>: an earlier shipped run's reproduction (it reproduced to the last digit), kept as a record
     runs = [r for r in [load(SHIPPED)] + [load(p) for p in sorted(RUNS.glob("*"))
@@ -260,6 +300,7 @@ def main() -> None:
                 if any(cells):
                     out.append(f"| {'multi-size' if multi else 'fixed 32'} | {batch} | {protocol} | "
                                + " | ".join(cells) + " |")
+    out += recal_runs_section(runs)
     out += recal_section()
     (ROOT / "docs/main_job.md").write_text("\n".join(out) + "\n")
 
