@@ -185,7 +185,7 @@ def timing_lines(shipped: dict | None) -> list[str]:
     itself = (fresh is not None and (RUNS / "fresh_clone" / "metrics.jsonl").read_bytes()
               == (SHIPPED / "metrics.jsonl").read_bytes())
     older = sorted(p.name for p in RUNS.glob("fresh_clone_*") if p.is_dir())
-    return ["", "## The main command on a fresh clone", "",
+    lines = ["", "## The main command on a fresh clone", "",
             f"`results/main_job/fresh_clone/` (made by `bash tools/time_main_job.sh`, commit {t['commit']}, "
             f"{t['cpu_model']} x {t['cpus']}, {t['isa']}, load average {t['loadavg_1m_before']} before): "
             f"`{t['command']}` took **{t['total_seconds'] / 60:.1f} min** wall ({t['install_seconds']:.0f} s install, "
@@ -196,6 +196,24 @@ def timing_lines(shipped: dict | None) -> list[str]:
                   if older else ".") if itself else
                "Its final top-1 at 24 / 32 / 40 / 48 px equals the shipped run's to the last digit: the main job "
                "is reproducible from a fresh clone." if same else "Its final top-1 differs from the shipped run's.")]
+    return lines + other_timings(shipped)
+
+
+def other_timings(shipped: dict | None) -> list[str]:
+    """The same command timed on other machines (``MSACONV_TIMING_OUT=results/main_job/timing_<name>``)."""
+    out = []
+    for path in sorted(RUNS.glob("timing_*/timing.json")):
+        t, run = json.loads(path.read_text()), load(path.parent)
+        same = run is not None and shipped is not None and all(top1(run, z) == top1(shipped, z) for z in (24, 32, 40, 48))
+        tops = " / ".join(fmt(top1(run, z)) for z in (24, 32, 40, 48)) if run else "n/a"
+        out.append(f"- `{path.parent.relative_to(ROOT)}/`: commit {t['commit']}, {t['cpu_model']} x {t['cpus']}, "
+                   f"{t['isa']}, load average {t['loadavg_1m_before']} before: **{t['total_seconds'] / 60:.1f} min** wall "
+                   f"({t['install_seconds']:.0f} s install, {t['main_job_seconds'] / 60:.1f} min `msaconv`"
+                   + (f", {run['summary']['train_seconds'] / 60:.1f} min training" if run else "")
+                   + f"); top-1 at 24 / 32 / 40 / 48 px {tops}"
+                   + (" (the shipped run's to the last digit)" if same else " (the shipped run's differ: another machine "
+                      "rounds its sums in another order)" if run else "") + ".")
+    return ["", "## The main command timed on other machines", ""] + out if out else []
 
 
 def recal_section() -> list[str]:
@@ -256,7 +274,7 @@ def main() -> None:
     # fresh_clone_<commit>: an earlier shipped run's reproduction (it reproduced to the last digit), kept as a record
     runs = [r for r in [load(SHIPPED)] + [load(p) for p in sorted(RUNS.glob("*"))
                                           if p.is_dir() and (p.name == PREVIOUS_SHIPPED
-                                                             or not p.name.startswith("fresh_clone_"))] if r]
+                                                             or not p.name.startswith(("fresh_clone_", "timing_")))] if r]
     other = [z for z in SIZES if z != 32]
     out = ["# The main job against its matched ConvNet",
            "",

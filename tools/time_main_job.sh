@@ -3,6 +3,8 @@
 # first-use build of the fused kernels is included), and records the wall time next to the run folder.
 #
 #   bash tools/time_main_job.sh [WORKDIR]      # default WORKDIR: a new folder under /tmp
+#   MSACONV_TIMING_OUT=results/main_job/timing_<name> bash tools/time_main_job.sh   # another machine's timing,
+#                                                    # kept beside the shipped run's (docs/main_job.md lists it)
 #
 # Writes results/main_job/fresh_clone/ (the run's config.yaml, metrics.jsonl, summary.json) and
 # results/main_job/fresh_clone/timing.json (the command, wall seconds of each phase, the commit, the CPU and
@@ -27,7 +29,7 @@ msaconv > main.log 2>&1
 T2=$(date +%s.%N)
 LOAD1=$(cut -d' ' -f1 /proc/loadavg)
 RUN=$(ls -d runs/*/ | head -1)
-OUT="$REPO/results/main_job/fresh_clone"
+OUT="$REPO/${MSACONV_TIMING_OUT:-results/main_job/fresh_clone}"
 mkdir -p "$OUT"
 cp "$RUN/config.yaml" "$RUN/metrics.jsonl" "$RUN/summary.json" "$OUT/"
 python3 - "$OUT/timing.json" "$COMMIT" "$T0" "$T1" "$T2" "$LOAD0" "$LOAD1" <<'PY'
