@@ -81,3 +81,39 @@ def test_bad_bn_recalibrate_values_are_clear_errors(tmp_path, capsys):
     assert run_cli(["eval", "--checkpoint", tmp_path / "r", "--limit-val", "8", "--bn-recalibrate", "8",
                     "--recal-data", tmp_path / "nowhere"]) != 0
     assert "--recal-data" in capsys.readouterr().err
+
+
+def test_one_set_of_statistics_over_several_sizes_is_the_mean_of_the_per_size_ones():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    split = _split()
+    cfg = TrainConfig(img_size=16, eval_batch_size=32)  # 64 images: two batches of 32 at each size
+    info = D.DistInfo()
+    a, b = (recalibrated(model, split, s, cfg, info, images=64) for s in (16, 24))
+    mixed = recalibrated(model, split, [16, 24], cfg, info, images=64)
+    for i in (0, 2):  # every batch counts the same, so the statistics average the two sizes'
+        torch.testing.assert_close(mixed[i].running_mean, (a[i].running_mean + b[i].running_mean) / 2)
+        torch.testing.assert_close(mixed[i].running_var, (a[i].running_var + b[i].running_var) / 2)
+    assert not torch.allclose(a[2].running_mean, b[2].running_mean)  # the sizes do differ
+    single = recalibrated(model, split, [24], cfg, info, images=64)  # a list of one size is that size
+    torch.testing.assert_close(single[2].running_var, b[2].running_var)
+
+
+def test_eval_recalibrates_once_over_recal_sizes_and_names_them(tmp_path, capsys):
+    assert run_cli(["train", *CONV, "--output", tmp_path, "--name", "r"]) == 0
+    capsys.readouterr()
+    assert run_cli(["eval", "--checkpoint", tmp_path / "r", "--img-size", "16", "24", "--limit-val", "48",
+                    "--bn-recalibrate", "32", "--recal-sizes", "16", "24", "--json", tmp_path / "m.json"]) == 0
+    assert "once over 16, 24 px mixed" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert [r["recal_sizes"] for r in rows] == [[16, 24], [16, 24]]
+    assert all(0 <= r["top1_recal"] <= 100 for r in rows)
+    # per-size recalibration at 24 px gives other statistics than the mixed ones, so another loss
+    assert run_cli(["eval", "--checkpoint", tmp_path / "r", "--img-size", "24", "--limit-val", "48",
+                    "--bn-recalibrate", "32", "--json", tmp_path / "s.json"]) == 0
+    per_size = json.loads((tmp_path / "s.json").read_text())["results"][0]
+    assert "recal_sizes" not in per_size and per_size["loss_recal"] != rows[1]["loss_recal"]
+    for bad in (["--recal-sizes", "24"], ["--bn-recalibrate", "8", "--recal-sizes", "0", "24"]):
+        assert run_cli(["eval", "--checkpoint", tmp_path / "r", "--limit-val", "8", *bad]) != 0
+        err = capsys.readouterr().err
+        assert "--recal-sizes" in err and "--bn-recalibrate" in err

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
                    help="also evaluate with BatchNorm statistics re-estimated at each size from N training images "
                         "(no labels, no gradient; the weights stay the trained ones): adds a 'recal' column")
+    p.add_argument("--recal-sizes", type=int, nargs="+", metavar="N",
+                   help="with --bn-recalibrate: re-estimate the statistics once over these sizes mixed (e.g. the "
+                        "training sizes 24 32 40) instead of at each evaluation size: one set for every size")
     p.add_argument("--recal-data", metavar="PATH",
                    help="the training images --bn-recalibrate reads (default: the embedded training set with --data "
                         "embedded, <data>/train when --data is a folder holding train/ and val/)")
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                                             batch_size=args.batch_size, limit=args.limit_val, skip_bad=args.skip_bad,
                                             json_path=args.json, sets=args.set, tta=args.tta,
                                             protocols=args.protocol, bn_recalibrate=args.bn_recalibrate,
-                                            recal_data=args.recal_data)
+                                            recal_data=args.recal_data, recal_sizes=args.recal_sizes)
     flip = args.tta != "none"
     recal = ("top1_recal",) + (("top1_flip_recal",) if flip else ()) if args.bn_recalibrate else ()
     cols = ("model", "top1") + (("top1_flip",) if flip else ()) + recal + ("top1_err", "top5", "top5_err", "param_count",
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
               f"{r['top5_err']:>12.3f} {r['param_count']:>12.3f} {r['img_size']:>12} {r['protocol']:>12} "
               f"{r['images']:>12}")
     if recal:
-        print(f"top1_recal: BatchNorm statistics re-estimated at each size from {args.bn_recalibrate} training images")
+        where = (f"once over {', '.join(map(str, args.recal_sizes))} px mixed" if args.recal_sizes else "at each size")
+        print(f"top1_recal: BatchNorm statistics re-estimated {where} from {args.bn_recalibrate} training images")
     print(f"results: {out_path}")
     return 0

@@ -103,25 +103,29 @@ def _score(sums: list[float], at: int, out: torch.Tensor, y: torch.Tensor) -> No
 RECAL_KEYS = ("top1", "top5", "loss", "top1_flip", "top5_flip", "loss_flip")
 
 
-def recalibrated(model: torch.nn.Module, split: Split, img_size: int, cfg: TrainConfig, info: D.DistInfo,
-                 images: int, protocol: str = "resize") -> torch.nn.Module:
+def recalibrated(model: torch.nn.Module, split: Split, img_size: int | list[int], cfg: TrainConfig,
+                 info: D.DistInfo, images: int, protocol: str = "resize") -> torch.nn.Module:
     """A copy of ``model`` whose BatchNorm running statistics are re-estimated at ``img_size``.
 
     The statistics come from the first ``images`` images of ``split`` (a training split; seeded order, no
     augmentation, no labels, no gradient), shown at ``img_size`` by ``protocol`` as the evaluation shows its
-    images, and averaged over all of them (``torch.optim.swa_utils.update_bn``). Only the running statistics
-    change; the weights are the trained ones. ``model`` itself is left as it was.
+    images, and averaged over all of them (``torch.optim.swa_utils.update_bn``). A list of sizes gives one
+    set of statistics for all of them: the same images are shown at each size in turn, one size per batch,
+    and every batch counts the same. Only the running statistics change; the weights are the trained ones.
+    ``model`` itself is left as it was.
     """
     m = copy.deepcopy(model)
     n = min(images, len(split))
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0x8EC))[:n]
-    src = _at_stream_size(split, img_size if protocol == "resize" else cfg.img_size, cfg, force_eval=True)
+    sizes = img_size if isinstance(img_size, list) else [img_size]
 
     def inputs() -> Iterator[torch.Tensor]:
-        for x, _y, _bad in batches(src, order, cfg.eval_batch_size, cfg, 0):
-            if len(x):
-                x = to_eval_size(normalize(x, cfg.mean, cfg.std), img_size, protocol, cfg.img_size).to(info.device)
-                yield x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        for size in sizes:
+            src = _at_stream_size(split, size if protocol == "resize" else cfg.img_size, cfg, force_eval=True)
+            for x, _y, _bad in batches(src, order, cfg.eval_batch_size, cfg, 0):
+                if len(x):
+                    x = to_eval_size(normalize(x, cfg.mean, cfg.std), size, protocol, cfg.img_size).to(info.device)
+                    yield x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
     with torch.no_grad(), autocast(cfg, info):
         torch.optim.swa_utils.update_bn(inputs(), m)
@@ -148,15 +152,24 @@ def final_evaluations(model: torch.nn.Module, split: Split, cfg: TrainConfig, in
 
 
 def recalibrated_scores(model: torch.nn.Module, split: Split, train_split: Split, img_size: int, cfg: TrainConfig,
-                        info: D.DistInfo, protocol: str) -> dict:
+                        info: D.DistInfo, protocol: str, recal_sizes: list[int] | None = None,
+                        cache: dict | None = None) -> dict:
     """``evaluate``'s figures at ``img_size`` after :func:`recalibrated` with ``cfg.bn_recalibrate`` images of
-    ``train_split``, as ``<key>_recal``, with ``recal_images`` and ``recal_seconds``."""
+    ``train_split``, as ``<key>_recal``, with ``recal_images`` and ``recal_seconds``. With ``recal_sizes`` the
+    statistics are re-estimated once over those sizes (kept in ``cache`` per protocol, so every evaluation
+    size reuses them) and the result names them as ``recal_sizes``."""
     t0 = time.perf_counter()
-    m = recalibrated(model, train_split, img_size, cfg, info, cfg.bn_recalibrate, protocol)
+    if recal_sizes:
+        cache = {} if cache is None else cache
+        if protocol not in cache:
+            cache[protocol] = recalibrated(model, train_split, list(recal_sizes), cfg, info, cfg.bn_recalibrate, protocol)
+        m = cache[protocol]
+    else:
+        m = recalibrated(model, train_split, img_size, cfg, info, cfg.bn_recalibrate, protocol)
     ev = evaluate(m, split, img_size, cfg, info, cfg.limit_val, protocol=protocol, tta=cfg.tta != "none")
     out = {f"{k}_recal": ev[k] for k in RECAL_KEYS if k in ev}
-    return {**out, "recal_images": min(cfg.bn_recalibrate, len(train_split)),
-            "recal_seconds": time.perf_counter() - t0}
+    out.update({"recal_images": min(cfg.bn_recalibrate, len(train_split)), "recal_seconds": time.perf_counter() - t0})
+    return {**out, "recal_sizes": list(recal_sizes)} if recal_sizes else out
 
 
 def load_model_from_checkpoint(path: str, model: str | None = None, sets: list[str] | None = None):
@@ -194,11 +207,13 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
                         batch_size: int = 500, limit: int | None = None, skip_bad: bool = False,
                         json_path: str | None = None, sets: list[str] | None = None, tta: str = "none",
                         protocols: list[str] | None = None, bn_recalibrate: int = 0,
-                        recal_data: str | None = None) -> tuple[list[dict], Path]:
+                        recal_data: str | None = None, recal_sizes: list[int] | None = None) -> tuple[list[dict], Path]:
     """Top-1/top-5 of a checkpoint at every size and protocol ('resize' / 'canvas', see
     :func:`msaconv.data.to_eval_size`), with flip TTA when ``tta`` is 'flip' or 'both', and with
     ``bn_recalibrate`` > 0 also after :func:`recalibrated` with that many images of ``recal_data``
-    (default: the embedded training set for ``data='embedded'``, ``<data>/train`` beside ``<data>/val``)."""
+    (default: the embedded training set for ``data='embedded'``, ``<data>/train`` beside ``<data>/val``):
+    at each evaluation size, or with ``recal_sizes`` once over those sizes mixed (one set of statistics
+    for every evaluation size)."""
     m, cfg, classes = load_model_from_checkpoint(path, model, sets)
     cfg = apply_overrides(cfg, {"eval_batch_size": batch_size, "skip_bad": skip_bad, "limit_val": limit, "tta": tta,
                                 "eval_protocols": protocols or ["resize"], "bn_recalibrate": bn_recalibrate}, "eval")
@@ -214,6 +229,9 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
     sizes = sizes or [cfg.img_size]
     if any(s < 1 for s in sizes):
         raise ValueError(f"--img-size: sizes must be positive, got {sizes}")
+    if recal_sizes is not None and (not bn_recalibrate or not recal_sizes or any(s < 1 for s in recal_sizes)):
+        raise ValueError(f"--recal-sizes {recal_sizes}: give positive sizes, with --bn-recalibrate N > 0 (the images "
+                         f"that re-estimate the statistics), e.g. --bn-recalibrate 2000 --recal-sizes 24 32 40")
     info = D.DistInfo()
     split = load_split(cfg, val_path, False, limit, print)
     if classes is not None and split.classes != classes:
@@ -226,6 +244,7 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
                              f"{split.classes[:4]}...")
     n_params = sum(p.numel() for p in m.parameters())
     results = []
+    mixed: dict = {}  # the model recalibrated over recal_sizes, per protocol
     for protocol in cfg.eval_protocols:
         for s in sizes:
             ev = evaluate(m, split, s, cfg, info, limit, protocol=protocol, tta=tta != "none")
@@ -236,7 +255,7 @@ def evaluate_checkpoint(path: str, data: str = "embedded", sizes: list[int] | No
             if "top1_flip" in ev:
                 row.update(top1_flip=round(ev["top1_flip"], 3), top5_flip=round(ev["top5_flip"], 3))
             if train_split is not None:
-                rc = recalibrated_scores(m, split, train_split, s, cfg, info, protocol)
+                rc = recalibrated_scores(m, split, train_split, s, cfg, info, protocol, recal_sizes, mixed)
                 row.update({k: round(v, 3) if k.startswith("top") else v for k, v in rc.items()})
             results.append(row)
     out = Path(json_path) if json_path else (Path(path) if Path(path).is_dir() else Path(path).parent) / "eval.json"
