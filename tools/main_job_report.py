@@ -30,6 +30,8 @@ PREVIOUS_SHIPPED = "fresh_clone_fb12271"
 SHIPPED_EVAL = RUNS / "shipped_eval.json"  # `msaconv eval` of the shipped weights: both protocols, 16-64 px
 # the same with --bn-recalibrate 2000 --tta flip: the figures with BatchNorm statistics re-estimated at each size
 SHIPPED_RECAL = RUNS / "shipped_eval_recal.json"
+# the same with --bn-recalibrate 2000 --recal-sizes 24 32 40: one set of statistics for every size
+SHIPPED_RECAL_MIXED = RUNS / "shipped_eval_recal_mixed.json"
 
 
 def load(run: Path) -> dict | None:
@@ -223,6 +225,8 @@ def recal_section() -> list[str]:
     doc = json.loads(SHIPPED_RECAL.read_text())
     rows = doc["results"]
     n = rows[0].get("recal_images")
+    mixed = ({(r["protocol"], r["img_size"]): r for r in json.loads(SHIPPED_RECAL_MIXED.read_text())["results"]}
+             if SHIPPED_RECAL_MIXED.is_file() else {})
     at32 = {k: next(r[k] for r in rows if r["img_size"] == 32 and r["protocol"] == "resize") for k in ("top1", "top1_recal")}
     out = ["", "## The shipped weights with BatchNorm statistics re-estimated at each size", "",
            f"`{SHIPPED_RECAL.relative_to(ROOT)}` (`{doc['command']}`, commit {doc['git_commit']}, {doc['cpu_model']}, "
@@ -230,43 +234,24 @@ def recal_section() -> list[str]:
            f"statistics as trained, and re-estimated at each size from {n} training images shown the way the protocol "
            "shows the test images (no labels, no gradient step: `msaconv eval --bn-recalibrate`). keep: top-1 over "
            "the same column's 32-px top-1.", "",
-           "| protocol | size | top-1 as trained | keep | top-1 BN re-estimated | keep | flip, BN re-estimated |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+           "| protocol | size | top-1 as trained | keep | top-1 BN re-estimated | keep | flip, BN re-estimated |"
+           + (" BN re-estimated once over the training sizes | keep |" if mixed else ""),
+           "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if mixed else "")]
+    at32_mixed = mixed.get(("resize", 32), {}).get("top1_recal")
     for r in rows:
-        out.append(f"| {r['protocol']} | {r['img_size']} | {r['top1']:.2f} | {r['top1'] / at32['top1']:.2f} | "
-                   f"{r['top1_recal']:.2f} | {r['top1_recal'] / at32['top1_recal']:.2f} | {fmt(r.get('top1_flip_recal'))} |")
-    return out
-
-
-def recal_runs_section(runs: list[dict]) -> list[str]:
-    """TiC against the ConvNet with BatchNorm re-estimated at each size, for the runs whose final evaluation (or,
-    for the shipped run, `msaconv eval` of its weights) has those figures."""
-    have = [r for r in runs if top1(r, 32, recal=True) is not None]
-    if not have:
-        return []
-    other = [z for z in SIZES if z != 32]
-    out = ["", "## TiC and ConvNet with BatchNorm re-estimated at each size", "",
-           "Runs trained with `--bn-recalibrate 2000` (the shipped run: its weights evaluated so, "
-           f"`{SHIPPED_RECAL.relative_to(ROOT)}`): top-1 (resize, no TTA) with BatchNorm's running statistics "
-           "re-estimated at each size from 2000 training images, and what each keeps of its own re-estimated "
-           "32-px top-1.", "",
-           "| run folder | model | training | batch | seed | " + " | ".join(map(str, SIZES)) + " | "
-           + " | ".join(f"keep {z}" for z in other) + " |", "|---|---|---|---:|---:|" + "---:|" * (2 * len(SIZES) - 1)]
-    for r in have:
-        base = top1(r, 32, recal=True)
-        vals = [top1(r, z, recal=True) for z in SIZES]
-        keeps = [top1(r, z, recal=True) for z in other]
-        out.append(f"| `{r['path']}` | {r['summary']['model']} | {training(r)} | {r['cfg']['batch_size']} | "
-                   f"{r['cfg'].get('seed', 0)} | " + " | ".join(fmt(v) for v in vals) + " | "
-                   + " | ".join(fmt(None if v is None else v / base) for v in keeps) + " |")
-    out.append("")
-    for batch in BATCHES:
-        tic = arm(have, "tic_conv_nano", True, MAIN_EPOCHS, batch=batch)
-        base_runs = arm(have, "convnet_nano", True, MAIN_EPOCHS, batch=batch)
-        if tic and base_runs:
-            out += [difference(f"batch {batch}, multi-size, same epochs ({MAIN_EPOCHS}), BatchNorm re-estimated, "
-                               f"{z} px", tic, base_runs, z, recal=True) for z in SIZES
-                    if any(top1(b, z, recal=True) is not None for b in base_runs)]
+        line = (f"| {r['protocol']} | {r['img_size']} | {r['top1']:.2f} | {r['top1'] / at32['top1']:.2f} | "
+                f"{r['top1_recal']:.2f} | {r['top1_recal'] / at32['top1_recal']:.2f} | {fmt(r.get('top1_flip_recal'))} |")
+        if mixed:
+            v = mixed.get((r["protocol"], r["img_size"]), {}).get("top1_recal")
+            line += f" {fmt(v)} | {fmt(v / at32_mixed if v is not None and at32_mixed else None)} |"
+        out.append(line)
+    if mixed:
+        doc_m = json.loads(SHIPPED_RECAL_MIXED.read_text())
+        sizes = next(iter(mixed.values()))["recal_sizes"]
+        out += ["", f"The last two columns: `{SHIPPED_RECAL_MIXED.relative_to(ROOT)}` (`{doc_m['command']}`, commit "
+                f"{doc_m['git_commit']}, {doc_m['cpu_model']}, {doc_m['isa']}): one set of statistics re-estimated over "
+                f"{' / '.join(map(str, sizes))} px mixed, used at every size, as a model that must serve several "
+                "sizes without a calibration pass per size would carry."]
     return out
 
 
