@@ -255,6 +255,38 @@ def recal_section() -> list[str]:
     return out
 
 
+def recal_runs_section(runs: list[dict]) -> list[str]:
+    """TiC against the ConvNet with BatchNorm re-estimated at each size, for the runs whose final evaluation (or,
+    for the shipped run, `msaconv eval` of its weights) has those figures."""
+    have = [r for r in runs if top1(r, 32, recal=True) is not None]
+    if not have:
+        return []
+    other = [z for z in SIZES if z != 32]
+    out = ["", "## TiC and ConvNet with BatchNorm re-estimated at each size", "",
+           "Runs trained with `--bn-recalibrate 2000` (the shipped run: its weights evaluated so, "
+           f"`{SHIPPED_RECAL.relative_to(ROOT)}`): top-1 (resize, no TTA) with BatchNorm's running statistics "
+           "re-estimated at each size from 2000 training images, and what each keeps of its own re-estimated "
+           "32-px top-1.", "",
+           "| run folder | model | training | batch | seed | " + " | ".join(map(str, SIZES)) + " | "
+           + " | ".join(f"keep {z}" for z in other) + " |", "|---|---|---|---:|---:|" + "---:|" * (2 * len(SIZES) - 1)]
+    for r in have:
+        base = top1(r, 32, recal=True)
+        vals = [top1(r, z, recal=True) for z in SIZES]
+        keeps = [top1(r, z, recal=True) for z in other]
+        out.append(f"| `{r['path']}` | {r['summary']['model']} | {training(r)} | {r['cfg']['batch_size']} | "
+                   f"{r['cfg'].get('seed', 0)} | " + " | ".join(fmt(v) for v in vals) + " | "
+                   + " | ".join(fmt(None if v is None else v / base) for v in keeps) + " |")
+    out.append("")
+    for batch in BATCHES:
+        tic = arm(have, "tic_conv_nano", True, MAIN_EPOCHS, batch=batch)
+        base_runs = arm(have, "convnet_nano", True, MAIN_EPOCHS, batch=batch)
+        if tic and base_runs:
+            out += [difference(f"batch {batch}, multi-size, same epochs ({MAIN_EPOCHS}), BatchNorm re-estimated, "
+                               f"{z} px", tic, base_runs, z, recal=True) for z in SIZES
+                    if any(top1(b, z, recal=True) is not None for b in base_runs)]
+    return out
+
+
 def main() -> None:
     # fresh_clone_<commit>: an earlier shipped run's reproduction (it reproduced to the last digit), kept as a record
     runs = [r for r in [load(SHIPPED)] + [load(p) for p in sorted(RUNS.glob("*"))
