@@ -140,14 +140,17 @@ def paired_retention(tic: list[dict], base: list[dict], size: int, protocol: str
         f"{statistics.mean(diffs):+.3f} +- {statistics.stdev(diffs):.3f} ({len(diffs)} seeds)"
 
 
-BENCHES = [ROOT / "benchmarks/model/main_vs_convnet_2threads.jsonl", ROOT / "benchmarks/model/main_vs_convnet_1thread.jsonl"]
+# the interleaved step-time benchmarks that set the same-time ConvNet's epochs, per batch size
+BENCHES = {256: [ROOT / "benchmarks/model/main_vs_convnet_2threads.jsonl",
+                 ROOT / "benchmarks/model/main_vs_convnet_1thread.jsonl"],
+           128: [ROOT / "benchmarks/model/step_vs_convnet_b128_avx512.jsonl"]}
 
 
-def step_time_ratios() -> list[float]:
+def step_time_ratios(batch: int) -> list[float]:
     """TiC's training-step time over the ConvNet's, for each interleaved (tic_conv_nano, convnet_nano) pair of
-    the committed `msaconv bench model` records."""
+    the committed `msaconv bench model` records at that batch size."""
     ratios = []
-    for path in BENCHES:
+    for path in BENCHES[batch]:
         recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for a, b in zip(recs[::2], recs[1::2]):
             if (a["model"], b["model"]) == ("tic_conv_nano", "convnet_nano"):
@@ -162,13 +165,13 @@ def differences(runs: list[dict], batch: int) -> list[str]:
                       arm(runs, "convnet_nano", True, MAIN_EPOCHS, batch=batch))]
     same_time = arm(runs, "convnet_nano", True, not_epochs=MAIN_EPOCHS, batch=batch)
     if same_time:
-        ratios = step_time_ratios()
+        ratios = step_time_ratios(batch)
         out += [difference("same training time", tic, same_time),
                 f"  (the ConvNet's epochs for the same time: {MAIN_EPOCHS} x the median ratio of TiC's to the ConvNet's "
                 f"training-step time, {statistics.median(ratios):.2f}, over {len(ratios)} interleaved pairs "
                 f"({', '.join(f'{x:.2f}' for x in ratios)}) in "
-                + ", ".join(f"`{p.relative_to(ROOT).with_suffix('.md')}`" for p in BENCHES)
-                + f" = {MAIN_EPOCHS * statistics.median(ratios):.1f}, rounded; measured at batch 256)"]
+                + ", ".join(f"`{p.relative_to(ROOT).with_suffix('.md')}`" for p in BENCHES[batch])
+                + f" = {MAIN_EPOCHS * statistics.median(ratios):.1f}, rounded)"]
     fixed = (arm(runs, "tic_conv_nano", False, MAIN_EPOCHS, batch=batch), arm(runs, "convnet_nano", False, MAIN_EPOCHS, batch=batch))
     if any(fixed):
         out.append(difference("fixed 32-px training, same epochs", *fixed))
