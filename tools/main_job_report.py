@@ -178,6 +178,11 @@ def differences(runs: list[dict], batch: int) -> list[str]:
     return out
 
 
+def reproduces(run: dict | None, shipped: dict | None) -> bool:
+    """Whether ``run``'s final top-1 at 24 / 32 / 40 / 48 px equals the shipped run's to the last digit."""
+    return run is not None and shipped is not None and all(top1(run, z) == top1(shipped, z) for z in (24, 32, 40, 48))
+
+
 def timing_lines(shipped: dict | None) -> list[str]:
     """The README's main command, timed on a fresh clone (tools/time_main_job.sh)."""
     path = RUNS / "fresh_clone" / "timing.json"
@@ -185,7 +190,7 @@ def timing_lines(shipped: dict | None) -> list[str]:
         return []
     t = json.loads(path.read_text())
     fresh = load(RUNS / "fresh_clone")
-    same = fresh is not None and shipped is not None and all(top1(fresh, z) == top1(shipped, z) for z in (24, 32, 40, 48))
+    same = reproduces(fresh, shipped)
     # the shipped weights may be this very run (tools/ship_main_job.sh): then "reproduces" would say nothing
     itself = (fresh is not None and (RUNS / "fresh_clone" / "metrics.jsonl").read_bytes()
               == (SHIPPED / "metrics.jsonl").read_bytes())
@@ -209,7 +214,7 @@ def other_timings(shipped: dict | None) -> list[str]:
     out = []
     for path in sorted(RUNS.glob("timing_*/timing.json")):
         t, run = json.loads(path.read_text()), load(path.parent)
-        same = run is not None and shipped is not None and all(top1(run, z) == top1(shipped, z) for z in (24, 32, 40, 48))
+        same = reproduces(run, shipped)
         tops = " / ".join(fmt(top1(run, z)) for z in (24, 32, 40, 48)) if run else "n/a"
         out.append(f"- `{path.parent.relative_to(ROOT)}/`: commit {t['commit']}, {t['cpu_model']} x {t['cpus']}, "
                    f"{t['isa']}, load average {t['loadavg_1m_before']} before: **{t['total_seconds'] / 60:.1f} min** wall "
@@ -228,8 +233,8 @@ def recal_section() -> list[str]:
     doc = json.loads(SHIPPED_RECAL.read_text())
     rows = doc["results"]
     n = rows[0].get("recal_images")
-    mixed = ({(r["protocol"], r["img_size"]): r for r in json.loads(SHIPPED_RECAL_MIXED.read_text())["results"]}
-             if SHIPPED_RECAL_MIXED.is_file() else {})
+    doc_m = json.loads(SHIPPED_RECAL_MIXED.read_text()) if SHIPPED_RECAL_MIXED.is_file() else {"results": []}
+    mixed = {(r["protocol"], r["img_size"]): r for r in doc_m["results"]}
     at32 = {k: next(r[k] for r in rows if r["img_size"] == 32 and r["protocol"] == "resize") for k in ("top1", "top1_recal")}
     out = ["", "## The shipped weights with BatchNorm statistics re-estimated at each size", "",
            f"`{SHIPPED_RECAL.relative_to(ROOT)}` (`{doc['command']}`, commit {doc['git_commit']}, {doc['cpu_model']}, "
@@ -249,7 +254,6 @@ def recal_section() -> list[str]:
             line += f" {fmt(v)} | {fmt(v / at32_mixed if v is not None and at32_mixed else None)} |"
         out.append(line)
     if mixed:
-        doc_m = json.loads(SHIPPED_RECAL_MIXED.read_text())
         sizes = next(iter(mixed.values()))["recal_sizes"]
         out += ["", f"The last two columns: `{SHIPPED_RECAL_MIXED.relative_to(ROOT)}` (`{doc_m['command']}`, commit "
                 f"{doc_m['git_commit']}, {doc_m['cpu_model']}, {doc_m['isa']}): one set of statistics re-estimated over "
@@ -265,17 +269,19 @@ def recal_runs_section(runs: list[dict]) -> list[str]:
     if not have:
         return []
     other = [z for z in SIZES if z != 32]
+    n = " / ".join(map(str, sorted({ev["recal_images"] for r in have for ev in r["summary"]["final"]
+                                    if "recal_images" in ev})))
     out = ["", "## TiC and ConvNet with BatchNorm re-estimated at each size", "",
-           "Runs trained with `--bn-recalibrate 2000` (the shipped run: its weights evaluated so, "
+           f"Runs trained with `--bn-recalibrate {n}` (the shipped run: its weights evaluated so, "
            f"`{SHIPPED_RECAL.relative_to(ROOT)}`): top-1 (resize, no TTA) with BatchNorm's running statistics "
-           "re-estimated at each size from 2000 training images, and what each keeps of its own re-estimated "
+           f"re-estimated at each size from {n} training images, and what each keeps of its own re-estimated "
            "32-px top-1.", "",
            "| run folder | model | training | batch | seed | " + " | ".join(map(str, SIZES)) + " | "
            + " | ".join(f"keep {z}" for z in other) + " |", "|---|---|---|---:|---:|" + "---:|" * (2 * len(SIZES) - 1)]
     for r in have:
         base = top1(r, 32, recal=True)
         vals = [top1(r, z, recal=True) for z in SIZES]
-        keeps = [top1(r, z, recal=True) for z in other]
+        keeps = [v for z, v in zip(SIZES, vals) if z != 32]
         out.append(f"| `{r['path']}` | {r['summary']['model']} | {training(r)} | {r['cfg']['batch_size']} | "
                    f"{r['cfg'].get('seed', 0)} | " + " | ".join(fmt(v) for v in vals) + " | "
                    + " | ".join(fmt(None if v is None else v / base) for v in keeps) + " |")
