@@ -13,7 +13,8 @@ mixer of the zoo), and ``vit_*`` is timm's ViT namespace, whose name patterns ti
 treat as its own family.
 
 MSA-Conv's layers validate their inputs and choose a kernel in Python, from concrete shapes, so
-``torch.fx`` cannot trace into them; they are registered as leaf modules of timm's FX tracer
+``torch.fx`` cannot trace into them (nor into ``SizeBatchNorm2d``, which picks its statistics by the input's
+size); they are registered as leaf modules of timm's FX tracer
 (``timm.layers.register_notrace_module``, as timm does with its own untraceable layers). The op they call,
 ``msaconv::msa_conv2d``, is a ``torch.library`` custom op and traces as a single node.
 """
@@ -86,9 +87,9 @@ def _register_one(fn: Callable[..., nn.Module]) -> None:
 def _register_fx_leaves() -> None:
     from timm.layers import register_notrace_module
 
-    from ..layers import MSAConv2d, MSAttention2d
+    from ..layers import MSAConv2d, MSAttention2d, SizeBatchNorm2d
 
-    for cls in (MSAConv2d, MSAttention2d):
+    for cls in (MSAConv2d, MSAttention2d, SizeBatchNorm2d):
         register_notrace_module(cls)
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import MSAConv2d
+from ..layers import MSAConv2d, SizeBatchNorm2d
 from ..layers.pointwise import Pointwise2d
 from ..layers.shift_pool import resolve_inter_pool, resolve_shift
 from .._errors import did_you_mean, pair
@@ -56,6 +56,8 @@ class ConvNetConfig(StageConfig):
     ``dims``, ``depths`` (convs per stage); ``kernel_size``, ``dilation``, ``depthwise``, ``shift``,
     ``inter_pool`` (per stage); ``head_dim`` (heads = max(1, in_channels // head_dim) in each MSAConv2d);
     ``border``, ``qkv_bias``, ``attn_drop``, ``backend``, ``layer_scale_init`` (shared; see ``MSAConv2d``);
+    ``size_bn`` (0: ``nn.BatchNorm2d``; N > 0: every BatchNorm is a :class:`~msaconv.layers.SizeBatchNorm2d`
+    keeping running statistics for up to N training sizes, evaluated with the nearest trained size's);
     ``plain_convs`` (the first N convs of the body stay ``nn.Conv2d`` besides the stem: attention on the
     largest map moves the most memory for the least context); ``downsample``, ``residual``, ``act``,
     ``head_pool``, ``drop_rate``; ``in_chans``, ``num_classes``, ``img_size``, ``mean``, ``std``.
@@ -77,6 +79,7 @@ class ConvNetConfig(StageConfig):
     attn_drop: float = 0.0
     backend: str | None = None
     layer_scale_init: float | None = None
+    size_bn: int = 0
     plain_convs: int = 0
     downsample: str = "maxpool"
     residual: bool = False
@@ -172,6 +175,9 @@ class ConvNetConfig(StageConfig):
             resolve_shift("ConvNetConfig.shift", v)
         for v in self.stage("inter_pool"):
             resolve_inter_pool("ConvNetConfig.inter_pool", v)
+        if isinstance(self.size_bn, bool) or not isinstance(self.size_bn, int) or self.size_bn < 0:
+            raise _err(self, "size_bn", self.size_bn, "use an int >= 0: 0 for nn.BatchNorm2d, N for running statistics "
+                                                      "per training size (N >= the number of training sizes)")
         if isinstance(self.plain_convs, bool) or not isinstance(self.plain_convs, int) or self.plain_convs < 0:
             raise _err(self, "plain_convs", self.plain_convs, "use an int >= 0 (0: every conv after the stem is MSA-Conv)")
         for arg in ("stem_width", "head_dim", "in_chans", "img_size"):
@@ -205,11 +211,11 @@ def _conv(cfg: ConvNetConfig, stage: int, cin: int, cout: int, stride: int, plai
 class ConvUnit(nn.Module):
     """``conv -> [2x2 max-pool] -> BatchNorm -> activation``, with a skip when the shape is kept and asked for."""
 
-    def __init__(self, conv: nn.Module, cout: int, pool: bool, act: str, residual: bool):
+    def __init__(self, conv: nn.Module, cout: int, pool: bool, act: str, residual: bool, size_bn: int = 0):
         super().__init__()
         self.conv = conv
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.norm = nn.BatchNorm2d(cout)
+        self.norm = _norm(cout, size_bn)
         self.act = ACTS[act]()
         self.residual = residual
 
@@ -218,14 +224,18 @@ class ConvUnit(nn.Module):
         return x + y if self.residual else y
 
 
+def _norm(channels: int, size_bn: int) -> nn.Module:
+    return SizeBatchNorm2d(channels, size_bn) if size_bn else nn.BatchNorm2d(channels)
+
+
 def _stem(cfg: ConvNetConfig) -> nn.Sequential:
     act = ACTS[cfg.act]
     if cfg.stem_stride == 1:
         return nn.Sequential(nn.Conv2d(cfg.in_chans, cfg.stem_width, 3, 1, 1, bias=False),
-                             nn.BatchNorm2d(cfg.stem_width), act())
+                             _norm(cfg.stem_width, cfg.size_bn), act())
     layers: list[nn.Module] = [nn.Conv2d(cfg.in_chans, cfg.stem_width, 7 if cfg.stem_stride == 4 else 3, 2,
                                          3 if cfg.stem_stride == 4 else 1, bias=False),
-                               nn.BatchNorm2d(cfg.stem_width), act()]
+                               _norm(cfg.stem_width, cfg.size_bn), act()]
     if cfg.stem_stride == 4:
         layers.append(nn.MaxPool2d(3, 2, 1))
     return nn.Sequential(*layers)
@@ -247,7 +257,7 @@ class ConvNet(Backbone):
             units = []
             for j in range(depth):
                 conv = _conv(cfg, i, cin if j == 0 else w, w, 2 if j == 0 and not pool else 1, k < cfg.plain_convs)
-                units.append(ConvUnit(conv, w, pool and j == 0, cfg.act, cfg.residual and j > 0))
+                units.append(ConvUnit(conv, w, pool and j == 0, cfg.act, cfg.residual and j > 0, cfg.size_bn))
                 k += 1
             stages.append(nn.Sequential(*units))
             cin = w
