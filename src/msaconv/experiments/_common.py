@@ -66,6 +66,12 @@ NOT_TRAINING = ("output", "name", "resume", "progress", "log_every", "checkpoint
                 "eval_sizes", "eval_protocols", "tta", "eval_batch_size", "channels_last", "bn_recalibrate")
 
 
+# the experiments' records were made before the main job took per-size BatchNorm statistics (ConvNetConfig.size_bn)
+# and bfloat16 autocast where the CPU has it (amp=auto): their runs keep nn.BatchNorm2d (unless an arm sets
+# size_bn) and float32, so every record stays one comparable set
+PINNED = {"size_bn": 0}
+
+
 def default_output(name: str) -> Path:
     return RESULTS_DIR / name / "records.jsonl"
 
@@ -320,7 +326,7 @@ def train_config(job: dict):
     r = recipe_values(recipe)
     share = float(r.get("warmup_epochs", 0)) / float(r.get("epochs", 1))
     flags = {
-        "model": job["model"], "model_kwargs": dict(job["model_kwargs"]), "data": data,
+        "model": job["model"], "model_kwargs": pinned_model_kwargs(job["model"], job["model_kwargs"]), "data": data,
         "val_data": "auto" if data == "embedded" else str(embedded_path("test")),
         "epochs": b.epochs, "batch_size": b.batch_size, "warmup_epochs": b.epochs * share, "img_size": b.img_size,
         "eval_sizes": list(job["eval_sizes"]), "eval_protocols": list(job["eval_protocols"]), "tta": "none",
@@ -328,6 +334,7 @@ def train_config(job: dict):
         "bn_recalibrate": job.get("extra", {}).get("bn_recalibrate", 0),
         "output": job["scratch"], "threads": b.threads, "progress": False, "log_every": 50,
         "checkpoint_every": 10**6,  # plus every epoch end: a killed run continues from its last epoch
+        "amp": "none",  # float32, as every record before the main job's amp=auto (see PINNED)
     }
     cfg = resolve(recipe, flags=flags)
     # resolve() leaves None flags out: the values that mean "all images" / "one size" are set here
@@ -337,6 +344,12 @@ def train_config(job: dict):
     if overrides:  # a recipe A/B arm
         cfg = apply_overrides(cfg, overrides, f"experiment arm {job['config']}")
     return apply_overrides(cfg, {"name": run_name(job, cfg)}, "experiment")
+
+
+def pinned_model_kwargs(model: str, model_kwargs: dict) -> dict:
+    """``model_kwargs`` with the model options of :data:`PINNED` that the arm leaves unset."""
+    cfg = model_cfg(model, model_kwargs)
+    return {**{k: v for k, v in PINNED.items() if hasattr(cfg, k)}, **dict(model_kwargs)}
 
 
 def training_identity(cfg_dict: dict) -> dict:

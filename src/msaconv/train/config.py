@@ -63,7 +63,7 @@ class TrainConfig:
     mix_prob: float = 1.0
     # regularisation and precision
     ema_decay: float = 0.0  # EMA of weights (0: off); evaluation then uses the EMA weights
-    amp: str = "none"  # 'none' | 'bf16' (autocast)
+    amp: str = "none"  # 'none' | 'bf16' (autocast) | 'auto' (bf16 where the device computes it natively)
     channels_last: bool = False
     # evaluation and bookkeeping
     eval_sizes: list = field(default_factory=lambda: [24, 32, 40, 48, 64])
@@ -207,7 +207,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lr <= 0:
         bad("lr", "must be > 0; e.g. --lr 0.1 for sgd, 2e-3 for adamw")
     choices = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "onecycle", "constant", "step"),
-               "amp": ("none", "bf16"), "data_mode": ("auto", "memory", "stream"),
+               "amp": ("none", "bf16", "auto"), "data_mode": ("auto", "memory", "stream"),
                "nonfinite_loss": ("stop", "skip")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:

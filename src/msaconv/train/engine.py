@@ -35,7 +35,7 @@ from . import distributed as D
 from .config import TrainConfig, dump_yaml
 from .data import Split, augment, batches, check_splits, epoch_eval_indices, epoch_order, load_split, resolve_data_paths
 from .ema import ModelEma
-from .evaluate import autocast, evaluate, final_evaluations
+from .evaluate import amp_mode, autocast, evaluate, final_evaluations, native_bf16
 from .schedule import lr_at
 
 
@@ -137,8 +137,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     check_model_config(cfg)
     tr, va, train_path, val_path = _load_data(cfg, info, say)
     backend = _kernel_backend(info, say)
+    amp = _precision(cfg, info, say)
     run = _set_up(cfg, info, say, run_dir, resume_doc, tr, va)
-    run.metrics = _open_metrics(run, backend, train_path, val_path)
+    run.metrics = _open_metrics(run, backend, train_path, val_path, amp)
     run.eval_idx = epoch_eval_indices(cfg, va)
     tally, stopped, signum = _loop(run)
     if stopped:
@@ -193,6 +194,16 @@ def _kernel_backend(info: D.DistInfo, say) -> str | None:
     backend = backend_report()
     say(backend)
     return backend
+
+
+def _precision(cfg: TrainConfig, info: D.DistInfo, say) -> str:
+    """The precision the run computes in (``cfg.amp`` with 'auto' resolved), said at start."""
+    amp = amp_mode(cfg, info)
+    why = native_bf16(torch.device(info.device))
+    reason = (f" (amp=auto: {why} computes bfloat16 natively)" if amp == "bf16" else
+              " (amp=auto: this device has no native bfloat16, so float32 is faster)") if cfg.amp == "auto" else ""
+    say(f"precision: {'bfloat16 autocast' if amp == 'bf16' else 'float32'}{reason}")
+    return amp
 
 
 def _set_up(cfg: TrainConfig, info: D.DistInfo, say, run_dir: Path, resume_doc: dict | None, tr: Split,
@@ -258,12 +269,12 @@ def _wrap_ddp(model: torch.nn.Module, info: D.DistInfo) -> torch.nn.Module:
         model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
 
-def _open_metrics(run: Run, backend: str | None, train_path: str, val_path: str | None) -> MetricsLog:
+def _open_metrics(run: Run, backend: str | None, train_path: str, val_path: str | None, amp: str) -> MetricsLog:
     """metrics.jsonl, cut back to the resumed step, or new with the run's record (machine, data, code)."""
     cfg, info, plan = run.cfg, run.info, run.plan
     metrics = MetricsLog(run.run_dir / "metrics.jsonl", info.is_main, run.resumed_from)
     if info.is_main and run.resumed_from is None:
-        metrics.write(_run_record(run, backend, train_path, val_path))
+        metrics.write(_run_record(run, backend, train_path, val_path, amp))
     run.say(f"model: {cfg.model} {run.n_params / 1e6:.2f}M params; {cfg.epochs} epochs x {plan.steps_per_epoch} "
             f"steps, batch {plan.micro}x{cfg.grad_accum}x{info.world_size}, {cfg.optimizer} lr {cfg.lr}, "
             f"{torch.get_num_threads()} threads; run folder {run.run_dir}")
@@ -588,14 +599,14 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _run_record(run: Run, backend: str | None, train_path: str, val_path: str | None) -> dict:
+def _run_record(run: Run, backend: str | None, train_path: str, val_path: str | None, amp: str) -> dict:
     """The first metrics line of a run: software, machine, command, data files (with their hashes)."""
     info, va = run.info, run.va
     return {"type": "run", "step": 0, "model": run.cfg.model, "params": run.n_params, "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(), "world_size": info.world_size, "git": git_commit(),
             "command": " ".join(sys.argv), "train_images": len(run.tr), "val_images": len(va) if va else 0,
-            "backend": backend, **cpu_description(), "train_data": train_path,
+            "backend": backend, "amp": amp, **cpu_description(), "train_data": train_path,
             "train_sha256": file_sha256(train_path), "val_data": val_path, "val_sha256": file_sha256(val_path)}
 
 

@@ -21,9 +21,30 @@ from .config import TrainConfig, apply_overrides, parse_set
 from .data import Split, batches, load_split, resolve_data_paths
 
 
+def native_bf16(device: torch.device) -> str | None:
+    """What makes bfloat16 fast on ``device`` (a CUDA GPU that supports it; a CPU with AVX512_BF16 or AMX
+    tiles), or None: elsewhere bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return "a CUDA GPU with bfloat16" if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512_BF16", "_is_avx512_bf16_supported")):
+            fn = getattr(torch.cpu, probe, None)  # torch's own CPU probes (absent in older releases)
+            if fn is not None and fn():
+                return f"a CPU with {name}"
+    return None
+
+
+def amp_mode(cfg: TrainConfig, info: D.DistInfo) -> str:
+    """The precision a run computes in: ``cfg.amp``, with 'auto' resolved to 'bf16' where the device computes
+    bfloat16 natively (:func:`native_bf16`) and to 'none' elsewhere."""
+    if cfg.amp == "auto":
+        return "bf16" if native_bf16(torch.device(info.device)) else "none"
+    return cfg.amp
+
+
 def autocast(cfg: TrainConfig, info: D.DistInfo):
-    """bf16 autocast on ``info.device`` when ``cfg.amp`` is 'bf16', a disabled one otherwise."""
-    if cfg.amp == "bf16":
+    """bf16 autocast on ``info.device`` when :func:`amp_mode` is 'bf16', a disabled one otherwise."""
+    if amp_mode(cfg, info) == "bf16":
         return torch.autocast(info.device.type, dtype=torch.bfloat16)
     return torch.autocast(info.device.type, enabled=False)
 
