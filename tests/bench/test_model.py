@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from msaconv.bench import common
 from msaconv.bench import model as bench_model
@@ -103,3 +104,29 @@ def test_memory_format_both_interleaves_nchw_and_channels_last(tmp_path):
     assert "| tic_conv_nano (channels_last) |" in out.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="memory_format must be one of"):
         bench_model.run_model_bench(bench_model.ModelBenchConfig(models=["tic_nano"], memory_format="nhwc"))
+
+
+def test_amp_bf16_runs_the_steps_under_autocast(tmp_path, monkeypatch):
+    out = tmp_path / "bf16.jsonl"
+    seen = []
+    real = bench_model._steps
+
+    def spy(*a, **kw):
+        infer, train = real(*a, **kw)
+
+        def infer_dtype():
+            y = infer()
+            seen.append(y.dtype)
+            return y
+        return infer_dtype, train
+
+    monkeypatch.setattr(bench_model, "_steps", spy)
+    code = main(["bench", "model", "--models", "convnet_nano", "--img-size", "16", "--batch-size", "2", "--runs", "1",
+                 "--warmup", "1", "--threads", "1", "--no-memory", "--amp", "bf16", "--output", str(out),
+                 "--markdown", str(out.with_suffix(".md"))])
+    assert code == 0 and set(seen) == {torch.bfloat16}  # the linear head ran in bfloat16
+    rec = next(iter(common.read_jsonl(out)))
+    assert rec["amp"] == "bf16" and rec["train_step_time"] > 0 and rec["train_gflops"] > 0
+    assert "| convnet_nano (bf16) |" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match="amp must be 'none' or 'bf16'"):
+        bench_model.run_model_bench(bench_model.ModelBenchConfig(models=["tic_nano"], amp="fp16"))

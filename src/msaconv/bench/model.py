@@ -61,6 +61,7 @@ class ModelBenchConfig:
     seed: int = 0
     lr: float = 1e-4
     memory_format: str = "contiguous"  # 'contiguous' (NCHW) | 'channels_last' | 'both' (each model in both, in turn)
+    amp: str = "none"  # 'none' (float32) | 'bf16' (both steps under bfloat16 autocast, as training with amp=bf16)
 
 
 MEMORY_FORMATS = ("contiguous", "channels_last", "both")
@@ -145,9 +146,9 @@ def num_outputs(model: nn.Module) -> int:
 
 
 def _steps(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, seed: int,
-           lr: float, channels_last: bool = False) -> tuple[Callable[[], object], Callable[[], object]]:
+           lr: float, channels_last: bool = False, amp: str = "none") -> tuple[Callable[[], object], Callable[[], object]]:
     """The inference step and the train step of ``model`` on one random batch (``channels_last``: the model
-    and the batch in that memory format)."""
+    and the batch in that memory format; ``amp='bf16'``: the forward under bfloat16 autocast)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *input_size, generator=g)
     if channels_last:
@@ -158,15 +159,19 @@ def _steps(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, 
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
+    def autocast():
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
     def infer() -> object:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             return model(x)
 
     def train() -> object:
         model.train()
         opt.zero_grad(set_to_none=True)
-        out = model(x)
+        with autocast():
+            out = model(x).float()
         if out.ndim != 2 or n == 0:  # a feature model: a scalar of its output stands in for the loss
             loss = out.float().pow(2).mean()
         else:
@@ -179,10 +184,10 @@ def _steps(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, 
 
 
 def memory_setup(name: str, img_size: int | None, batch_size: int, mode: str, seed: int = 0, lr: float = 1e-4,
-                 channels_last: bool = False):
+                 channels_last: bool = False, amp: str = "none"):
     """The memory child's entry point: one inference or train step of ``name`` (model built in the child)."""
     model, source, input_size = build(name, img_size)
-    infer, train = _steps(model, input_size, batch_size, seed, lr, channels_last)
+    infer, train = _steps(model, input_size, batch_size, seed, lr, channels_last, amp)
     return (infer if mode == "infer" else train), {"mode": mode}
 
 
@@ -229,6 +234,8 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
     if cfg.memory_format not in MEMORY_FORMATS:
         raise ValueError(f"msaconv bench model: memory_format must be one of {list(MEMORY_FORMATS)}, got "
                          f"{cfg.memory_format!r}; e.g. --memory-format both for an interleaved NCHW / channels-last A/B")
+    if cfg.amp not in ("none", "bf16"):
+        raise ValueError(f"msaconv bench model: amp must be 'none' or 'bf16', got {cfg.amp!r}; e.g. --amp bf16")
     sources = {name: resolve(name)[0] for name in cfg.models}  # an unknown name fails before any timing
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -243,7 +250,7 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
     for name, cl in ((n, c) for n in cfg.models for c in formats):
         rec: dict = {**env, "loadavg_1m": common.load_average(), "kind": "model", "model": name,
                      "source": sources[name], "batch_size": cfg.batch_size, "img_size": cfg.img_size,
-                     "runs": cfg.runs, "warmup": cfg.warmup, "channels_last": cl}
+                     "runs": cfg.runs, "warmup": cfg.warmup, "channels_last": cl, "amp": cfg.amp}
         if timm_version is not None:
             rec["timm"] = timm_version
         try:
@@ -255,7 +262,7 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             fl = count_macs(model, input_size)
             rec.update(param_count=round(fl["params"] / 1e6, 3), params=fl["params"], gmacs=fl["gmacs"],
                        msa_core=fl["msa_core"])
-            infer, train = _steps(model, input_size, cfg.batch_size, cfg.seed, cfg.lr, cl)
+            infer, train = _steps(model, input_size, cfg.batch_size, cfg.seed, cfg.lr, cl, cfg.amp)
             cpu: list[float] = []
             t = common.time_fn(_cpu_timed(infer, cpu), cfg.warmup, cfg.runs)
             rec.update(infer_step_time=t.median_s * 1e3, infer_step_time_p10=t.p10_s * 1e3,
@@ -277,7 +284,8 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             modes = ["infer"] + (["train"] if cfg.train else [])
             cases = [{"target": "msaconv.bench.model:memory_setup",
                       "kwargs": {"name": name, "img_size": rec["img_size"], "batch_size": cfg.batch_size,
-                                 "mode": m, "seed": cfg.seed, "lr": cfg.lr, "channels_last": cl}} for m in modes]
+                                 "mode": m, "seed": cfg.seed, "lr": cfg.lr, "channels_last": cl,
+                                 "amp": cfg.amp}} for m in modes]
             for m, res in zip(modes, memory.measure_in_child(cases, torch.get_num_threads())):
                 if "error" in res:
                     rec[f"{m}_peak_error"] = res["error"]
@@ -331,8 +339,9 @@ def _line(rec: dict) -> str:
 
 
 def _label(rec: dict) -> str:
-    """The model's name, and ``(channels_last)`` when the record ran in that memory format."""
-    return rec["model"] + (" (channels_last)" if rec.get("channels_last") else "")
+    """The model's name, with ``(channels_last)`` / ``(bf16)`` when the record ran in that memory format / precision."""
+    tags = [t for t, on in (("channels_last", rec.get("channels_last")), ("bf16", rec.get("amp") == "bf16")) if on]
+    return rec["model"] + (f" ({', '.join(tags)})" if tags else "")
 
 
 def markdown(records: Iterable[dict]) -> str:

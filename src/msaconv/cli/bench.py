@@ -142,6 +142,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     t.add_argument("--memory-format", choices=("contiguous", "channels_last", "both"), default="contiguous",
                    help="model and input memory format (default %(default)s, NCHW); 'both': each model in NCHW, "
                         "then channels-last, in turn (an interleaved A/B)")
+    t.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="'bf16': the steps under bfloat16 autocast, as training with amp=bf16 (default float32)")
     o = p.add_argument_group("output")
     o.add_argument("--output", default=None, help="JSON lines file to append the records to")
     o.add_argument("--markdown", default=None, help="write the table (markdown) here")
@@ -163,7 +165,7 @@ def _run_model(args: argparse.Namespace) -> int:
         cfg = bench_model.ModelBenchConfig(models=args.models, img_size=args.img_size, batch_size=args.batch_size,
                                            runs=args.runs, warmup=args.warmup, train=not args.no_train,
                                            memory=not args.no_memory, threads=args.threads,
-                                           memory_format=args.memory_format)
+                                           memory_format=args.memory_format, amp=args.amp)
         command = "msaconv " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
             "msaconv bench model"
         records = bench_model.run_model_bench(cfg, command=command, output=args.output)
