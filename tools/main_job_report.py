@@ -18,13 +18,28 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "src/msaconv/models/pretrained/tic_conv_nano"
 RUNS = ROOT / "results/main_job"
 SIZES = (16, 24, 32, 40, 48, 64)
-MAIN_EPOCHS = 8
-# the recipe's batch: 256 until the recipe A/B (results/ablation, arm batch128) moved it to 128; each comparison
-# pairs runs of one batch only
-BATCHES = (128, 256)
+# The main job's recipe, by generation (newest first); each comparison pairs runs of one generation only.
+# 'sbn': per-size BatchNorm statistics (size_bn=4), 24 / 32 / 40 / 48 px, amp=auto (bfloat16 on a CPU with native
+# bf16), batch 128; 'b128': plain BatchNorm, 24 / 32 / 40 px, float32, batch 128 (after the recipe A/B,
+# results/ablation arm batch128); 'b256': the same at batch 256.
+RECIPES = {
+    "sbn": dict(label="per-size BatchNorm, 24-48 px, amp=auto (bfloat16 here), batch 128", epochs=14,
+                bench=["benchmarks/model/step_vs_convnet_sbn_bf16_avx512.jsonl"]),
+    "b128": dict(label="plain BatchNorm, 24-40 px, float32, batch 128", epochs=8,
+                 bench=["benchmarks/model/step_vs_convnet_b128_avx512.jsonl"]),
+    "b256": dict(label="plain BatchNorm, 24-40 px, float32, batch 256", epochs=8,
+                 bench=["benchmarks/model/main_vs_convnet_2threads.jsonl", "benchmarks/model/main_vs_convnet_1thread.jsonl"]),
+}
 # the batch-256 shipped run (seed 0 of the batch-256 comparisons); older fresh_clone_* folders reproduce earlier
 # shipped runs and are records only
-PREVIOUS_SHIPPED = "fresh_clone_fb12271"
+PREVIOUS_SHIPPED = ("fresh_clone_fb12271", "fresh_clone_f25c02f")
+
+
+def recipe(r: dict) -> str:
+    """The generation of the main job's recipe a run trained with (:data:`RECIPES`)."""
+    if r["cfg"].get("amp") in ("auto", "bf16"):
+        return "sbn"
+    return "b128" if r["cfg"]["batch_size"] == 128 else "b256"
 
 
 SHIPPED_EVAL = RUNS / "shipped_eval.json"  # `msaconv eval` of the shipped weights: both protocols, 16-64 px
@@ -99,10 +114,10 @@ def mean_std(values: list[float]) -> str:
 
 
 def arm(runs: list[dict], model: str, multi: bool, epochs: int | None = None, not_epochs: int | None = None,
-        batch: int | None = None) -> list[dict]:
+        gen: str | None = None) -> list[dict]:
     return sorted([r for r in runs if r["summary"]["model"] == model and bool(r["cfg"].get("train_sizes")) == multi
                    and (epochs is None or r["summary"]["epochs"] == epochs)
-                   and (batch is None or r["cfg"]["batch_size"] == batch)
+                   and (gen is None or recipe(r) == gen)
                    and (not_epochs is None or r["summary"]["epochs"] != not_epochs)],
                   key=lambda r: int(r["cfg"].get("seed", 0)))
 
@@ -140,17 +155,13 @@ def paired_retention(tic: list[dict], base: list[dict], size: int, protocol: str
         f"{statistics.mean(diffs):+.3f} +- {statistics.stdev(diffs):.3f} ({len(diffs)} seeds)"
 
 
-# the interleaved step-time benchmarks that set the same-time ConvNet's epochs, per batch size
-BENCHES = {256: [ROOT / "benchmarks/model/main_vs_convnet_2threads.jsonl",
-                 ROOT / "benchmarks/model/main_vs_convnet_1thread.jsonl"],
-           128: [ROOT / "benchmarks/model/step_vs_convnet_b128_avx512.jsonl"]}
-
-
-def step_time_ratios(batch: int) -> list[float]:
+def step_time_ratios(gen: str) -> list[float]:
     """TiC's training-step time over the ConvNet's, for each interleaved (tic_conv_nano, convnet_nano) pair of
-    the committed `msaconv bench model` records at that batch size."""
+    the committed `msaconv bench model` records of that recipe (they set the same-time ConvNet's epochs)."""
     ratios = []
-    for path in BENCHES[batch]:
+    for path in (ROOT / p for p in RECIPES[gen]["bench"]):
+        if not path.is_file():
+            continue
         recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for a, b in zip(recs[::2], recs[1::2]):
             if (a["model"], b["model"]) == ("tic_conv_nano", "convnet_nano"):
@@ -158,21 +169,22 @@ def step_time_ratios(batch: int) -> list[float]:
     return ratios
 
 
-def differences(runs: list[dict], batch: int) -> list[str]:
-    """TiC minus ConvNet at 32 px for the runs of one batch size: same epochs, same time, fixed-size training."""
-    tic = arm(runs, "tic_conv_nano", True, MAIN_EPOCHS, batch=batch)
-    out = [difference(f"same recipe, same epochs ({MAIN_EPOCHS})", tic,
-                      arm(runs, "convnet_nano", True, MAIN_EPOCHS, batch=batch))]
-    same_time = arm(runs, "convnet_nano", True, not_epochs=MAIN_EPOCHS, batch=batch)
-    if same_time:
-        ratios = step_time_ratios(batch)
+def differences(runs: list[dict], gen: str) -> list[str]:
+    """TiC minus ConvNet at 32 px for the runs of one recipe: same epochs, same time, fixed-size training."""
+    main_epochs = RECIPES[gen]["epochs"]
+    tic = arm(runs, "tic_conv_nano", True, main_epochs, gen=gen)
+    out = [difference(f"same recipe, same epochs ({main_epochs})", tic,
+                      arm(runs, "convnet_nano", True, main_epochs, gen=gen))]
+    same_time = arm(runs, "convnet_nano", True, not_epochs=main_epochs, gen=gen)
+    ratios = step_time_ratios(gen)
+    if same_time and ratios:
         out += [difference("same training time", tic, same_time),
-                f"  (the ConvNet's epochs for the same time: {MAIN_EPOCHS} x the median ratio of TiC's to the ConvNet's "
+                f"  (the ConvNet's epochs for the same time: {main_epochs} x the median ratio of TiC's to the ConvNet's "
                 f"training-step time, {statistics.median(ratios):.2f}, over {len(ratios)} interleaved pairs "
                 f"({', '.join(f'{x:.2f}' for x in ratios)}) in "
-                + ", ".join(f"`{p.relative_to(ROOT).with_suffix('.md')}`" for p in BENCHES[batch])
-                + f" = {MAIN_EPOCHS * statistics.median(ratios):.1f}, rounded)"]
-    fixed = (arm(runs, "tic_conv_nano", False, MAIN_EPOCHS, batch=batch), arm(runs, "convnet_nano", False, MAIN_EPOCHS, batch=batch))
+                + ", ".join(f"`{Path(p).with_suffix('.md')}`" for p in RECIPES[gen]["bench"])
+                + f" = {main_epochs * statistics.median(ratios):.1f}, rounded)"]
+    fixed = (arm(runs, "tic_conv_nano", False, main_epochs, gen=gen), arm(runs, "convnet_nano", False, main_epochs, gen=gen))
     if any(fixed):
         out.append(difference("fixed 32-px training, same epochs", *fixed))
     return out
@@ -286,20 +298,51 @@ def recal_runs_section(runs: list[dict]) -> list[str]:
                    f"{r['cfg'].get('seed', 0)} | " + " | ".join(fmt(v) for v in vals) + " | "
                    + " | ".join(fmt(None if v is None else v / base) for v in keeps) + " |")
     out.append("")
-    for batch in BATCHES:
-        tic = arm(have, "tic_conv_nano", True, MAIN_EPOCHS, batch=batch)
-        base_runs = arm(have, "convnet_nano", True, MAIN_EPOCHS, batch=batch)
+    for gen, rc in RECIPES.items():
+        tic = arm(have, "tic_conv_nano", True, rc["epochs"], gen=gen)
+        base_runs = arm(have, "convnet_nano", True, rc["epochs"], gen=gen)
         if tic and base_runs:
-            out += [difference(f"batch {batch}, multi-size, same epochs ({MAIN_EPOCHS}), BatchNorm re-estimated, "
+            out += [difference(f"{rc['label']}, multi-size, same epochs ({rc['epochs']}), BatchNorm re-estimated, "
                                f"{z} px", tic, base_runs, z, recal=True) for z in SIZES
                     if any(top1(b, z, recal=True) is not None for b in base_runs)]
+    return out
+
+
+def differences_section(runs: list[dict]) -> list[str]:
+    out = ["", "## TiC minus ConvNet at 32 px (resize, no TTA)", "",
+           "Each comparison pairs runs of one recipe (newest first): "
+           + "; ".join(f"**{k}**: {v['label']}, TiC {v['epochs']} epochs" for k, v in RECIPES.items()) + "."]
+    for gen in RECIPES:
+        out += ["", f"Recipe {gen}:", ""] + differences(runs, gen)
+    return out
+
+
+def retention_section(runs: list[dict]) -> list[str]:
+    other = [z for z in SIZES if z != 32]
+    out = ["", "## What each model keeps at other sizes", "",
+           "Top-1 at each size divided by the same model's 32-px top-1 (resize, no TTA).", "",
+           "| run folder | model | training | batch | protocol | " + " | ".join(map(str, other)) + " |",
+           "|---|---|---|---:|---|" + "---:|" * len(other)]
+    for r in runs:
+        out += [retention(r, p) for p in ("resize", "canvas") if any(top1(r, z, p) is not None for z in other)]
+    out += ["", "TiC's retention minus the ConvNet's, paired by seed (same recipe, training mode and epochs): "
+            "positive = TiC keeps more of its 32-px accuracy.", "",
+            "| training | recipe | protocol | " + " | ".join(map(str, other)) + " |", "|---|---|---|" + "---:|" * len(other)]
+    for multi in (True, False):
+        for gen, rc in RECIPES.items():
+            tic = arm(runs, "tic_conv_nano", multi, rc["epochs"], gen=gen)
+            base = arm(runs, "convnet_nano", multi, rc["epochs"], gen=gen)
+            for protocol in ("resize", "canvas"):
+                cells = [paired_retention(tic, base, z, protocol) for z in other]
+                if any(cells):
+                    out.append(f"| {'multi-size' if multi else 'fixed 32'} | {gen} | {protocol} | " + " | ".join(cells) + " |")
     return out
 
 
 def main() -> None:
     # fresh_clone_<commit>: an earlier shipped run's reproduction (it reproduced to the last digit), kept as a record
     runs = [r for r in [load(SHIPPED)] + [load(p) for p in sorted(RUNS.glob("*"))
-                                          if p.is_dir() and (p.name == PREVIOUS_SHIPPED
+                                          if p.is_dir() and (p.name in PREVIOUS_SHIPPED
                                                              or not p.name.startswith(("fresh_clone_", "timing_")))] if r]
     other = [z for z in SIZES if z != 32]
     out = ["# The main job against its matched ConvNet",
@@ -320,30 +363,7 @@ def main() -> None:
     out += [row(r) for r in runs]
     out += timing_lines(runs[0] if runs and runs[0]["path"] == SHIPPED.relative_to(ROOT) else None)
     runs = [r for r in runs if r["name"] != "fresh_clone"]  # a reproduction of the shipped run, not another seed
-    out += ["", "## TiC minus ConvNet at 32 px (resize, no TTA)", "",
-            "Each comparison pairs runs of one batch size: the recipe trains at batch 128 since the recipe A/B "
-            "(`results/ablation/records.jsonl`, arm batch128), at 256 before."]
-    for batch in BATCHES:
-        out += ["", f"Batch {batch}:", ""] + differences(runs, batch)
-    out += [
-            "", "## What each model keeps at other sizes", "",
-            "Top-1 at each size divided by the same model's 32-px top-1 (resize, no TTA).", "",
-            "| run folder | model | training | batch | protocol | " + " | ".join(map(str, other)) + " |",
-            "|---|---|---|---:|---|" + "---:|" * len(other)]
-    for r in runs:
-        out += [retention(r, p) for p in ("resize", "canvas") if any(top1(r, z, p) is not None for z in other)]
-    out += ["", "TiC's retention minus the ConvNet's, paired by seed (same training mode and batch, 8 epochs): "
-            "positive = TiC keeps more of its 32-px accuracy.", "",
-            "| training | batch | protocol | " + " | ".join(map(str, other)) + " |", "|---|---:|---|" + "---:|" * len(other)]
-    for multi in (True, False):
-        for batch in BATCHES:
-            tic = arm(runs, "tic_conv_nano", multi, MAIN_EPOCHS, batch=batch)
-            base = arm(runs, "convnet_nano", multi, MAIN_EPOCHS, batch=batch)
-            for protocol in ("resize", "canvas"):
-                cells = [paired_retention(tic, base, z, protocol) for z in other]
-                if any(cells):
-                    out.append(f"| {'multi-size' if multi else 'fixed 32'} | {batch} | {protocol} | "
-                               + " | ".join(cells) + " |")
+    out += differences_section(runs) + retention_section(runs)
     out += recal_runs_section(runs)
     out += recal_section()
     (ROOT / "docs/main_job.md").write_text("\n".join(out) + "\n")

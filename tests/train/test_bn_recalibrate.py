@@ -14,7 +14,8 @@ from msaconv.train.data import Split
 from msaconv.train.evaluate import recalibrated
 from train_helpers import run_cli
 
-CONV = ["--model", "convnet_nano", "--set", "model_kwargs={stem_width: 8, dims: [8, 8, 8], depths: [1, 1, 1]}",
+# plain BatchNorm (size_bn=0): one set of running statistics, the case re-estimation is about
+CONV = ["--model", "convnet_nano", "--set", "model_kwargs={stem_width: 8, dims: [8, 8, 8], depths: [1, 1, 1], size_bn: 0}",
         "--set", "threads=1", "--set", "eval_sizes=[16, 24]", "--set", "eval_batch_size=40", "--img-size", "16",
         "--limit-train", "96", "--limit-val", "48", "--batch-size", "16", "--epochs", "1", "--no-progress"]
 
@@ -117,3 +118,22 @@ def test_eval_recalibrates_once_over_recal_sizes_and_names_them(tmp_path, capsys
         assert run_cli(["eval", "--checkpoint", tmp_path / "r", "--limit-val", "8", *bad]) != 0
         err = capsys.readouterr().err
         assert "--recal-sizes" in err and "--bn-recalibrate" in err
+
+
+def test_per_size_batchnorm_re_estimates_each_size_in_its_own_slot():
+    from msaconv.layers import SizeBatchNorm2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SizeBatchNorm2d(3, 2), nn.Conv2d(3, 4, 3), SizeBatchNorm2d(4, 2)).eval()
+    split = _split()
+    cfg = TrainConfig(img_size=16, eval_batch_size=32)
+    info = D.DistInfo()
+    a, b = (recalibrated(model, split, s, cfg, info, images=64) for s in (16, 24))
+    mixed = recalibrated(model, split, [16, 24], cfg, info, images=64)
+    # over several sizes mixed, each size fills its own slot: what a re-estimate at that size alone gives
+    assert mixed[2].trained_sizes() == [(14, 14), (22, 22)]
+    torch.testing.assert_close(mixed[2].slot_mean[0], a[2].slot_mean[0])
+    torch.testing.assert_close(mixed[2].slot_var[1], b[2].slot_var[0])
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x), b(x))

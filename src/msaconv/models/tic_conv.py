@@ -311,9 +311,10 @@ _TINY: dict[str, Any] = dict(stem_width=64, stem_stride=2, dims=(80, 160, 320, 6
 CONFIGS: dict[str, ConvNetConfig] = {
     # CIFAR-size (32 px): convs read maps of 32 | 16, 16 | 8, 8 | 4 px; the stem and the first conv (both at
     # 32 px) plain, the five others MSA-Convs (plain_convs=1: 1.4x the training speed of all six, see
-    # docs/main_job.md)
-    "tic_conv_nano": ConvNetConfig(conv="msa", dims=(32, 64, 128), plain_convs=1),
-    "convnet_nano": ConvNetConfig(conv="plain", dims=(32, 64, 128)),
+    # docs/main_job.md). BatchNorm keeps statistics for up to 4 training sizes (size_bn=4: the main job trains at
+    # 24 / 32 / 40 / 48 px; one training size computes what nn.BatchNorm2d computes)
+    "tic_conv_nano": ConvNetConfig(conv="msa", dims=(32, 64, 128), plain_convs=1, size_bn=4),
+    "convnet_nano": ConvNetConfig(conv="plain", dims=(32, 64, 128), size_bn=4),
     # 224 px, about ResNet-50's parameter count
     "tic_conv_tiny": ConvNetConfig(conv="msa", **_TINY),
     "convnet_tiny": ConvNetConfig(conv="plain", **_TINY),

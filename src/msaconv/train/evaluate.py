@@ -160,7 +160,10 @@ def final_evaluations(model: torch.nn.Module, split: Split, cfg: TrainConfig, in
 
     With ``cfg.bn_recalibrate`` images and a ``train_split``, each result also holds the same figures with the
     BatchNorm statistics re-estimated at that size (:func:`recalibrated`), as ``top1_recal``,
-    ``top1_flip_recal``, ... and ``recal_images``."""
+    ``top1_flip_recal``, ... and ``recal_images``. Always in float32 (``amp`` is for training)."""
+    # float32 whatever the training's amp: these figures are the run's measurement, and `msaconv eval` of its
+    # weights (float32, on any machine) reproduces them
+    cfg = apply_overrides(cfg, {"amp": "none"}, "final evaluation")
     sizes = sorted(set(cfg.eval_sizes) | {cfg.img_size})
     for protocol in cfg.eval_protocols:
         for s in sizes:
