@@ -32,7 +32,7 @@ RECIPES = {
 }
 # the batch-256 shipped run (seed 0 of the batch-256 comparisons); older fresh_clone_* folders reproduce earlier
 # shipped runs and are records only
-PREVIOUS_SHIPPED = ("fresh_clone_fb12271", "fresh_clone_f25c02f")
+PREVIOUS_SHIPPED = ("fresh_clone_fb12271", "fresh_clone_0787208")
 
 
 def recipe(r: dict) -> str:
@@ -44,9 +44,15 @@ def recipe(r: dict) -> str:
 
 SHIPPED_EVAL = RUNS / "shipped_eval.json"  # `msaconv eval` of the shipped weights: both protocols, 16-64 px
 # the same with --bn-recalibrate 2000 --tta flip: the figures with BatchNorm statistics re-estimated at each size
-SHIPPED_RECAL = RUNS / "shipped_eval_recal.json"
+SHIPPED_RECAL = "shipped_eval_recal.json"  # in RUNS for the shipped weights, in a run folder for a previous run's
 # the same with --bn-recalibrate 2000 --recal-sizes 24 32 40: one set of statistics for every size
-SHIPPED_RECAL_MIXED = RUNS / "shipped_eval_recal_mixed.json"
+SHIPPED_RECAL_MIXED = "shipped_eval_recal_mixed.json"
+
+
+def recal_file(run: Path, name: str = SHIPPED_RECAL) -> Path:
+    """Where `msaconv eval --bn-recalibrate` of a run's weights is kept: results/main_job/ for the shipped run,
+    the run's own folder for a previously shipped one."""
+    return RUNS / name if run == SHIPPED else run / name
 
 
 def load(run: Path) -> dict | None:
@@ -60,8 +66,9 @@ def load(run: Path) -> dict | None:
         have = {(e["img_size"], e.get("protocol", "resize")) for e in summary["final"]}
         extra = json.loads(evaluation.read_text())["results"]
         summary["final"] += [e for e in extra if (e["img_size"], e["protocol"]) not in have]
-    if run == SHIPPED and SHIPPED_RECAL.is_file():  # the same weights with BatchNorm re-estimated at each size
-        recal = {(e["img_size"], e["protocol"]): e for e in json.loads(SHIPPED_RECAL.read_text())["results"]}
+    recal_path = recal_file(run)
+    if recal_path.is_file():  # the same weights with BatchNorm re-estimated at each size
+        recal = {(e["img_size"], e["protocol"]): e for e in json.loads(recal_path.read_text())["results"]}
         for e in summary["final"]:
             e.update({k: v for k, v in recal.get((e["img_size"], e.get("protocol", "resize")), {}).items()
                       if k.endswith("_recal")})
@@ -233,23 +240,27 @@ def other_timings(shipped: dict | None) -> list[str]:
                    f"({t['install_seconds']:.0f} s install, {t['main_job_seconds'] / 60:.1f} min `msaconv`"
                    + (f", {run['summary']['train_seconds'] / 60:.1f} min training" if run else "")
                    + f"); top-1 at 24 / 32 / 40 / 48 px {tops}"
-                   + (" (the shipped run's to the last digit)" if same else " (the shipped run's differ: another machine "
-                      "rounds its sums in another order)" if run else "") + ".")
+                   + (" (the shipped run's to the last digit)" if same else
+                      f" (recipe {recipe(run)}: an earlier recipe than the shipped run's)" if run and shipped
+                      and recipe(run) != recipe(shipped) else " (the shipped run's differ: another machine rounds its "
+                      "sums in another order)" if run else "") + ".")
     return ["", "## The main command timed on other machines", ""] + out if out else []
 
 
-def recal_section() -> list[str]:
-    """The shipped weights with BatchNorm's running statistics as trained and re-estimated at each size."""
-    if not SHIPPED_RECAL.is_file():
+def recal_section(run: Path) -> list[str]:
+    """A shipped run's weights with BatchNorm's running statistics as trained and re-estimated at each size."""
+    path, path_m = recal_file(run), recal_file(run, SHIPPED_RECAL_MIXED)
+    if not path.is_file():
         return []
-    doc = json.loads(SHIPPED_RECAL.read_text())
+    doc = json.loads(path.read_text())
     rows = doc["results"]
     n = rows[0].get("recal_images")
-    doc_m = json.loads(SHIPPED_RECAL_MIXED.read_text()) if SHIPPED_RECAL_MIXED.is_file() else {"results": []}
+    doc_m = json.loads(path_m.read_text()) if path_m.is_file() else {"results": []}
     mixed = {(r["protocol"], r["img_size"]): r for r in doc_m["results"]}
     at32 = {k: next(r[k] for r in rows if r["img_size"] == 32 and r["protocol"] == "resize") for k in ("top1", "top1_recal")}
-    out = ["", "## The shipped weights with BatchNorm statistics re-estimated at each size", "",
-           f"`{SHIPPED_RECAL.relative_to(ROOT)}` (`{doc['command']}`, commit {doc['git_commit']}, {doc['cpu_model']}, "
+    title = "The shipped weights" if run == SHIPPED else f"The weights of `{run.relative_to(ROOT)}` (shipped before)"
+    out = ["", f"## {title} with BatchNorm statistics re-estimated at each size", "",
+           f"`{path.relative_to(ROOT)}` (`{doc['command']}`, commit {doc['git_commit']}, {doc['cpu_model']}, "
            f"{doc['isa']}, data SHA-256 {doc['data_sha256'][:12]}...): the same weights evaluated with BatchNorm's running "
            f"statistics as trained, and re-estimated at each size from {n} training images shown the way the protocol "
            "shows the test images (no labels, no gradient step: `msaconv eval --bn-recalibrate`). keep: top-1 over "
@@ -267,7 +278,7 @@ def recal_section() -> list[str]:
         out.append(line)
     if mixed:
         sizes = next(iter(mixed.values()))["recal_sizes"]
-        out += ["", f"The last two columns: `{SHIPPED_RECAL_MIXED.relative_to(ROOT)}` (`{doc_m['command']}`, commit "
+        out += ["", f"The last two columns: `{path_m.relative_to(ROOT)}` (`{doc_m['command']}`, commit "
                 f"{doc_m['git_commit']}, {doc_m['cpu_model']}, {doc_m['isa']}): one set of statistics re-estimated over "
                 f"{' / '.join(map(str, sizes))} px mixed, used at every size, as a model that must serve several "
                 "sizes without a calibration pass per size would carry."]
@@ -284,8 +295,8 @@ def recal_runs_section(runs: list[dict]) -> list[str]:
     n = " / ".join(map(str, sorted({ev["recal_images"] for r in have for ev in r["summary"]["final"]
                                     if "recal_images" in ev})))
     out = ["", "## TiC and ConvNet with BatchNorm re-estimated at each size", "",
-           f"Runs trained with `--bn-recalibrate {n}` (the shipped run: its weights evaluated so, "
-           f"`{SHIPPED_RECAL.relative_to(ROOT)}`): top-1 (resize, no TTA) with BatchNorm's running statistics "
+           f"Runs trained with `--bn-recalibrate {n}` (a shipped run: its weights evaluated so, "
+           f"`{SHIPPED_RECAL}` beside them): top-1 (resize, no TTA) with BatchNorm's running statistics "
            f"re-estimated at each size from {n} training images, and what each keeps of its own re-estimated "
            "32-px top-1.", "",
            "| run folder | model | training | batch | seed | " + " | ".join(map(str, SIZES)) + " | "
@@ -365,7 +376,8 @@ def main() -> None:
     runs = [r for r in runs if r["name"] != "fresh_clone"]  # a reproduction of the shipped run, not another seed
     out += differences_section(runs) + retention_section(runs)
     out += recal_runs_section(runs)
-    out += recal_section()
+    for folder in [SHIPPED] + [RUNS / p for p in PREVIOUS_SHIPPED]:
+        out += recal_section(folder)
     (ROOT / "docs/main_job.md").write_text("\n".join(out) + "\n")
 
 

@@ -324,7 +324,7 @@ CONFIGS: dict[str, ConvNetConfig] = {
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 # weights that ship in the package: the main job's final weights, with the run folder that produced them
 SHIPPED: dict[str, dict[str, str]] = {
-    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="66a8363e47041cc9a7b7f1d4c7f7d34791054d4c0ec0ad075750471ed874c818",
+    "tic_conv_nano": dict(file=str(PRETRAINED_DIR / "tic_conv_nano" / "model.safetensors"), sha256="cb284e618282bd75657f7f53f6445edb88c27be5fa1a859f68fb843416dc2f68",
                           tag="cifar10_jpeg_20k"),
 }
 
