@@ -77,3 +77,20 @@ def test_onnx_tic_round_trip(tmp_path, name, size, shapes):
     assert [c.shape for c in checks] == [tuple(s) for s in shapes]
     for c in checks:
         assert c.max_abs_diff < 1e-4, c
+
+
+@pytest.mark.slow
+def test_onnx_keeps_the_per_size_batchnorm_choice(tmp_path):
+    """convnet_nano with statistics for three training sizes: one export, and at each input size the graph picks
+    the statistics the model picks (nearest trained size), as eager does."""
+    torch.manual_seed(0)
+    model = msaconv.create_model("convnet_nano", size_bn=3)
+    with torch.no_grad():
+        for s in (24, 32, 40):  # one training batch per size fills one slot each
+            model(torch.randn(4, 3, s, s) * s / 32)
+    model.eval()
+    path = tmp_path / "convnet_nano.onnx"
+    export_onnx(model, path, img_size=(32, 32), dynamic=True)
+    checks = verify_onnx(model, path, [(2, 3, 24, 24), (2, 3, 40, 40), (2, 3, 48, 48), (2, 3, 20, 28)], threads=2)
+    for c in checks:
+        assert c.max_abs_diff < 1e-4, c

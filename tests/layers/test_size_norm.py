@@ -134,3 +134,10 @@ def test_state_dict_round_trip_channels_last_and_script():
     torch.testing.assert_close(other(x), sbn(x))
     torch.testing.assert_close(torch.jit.script(other)(x), sbn(x))
     assert "slots=3" in repr(sbn)
+
+
+def test_evaluation_runs_on_the_meta_device():
+    with torch.device("meta"):
+        sbn = SizeBatchNorm2d(5, 2).eval()
+        y = sbn(torch.empty(2, 5, 6, 6))
+    assert y.shape == (2, 5, 6, 6) and y.device.type == "meta"

@@ -86,9 +86,9 @@ class SizeBatchNorm2d(nn.BatchNorm2d):
         dist = (slot_area.log() - area.log()).abs() - 1e-9 * slot_area.log()
         dist = torch.where(self.slot_batches > 0, dist, torch.full_like(dist, math.inf))
         dist = torch.cat([dist, torch.full_like(dist[:1], 1e30)])  # the shared statistics: the last resort
-        i = torch.argmin(dist)
-        return (torch.cat([self.slot_mean, self.running_mean[None]])[i],
-                torch.cat([self.slot_var, self.running_var[None]])[i])
+        i = torch.argmin(dist).view(1)  # index_select, not [i]: no .item(), so meta tensors and export trace it
+        return (torch.cat([self.slot_mean, self.running_mean[None]]).index_select(0, i)[0],
+                torch.cat([self.slot_var, self.running_var[None]]).index_select(0, i)[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
