@@ -13,6 +13,7 @@ at every size) and normalises an evaluation batch with the set of the nearest tr
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,15 @@ class SizeBatchNorm2d(nn.BatchNorm2d):
     ``momentum=None`` (a cumulative average, as ``torch.optim.swa_utils.update_bn`` sets for a re-estimate)
     averages each slot over its own batches. :meth:`reset_running_stats` clears the slots too.
     """
+
+    if TYPE_CHECKING:  # buffers, declared for the type checker only (TorchScript reads class annotations)
+        slot_hw: torch.Tensor  # [slots, 2] map size (H, W) of each slot (0, 0: free)
+        slot_mean: torch.Tensor  # [slots, C]
+        slot_var: torch.Tensor  # [slots, C]
+        slot_batches: torch.Tensor  # [slots] training batches each slot has averaged (0: free)
+        running_mean: torch.Tensor  # always tracked here (nn.BatchNorm2d types them Optional)
+        running_var: torch.Tensor
+        num_batches_tracked: torch.Tensor
 
     def __init__(self, num_features: int, slots: int, eps: float = 1e-5, momentum: float | None = 0.1):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
