@@ -32,3 +32,14 @@ def test_bad_model_value_fails_before_the_data(tmp_path, capsys, monkeypatch, mo
                   "--no-progress"])
     assert rc != 0
     assert "border" in capsys.readouterr().err
+
+
+def test_more_training_sizes_than_batchnorm_slots_is_refused_before_training(tmp_path, capsys):
+    from train_helpers import run_cli
+
+    args = ["train", "--model", "convnet_nano", "--train-sizes", "16,20,24,28,32", "--limit-train", "32",
+            "--epochs", "1", "--no-progress", "--output", tmp_path, "--name", "r"]
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err
+    assert "train_sizes: 5 sizes (16, 20, 24, 28, 32)" in err and "size_bn=4" in err and "model_kwargs.size_bn=5" in err
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()  # nothing was trained

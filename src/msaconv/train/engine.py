@@ -539,11 +539,25 @@ def check_model_config(cfg: TrainConfig) -> None:
     here, with the model config's did-you-mean, before any data is read."""
     try:
         with torch.device("meta"):
-            build_model(cfg, None)
+            model = build_model(cfg, None)
     except (ValueError, TypeError):
         raise
     except Exception:  # noqa: BLE001 - an op the meta device lacks: the real build below checks the same config
-        pass
+        return
+    check_size_slots(cfg, model)
+
+
+def check_size_slots(cfg: TrainConfig, model: torch.nn.Module) -> None:
+    """Multi-size training into per-size BatchNorm statistics needs a slot per training size: refused here, not
+    at the first step of the size that finds none free."""
+    from ..layers import SizeBatchNorm2d
+
+    slots = [m.slots for m in model.modules() if isinstance(m, SizeBatchNorm2d)]
+    sizes = sorted(set(cfg.train_sizes or [cfg.img_size]))
+    if slots and len(sizes) > min(slots):
+        raise ValueError(f"train_sizes: {len(sizes)} sizes ({', '.join(map(str, sizes))}), but {cfg.model}'s BatchNorm "
+                         f"keeps statistics for {min(slots)} (size_bn={min(slots)}); give at most {min(slots)} sizes or "
+                         f"--set model_kwargs.size_bn={len(sizes)}")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
