@@ -128,5 +128,12 @@ def test_amp_bf16_runs_the_steps_under_autocast(tmp_path, monkeypatch):
     rec = next(iter(common.read_jsonl(out)))
     assert rec["amp"] == "bf16" and rec["train_step_time"] > 0 and rec["train_gflops"] > 0
     assert "| convnet_nano (bf16) |" in out.with_suffix(".md").read_text()
-    with pytest.raises(ValueError, match="amp must be 'none' or 'bf16'"):
+    with pytest.raises(ValueError, match="amp must be one of"):
         bench_model.run_model_bench(bench_model.ModelBenchConfig(models=["tic_nano"], amp="fp16"))
+
+
+def test_amp_both_interleaves_float32_and_bf16(tmp_path):
+    out = tmp_path / "ab.jsonl"
+    assert main(["bench", "model", "--models", "convnet_nano", "--img-size", "16", "--batch-size", "2", "--runs", "1",
+                 "--warmup", "1", "--threads", "1", "--no-memory", "--amp", "both", "--output", str(out)]) == 0
+    assert [r["amp"] for r in common.read_jsonl(out)] == ["none", "bf16"]

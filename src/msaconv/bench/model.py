@@ -62,9 +62,11 @@ class ModelBenchConfig:
     lr: float = 1e-4
     memory_format: str = "contiguous"  # 'contiguous' (NCHW) | 'channels_last' | 'both' (each model in both, in turn)
     amp: str = "none"  # 'none' (float32) | 'bf16' (both steps under bfloat16 autocast, as training with amp=bf16)
+    # | 'both' (each model in float32, then bf16, in turn: an interleaved A/B)
 
 
 MEMORY_FORMATS = ("contiguous", "channels_last", "both")
+AMPS = {"none": ["none"], "bf16": ["bf16"], "both": ["none", "bf16"]}  # --amp -> the precisions each model runs in
 
 
 def timm_problem() -> str | None:
@@ -234,8 +236,8 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
     if cfg.memory_format not in MEMORY_FORMATS:
         raise ValueError(f"msaconv bench model: memory_format must be one of {list(MEMORY_FORMATS)}, got "
                          f"{cfg.memory_format!r}; e.g. --memory-format both for an interleaved NCHW / channels-last A/B")
-    if cfg.amp not in ("none", "bf16"):
-        raise ValueError(f"msaconv bench model: amp must be 'none' or 'bf16', got {cfg.amp!r}; e.g. --amp bf16")
+    if cfg.amp not in AMPS:
+        raise ValueError(f"msaconv bench model: amp must be one of {list(AMPS)}, got {cfg.amp!r}; e.g. --amp bf16")
     sources = {name: resolve(name)[0] for name in cfg.models}  # an unknown name fails before any timing
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -247,10 +249,10 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
         timm_version = timm.__version__
     formats = {"contiguous": [False], "channels_last": [True], "both": [False, True]}[cfg.memory_format]
     records: list[dict] = []
-    for name, cl in ((n, c) for n in cfg.models for c in formats):
+    for name, cl, amp in ((n, c, a) for n in cfg.models for c in formats for a in AMPS[cfg.amp]):
         rec: dict = {**env, "loadavg_1m": common.load_average(), "kind": "model", "model": name,
                      "source": sources[name], "batch_size": cfg.batch_size, "img_size": cfg.img_size,
-                     "runs": cfg.runs, "warmup": cfg.warmup, "channels_last": cl, "amp": cfg.amp}
+                     "runs": cfg.runs, "warmup": cfg.warmup, "channels_last": cl, "amp": amp}
         if timm_version is not None:
             rec["timm"] = timm_version
         try:
@@ -262,7 +264,7 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             fl = count_macs(model, input_size)
             rec.update(param_count=round(fl["params"] / 1e6, 3), params=fl["params"], gmacs=fl["gmacs"],
                        msa_core=fl["msa_core"])
-            infer, train = _steps(model, input_size, cfg.batch_size, cfg.seed, cfg.lr, cl, cfg.amp)
+            infer, train = _steps(model, input_size, cfg.batch_size, cfg.seed, cfg.lr, cl, amp)
             cpu: list[float] = []
             t = common.time_fn(_cpu_timed(infer, cpu), cfg.warmup, cfg.runs)
             rec.update(infer_step_time=t.median_s * 1e3, infer_step_time_p10=t.p10_s * 1e3,
@@ -285,7 +287,7 @@ def run_model_bench(cfg: ModelBenchConfig, command: str | None = None, output: s
             cases = [{"target": "msaconv.bench.model:memory_setup",
                       "kwargs": {"name": name, "img_size": rec["img_size"], "batch_size": cfg.batch_size,
                                  "mode": m, "seed": cfg.seed, "lr": cfg.lr, "channels_last": cl,
-                                 "amp": cfg.amp}} for m in modes]
+                                 "amp": amp}} for m in modes]
             for m, res in zip(modes, memory.measure_in_child(cases, torch.get_num_threads())):
                 if "error" in res:
                     rec[f"{m}_peak_error"] = res["error"]

@@ -142,8 +142,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     t.add_argument("--memory-format", choices=("contiguous", "channels_last", "both"), default="contiguous",
                    help="model and input memory format (default %(default)s, NCHW); 'both': each model in NCHW, "
                         "then channels-last, in turn (an interleaved A/B)")
-    t.add_argument("--amp", choices=("none", "bf16"), default="none",
-                   help="'bf16': the steps under bfloat16 autocast, as training with amp=bf16 (default float32)")
+    t.add_argument("--amp", choices=("none", "bf16", "both"), default="none",
+                   help="'bf16': the steps under bfloat16 autocast, as training with amp=bf16 (default float32); "
+                        "'both': each model in float32, then bf16, in turn (an interleaved A/B)")
     o = p.add_argument_group("output")
     o.add_argument("--output", default=None, help="JSON lines file to append the records to")
     o.add_argument("--markdown", default=None, help="write the table (markdown) here")
