@@ -97,3 +97,31 @@ def test_bad_train_sizes_is_a_clear_error(tmp_path, capsys):
     assert "comma-separated" in capsys.readouterr().err
     assert run_cli(["train", *TINY, "--set", "train_sizes=[0, 16]", "--output", tmp_path]) != 0
     assert "train_sizes" in capsys.readouterr().err
+
+
+def test_per_size_batchnorm_run_resumes_after_kill9_with_its_statistics(tmp_path):
+    """convnet_nano with per-size BatchNorm: the slots' statistics are part of the checkpoint, so a run killed
+    mid-way and resumed ends with the weights *and* the per-size statistics of an uninterrupted one."""
+    conv = ["--model", "convnet_nano", "--set", "model_kwargs={stem_width: 8, dims: [8, 8, 8], depths: [1, 1, 1]}",
+            "--set", "threads=1", "--set", "eval_sizes=[16, 24]", "--set", "eval_batch_size=64", "--img-size", "16",
+            "--limit-train", "96", "--limit-val", "64", "--batch-size", "16", "--epochs", "2", "--no-progress",
+            "--train-sizes", "16,20,24", "--set", "checkpoint_every=2", "--output", tmp_path, "--seed", "4"]
+    assert run_cli(["train", *conv, "--name", "ref"]) == 0
+    ref = final_weights(tmp_path / "ref")
+    held = {tuple(hw) for hw, n in zip(ref["stem.1.slot_hw"].tolist(), ref["stem.1.slot_batches"].tolist()) if n}
+    assert held == {(16, 16), (20, 20), (24, 24)} and int(ref["stem.1.slot_batches"].sum()) == 12  # 2 x 6 steps
+    run = tmp_path / "killed"
+    args = ["train", *conv, "--name", "killed", "--resume", "auto"]
+    p = run_subprocess(args)
+    import time
+
+    t0 = time.time()
+    while (find_checkpoint(run, "last") or {}).get("step", 0) < 6:
+        assert p.poll() is None and time.time() - t0 < 120
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p = run_subprocess(args)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert_same_weights(ref, final_weights(run))
