@@ -107,7 +107,7 @@ def test_a_size_beyond_the_slots_is_an_error_naming_them():
 def test_bad_arguments_name_themselves(bad):
     with pytest.raises(ValueError, match="slots|momentum"):
         SizeBatchNorm2d(4, **bad)
-    with pytest.raises(ValueError, match="4-D"):
+    with pytest.raises(AssertionError, match="4-D"):
         SizeBatchNorm2d(4, 2)(torch.randn(2, 4, 3))
 
 
@@ -141,3 +141,14 @@ def test_evaluation_runs_on_the_meta_device():
         sbn = SizeBatchNorm2d(5, 2).eval()
         y = sbn(torch.empty(2, 5, 6, 6))
     assert y.shape == (2, 5, 6, 6) and y.device.type == "meta"
+
+
+def test_plain_fx_traces_the_evaluation_path():
+    sbn, _ = _pair()
+    for x in _batches([6, 8]):
+        sbn(x)
+    sbn.eval()
+    traced = torch.fx.symbolic_trace(sbn)
+    for s in (6, 7, 8, 12):  # the traced graph still picks the nearest trained size at every input size
+        x = _batches([s], seed=s)[0]
+        torch.testing.assert_close(traced(x), sbn(x))

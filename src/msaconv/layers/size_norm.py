@@ -101,8 +101,8 @@ class SizeBatchNorm2d(nn.BatchNorm2d):
                 torch.cat([self.slot_var, self.running_var[None]]).index_select(0, i)[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"SizeBatchNorm2d: expected a 4-D (N, C, H, W) input, got shape {list(x.shape)}")
+        # torch._assert, not `if ...: raise`: torch.fx traces it (the layer is no leaf of plain symbolic_trace)
+        torch._assert(x.dim() == 4, "SizeBatchNorm2d: expected a 4-D (N, C, H, W) input")
         if self.training:
             i = self._train_slot(int(x.shape[-2]), int(x.shape[-1]))
             n_slot, n_all = int(self.slot_batches[i]) + 1, int(self.num_batches_tracked) + 1
