@@ -82,6 +82,32 @@ def test_half_dtypes_run_in_float32(dtype):
     compare(EDGE[0], "cpu", dtype)
 
 
+@pytest.mark.parametrize("case", EDGE, ids=lambda c: c.id)
+@pytest.mark.parametrize("layout", ["bhwd", "bhdhw"])
+def test_bfloat16_in_the_kernel_is_float32_rounded_once(case, layout):
+    """bfloat16 rows are converted inside the kernels (no converted copies): out, lse and every gradient are, bit for
+    bit, the float32 kernels' on the same values, rounded to bfloat16 once; the backward reads the rounded out, as
+    autograd saves it."""
+    _ready()
+    ts = case.tensors(torch.bfloat16, requires_grad=False, layout=layout)
+    q, k, v, ek, ev = ts
+    (kh, kw), scale = case.kernel, case.head_dim ** -0.5
+    args = ([kh, kw], list(case.dilation), list(case.stride), case.border, scale, layout, "cpu")
+    out, lse = torch.ops.msaconv.msa_conv2d(q, k, v, ek, ev, *args)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(case.seed)).to(torch.bfloat16)
+    grads = torch.ops.msaconv.msa_conv2d_backward(dout, q, k, v, ek, ev, out, lse, *args)
+
+    f = [None if t is None else t.float() for t in ts]
+    out32, lse32 = torch.ops.msaconv.msa_conv2d(*f, *args)
+    grads32 = torch.ops.msaconv.msa_conv2d_backward(dout.float(), *f[:3], f[3], f[4], out.float(), lse32, *args)
+
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    assert torch.equal(out, out32.to(torch.bfloat16)) and torch.equal(lse, lse32)
+    for name, g, g32 in zip(("dq", "dk", "dv", "dek", "dev"), grads, grads32):
+        assert g.dtype == torch.bfloat16, name
+        assert torch.equal(g, g32.to(torch.bfloat16)), name
+
+
 @pytest.mark.parametrize("case", [EDGE[0], EDGE[4], EDGE[6], EDGE[7]], ids=lambda c: c.id)
 def test_gradcheck_float64(case):
     """torch.autograd.gradcheck of q, k, v (and the extra keys) through the custom op and the fused kernels."""

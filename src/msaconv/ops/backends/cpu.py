@@ -10,8 +10,9 @@ log-sum-exp ``[B, heads, H_out, W_out]`` for the backward, which recomputes the 
 runs one plane per task, so every key/value gradient is summed by one thread in a fixed order:
 the result is the same run to run.
 
-Covers every kernel (even, strip), dilation, stride, border and extra keys; float32 and float64 natively,
-bfloat16/float16 computed in float32 (converted on the way in and out). It declines attention dropout
+Covers every kernel (even, strip), dilation, stride, border and extra keys; float32 and float64 natively;
+bfloat16 (autocast's dtype on CPUs) read and written as it is and computed in float32, the rows converted
+inside the kernels; float16 computed in float32 (converted on the way in and out). It declines attention dropout
 (the portable backend runs it) and non-CPU tensors. The kernels are compiled on first use
 (:mod:`._build`); without a compiler or ninja, ``can_run`` says so and ``backend=None`` moves on.
 """
@@ -31,11 +32,17 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _planes(t: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    """``t`` in dtype ``ct``. The kernels read any strides in place, q of a channels-last qkv map included (each
-    pixel holds every head's q, k and v): with prefetching, that beat copying to contiguous planes first on
-    every shape measured (``benchmarks/op/probes/strided_inputs_avx512.md``)."""
-    return t.to(ct)
+def _storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels read and write: bfloat16 as it is (converted row by row inside), else the compute dtype."""
+    return dtype if dtype == torch.bfloat16 else _compute_dtype(dtype)
+
+
+def _planes(t: torch.Tensor, st: torch.dtype) -> torch.Tensor:
+    """``t`` in the storage dtype ``st`` (no copy when it is in it already). The kernels read any strides in
+    place, q of a channels-last qkv map included (each pixel holds every head's q, k and v): with prefetching,
+    that beat copying to contiguous planes first on every shape measured
+    (``benchmarks/op/probes/strided_inputs_avx512.md``)."""
+    return t.to(st)
 
 
 def _args(pb: Problem) -> tuple:
@@ -45,13 +52,13 @@ def _args(pb: Problem) -> tuple:
 
 
 def _prepare(pb: Problem, extra_k, extra_v):
-    """``(extension, compute dtype, extra_k, extra_v in it)``; the extension must have built."""
+    """``(extension, storage dtype, extra_k, extra_v in the compute dtype)``; the extension must have built."""
     ext, reason = _build.extension()
     if ext is None:
         raise RuntimeError(f"msa_conv2d: backend 'cpu' is unavailable: {reason}")
     ct = _compute_dtype(pb.dtype)
     cast = (lambda t: None if t is None else t.to(ct))
-    return ext, ct, cast(extra_k), cast(extra_v)
+    return ext, _storage_dtype(pb.dtype), cast(extra_k), cast(extra_v)
 
 
 class CpuBackend:
@@ -68,18 +75,18 @@ class CpuBackend:
 
     def forward_with_stats(self, q, k, v, extra_k, extra_v, pb: Problem) -> tuple[torch.Tensor, torch.Tensor]:
         """``(out [B,h,D,Ho,Wo] in q's dtype, lse [B,h,Ho,Wo] in the compute dtype)``; not differentiable."""
-        ext, ct, ek, ev = _prepare(pb, extra_k, extra_v)
+        ext, st, ek, ev = _prepare(pb, extra_k, extra_v)
         with torch.no_grad():
-            out, lse = ext.forward(_planes(q, ct), _planes(k, ct), _planes(v, ct), ek, ev, *_args(pb), pb.layout == "bhwd")
+            out, lse = ext.forward(_planes(q, st), _planes(k, st), _planes(v, st), ek, ev, *_args(pb), pb.layout == "bhwd")
         return out.to(pb.dtype), lse
 
     def backward(self, dout, q, k, v, extra_k, extra_v, out, lse, pb: Problem):
         """Gradients ``(dq, dk, dv, d_extra_k | None, d_extra_v | None)`` from the saved ``out`` and ``lse``."""
-        ext, ct, ek, ev = _prepare(pb, extra_k, extra_v)
+        ext, st, ek, ev = _prepare(pb, extra_k, extra_v)
         with torch.no_grad():
-            dq, dk, dv, dek, dev = ext.backward(_planes(dout, ct), _planes(q, ct), _planes(k, ct), _planes(v, ct), ek,
-                                                ev, _planes(out, ct), lse, *_args(pb), pb.layout == "bhwd")
-        cast = (lambda t: t.to(pb.dtype)) if ct != pb.dtype else (lambda t: t)
+            dq, dk, dv, dek, dev = ext.backward(_planes(dout, st), _planes(q, st), _planes(k, st), _planes(v, st), ek,
+                                                ev, _planes(out, st), lse, *_args(pb), pb.layout == "bhwd")
+        cast = (lambda t: t.to(pb.dtype))
         if extra_k is None:
             dek = dev = None
         else:

@@ -34,8 +34,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 // The vector width: the widest the target has, capped at MSA_MAX_VECTOR_BYTES (the build passes
@@ -391,6 +393,88 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
   for (; c < n; ++c) dst[c] = src[c];
 }
 
+// ---------------------------------------------------------------------------------------------
+// Storage types. The tensors the kernels read and write hold either the compute type T (float, double) or
+// bfloat16 (autocast's dtype on CPUs), computed in float: rows are converted while they move into and out of
+// the kernels' buffers, so no converted copy of a tensor is ever made. float -> bfloat16 rounds to nearest
+// even (a NaN becomes 0x7FC0), as torch's .to() does; bfloat16 -> float is exact.
+struct bf16 {
+  uint16_t bits;
+};
+template <typename S> struct IsBf16 : std::false_type {};
+template <> struct IsBf16<bf16> : std::true_type {};
+
+inline float bf16_to_float(bf16 h) {
+  const uint32_t u = (uint32_t)h.bits << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline bf16 float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{0x7FC0};
+  return bf16{(uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+// one element from type S to type D (D and S the same, or one of them bf16 and the other float)
+template <typename D, typename S> inline D convert(S x) {
+  if constexpr (std::is_same<D, S>::value) return x;
+  else if constexpr (IsBf16<S>::value) return bf16_to_float(x);
+  else return float_to_bf16(x);
+}
+
+typedef uint16_t VecBf16 __attribute__((vector_size(MSA_VBYTES / 2)));
+typedef uint32_t VecU32 __attribute__((vector_size(MSA_VBYTES)));
+inline Vec<float>::type vload_bf16(const bf16* p) {
+  VecBf16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const VecU32 u = __builtin_convertvector(h, VecU32) << 16;
+  Vec<float>::type f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline void vstore_bf16(bf16* p, Vec<float>::type f) {
+  VecU32 u;
+  std::memcpy(&u, &f, sizeof(u));
+  const VecU32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const VecU32 nan = VecU32{} + 0x7FC0u;
+  const VecBf16 h = __builtin_convertvector((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded, VecBf16);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+// dst[0:n] = src[0:n], converted from type S to type D (copy_row when they are the same)
+template <typename D, typename S>
+inline void convert_row(D* dst, const S* src, int64_t n) {
+  if constexpr (std::is_same<D, S>::value) {
+    copy_row<D>(dst, src, n);
+  } else {
+    constexpr int L = Vec<float>::L;
+    int64_t c = 0;
+    if constexpr (IsBf16<S>::value)
+      for (; c + L <= n; c += L) vstore<float>(dst + c, vload_bf16(src + c));
+    else
+      for (; c + L <= n; c += L) vstore_bf16(dst + c, vload<float>(src + c));
+    for (; c < n; ++c) dst[c] = convert<D>(src[c]);
+  }
+}
+
+// p itself where the storage type is the compute type (a row read or written in place), else nullptr
+template <typename T, typename S> inline const T* in_place(const S* p) {
+  if constexpr (std::is_same<T, S>::value) return p;
+  else return nullptr;
+}
+template <typename T, typename S> inline T* in_place(S* p) {
+  if constexpr (std::is_same<T, S>::value) return p;
+  else return nullptr;
+}
+
+// a per-thread buffer of at least n elements (the row converters' staging area; it stays in L1)
+template <typename T> inline T* staging(size_t n) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 // the cache lines of columns [c0, c1) of a row whose D channels are inner (cs == 1): a run of D per column,
 // column c at src + c * es
 template <typename T>
@@ -467,28 +551,45 @@ inline void transpose(T* dst, int64_t ds, const T* src, int64_t ss, int64_t rows
 // n columns x D channels of a row at src (column stride st.es, channel stride st.cs) -> dst[d * ds + c]. A row
 // of the channels-first layout is D runs of n; where D is the inner axis (es > 1, cs == 1: [.., W, D] memory)
 // it is n runs of D, read in memory order and transposed into the buffer, which stays in L1.
-template <typename T>
-inline void load_row(T* dst, int64_t ds, const T* src, const Strides& st, int64_t D, int64_t n) {
+// A bfloat16 row with D inner is converted run by run into a staging block [n][D] first, then transposed.
+template <typename T, typename S>
+inline void load_row(T* dst, int64_t ds, const S* src, const Strides& st, int64_t D, int64_t n) {
   if (st.es == 1) {
-    for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * ds, src + d * st.cs, n);
+    for (int64_t d = 0; d < D; ++d) convert_row<T, S>(dst + d * ds, src + d * st.cs, n);
   } else if (st.cs == 1) {
-    transpose<T, true>(dst, ds, src, st.es, n, D);
+    if constexpr (std::is_same<T, S>::value) {
+      transpose<T, true>(dst, ds, src, st.es, n, D);
+    } else {
+      T* tmp = staging<T>((size_t)(n * D));
+      prefetch_columns<S>(src, st.es, D, 0, std::min(n, PREFETCH_COLUMNS));
+      for (int64_t c = 0; c < n; ++c) {
+        if (c + PREFETCH_COLUMNS < n) prefetch_columns<S>(src, st.es, D, c + PREFETCH_COLUMNS, c + PREFETCH_COLUMNS + 1);
+        convert_row<T, S>(tmp + c * D, src + c * st.es, D);
+      }
+      transpose<T, false>(dst, ds, tmp, D, n, D);
+    }
   } else {
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t c = 0; c < n; ++c) dst[d * ds + c] = src[d * st.cs + c * st.es];
+      for (int64_t c = 0; c < n; ++c) dst[d * ds + c] = convert<T>(src[d * st.cs + c * st.es]);
   }
 }
 
 // the inverse: src[d * ss + c] -> n columns x D channels of a row at dst
-template <typename T>
-inline void store_row(T* dst, const Strides& st, const T* src, int64_t ss, int64_t D, int64_t n) {
+template <typename T, typename S>
+inline void store_row(S* dst, const Strides& st, const T* src, int64_t ss, int64_t D, int64_t n) {
   if (st.es == 1) {
-    for (int64_t d = 0; d < D; ++d) copy_row<T>(dst + d * st.cs, src + d * ss, n);
+    for (int64_t d = 0; d < D; ++d) convert_row<S, T>(dst + d * st.cs, src + d * ss, n);
   } else if (st.cs == 1) {
-    transpose<T, false>(dst, st.es, src, ss, D, n);
+    if constexpr (std::is_same<T, S>::value) {
+      transpose<T, false>(dst, st.es, src, ss, D, n);
+    } else {
+      T* tmp = staging<T>((size_t)(n * D));
+      transpose<T, false>(tmp, D, src, ss, D, n);
+      for (int64_t c = 0; c < n; ++c) convert_row<S, T>(dst + c * st.es, tmp + c * D, D);
+    }
   } else {
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t c = 0; c < n; ++c) dst[d * st.cs + c * st.es] = src[d * ss + c];
+      for (int64_t c = 0; c < n; ++c) dst[d * st.cs + c * st.es] = convert<S>(src[d * ss + c]);
   }
 }
 
@@ -498,48 +599,48 @@ inline void store_row(T* dst, const Strides& st, const T* src, int64_t ss, int64
 // hardware prefetcher follows by itself.
 constexpr int64_t PREFETCH_ROWS = 2;
 
-template <typename T>
-inline void prefetch_row(const T* plane, const Strides& st, int64_t r, const Geometry& g) {
+template <typename S>
+inline void prefetch_row(const S* plane, const Strides& st, int64_t r, const Geometry& g) {
   if (r >= g.H) return;
   if (st.es != 1) {
-    if (st.cs == 1) prefetch_columns<T>(plane + r * st.rs, st.es, g.D, 0, g.W);
+    if (st.cs == 1) prefetch_columns<S>(plane + r * st.rs, st.es, g.D, 0, g.W);
     return;
   }
-  constexpr int64_t line = 64 / sizeof(T);
+  constexpr int64_t line = 64 / sizeof(S);
   for (int64_t d = 0; d < g.D; ++d)
     for (int64_t c = 0; c < g.W; c += line) __builtin_prefetch(plane + d * st.cs + r * st.rs + c);
 }
 
 // one row r of a plane -> padded [D][Wp] buffer. The buffers are zero-initialised and, except for
 // 'circular', only their interior columns [pl, pl + W) are ever written, so the zero margins need no refill.
-template <typename T>
-inline void pad_row(T* dst, const T* plane, const Strides& st, int64_t r, const Geometry& g) {
+template <typename T, typename S>
+inline void pad_row(T* dst, const S* plane, const Strides& st, int64_t r, const Geometry& g) {
   const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl;
-  prefetch_row<T>(plane, st, r + PREFETCH_ROWS, g);
+  prefetch_row<S>(plane, st, r + PREFETCH_ROWS, g);
   if (g.border == CIRCULAR) {
     for (int64_t d = 0; d < g.D; ++d) {
-      const T* src = plane + d * st.cs + r * st.rs;
+      const S* src = plane + d * st.cs + r * st.rs;
       T* o = dst + d * Wp;
-      for (int64_t c = 0; c < Wp; ++c) o[c] = src[((((c - pl) % W) + W) % W) * st.es];
+      for (int64_t c = 0; c < Wp; ++c) o[c] = convert<T>(src[((((c - pl) % W) + W) % W) * st.es]);
     }
   } else {
-    load_row<T>(dst + pl, Wp, plane + r * st.rs, st, g.D, W);
+    load_row<T, S>(dst + pl, Wp, plane + r * st.rs, st, g.D, W);
   }
 }
 
 // every row of a plane -> padded [H][D][Wp] buffers, reading the plane in memory order (not 'circular')
-template <typename T>
-inline void pad_plane(T* dst, const T* plane, const Strides& st, const Geometry& g) {
+template <typename T, typename S>
+inline void pad_plane(T* dst, const S* plane, const Strides& st, const Geometry& g) {
   const int64_t W = g.W, Wp = g.Wp, pl = g.C.pl, rowsz = g.D * Wp;
   if (st.es != 1) {  // rows are the outer axis in memory: row by row, asking for the next row's first columns
     for (int64_t r = 0; r < g.H; ++r) {
-      if (r + 1 < g.H && st.cs == 1) prefetch_columns<T>(plane + (r + 1) * st.rs, st.es, g.D, 0, std::min(W, PREFETCH_COLUMNS));
-      load_row<T>(dst + r * rowsz + pl, Wp, plane + r * st.rs, st, g.D, W);
+      if (r + 1 < g.H && st.cs == 1) prefetch_columns<S>(plane + (r + 1) * st.rs, st.es, g.D, 0, std::min(W, PREFETCH_COLUMNS));
+      load_row<T, S>(dst + r * rowsz + pl, Wp, plane + r * st.rs, st, g.D, W);
     }
     return;
   }
   for (int64_t d = 0; d < g.D; ++d)
-    for (int64_t r = 0; r < g.H; ++r) copy_row<T>(dst + r * rowsz + d * Wp + pl, plane + d * st.cs + r * st.rs, W);
+    for (int64_t r = 0; r < g.H; ++r) convert_row<T, S>(dst + r * rowsz + d * Wp + pl, plane + d * st.cs + r * st.rs, W);
 }
 
 // Per-thread scratch for one query row.
@@ -568,10 +669,10 @@ struct RowScratch {
 };
 
 // row y of a plane at columns x*sw into buf[d * bs + x], x < Wo (the tail is left as it is)
-template <typename T>
-inline void gather_row(T* buf, int64_t bs, const T* plane, const Strides& st, int64_t y, const Geometry& g) {
+template <typename T, typename S>
+inline void gather_row(T* buf, int64_t bs, const S* plane, const Strides& st, int64_t y, const Geometry& g) {
   const Strides sst = {st.cs, st.rs, st.es * g.sw};  // every sw-th column
-  load_row<T>(buf, bs, plane + y * st.rs, sst, g.D, g.Wo);
+  load_row<T, S>(buf, bs, plane + y * st.rs, sst, g.D, g.Wo);
 }
 
 // The valid slots of query row yo: pointers into the padded k / v rows (via rowptr(r)), and logits
@@ -650,15 +751,21 @@ void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const 
 }
 
 // ---------------------------------------------------------------------------------------------
-template <typename T, bool UNIT>
+// the elements of a tensor whose dtype is the storage type S (checked by the caller)
+template <typename S> inline const S* elems(const at::Tensor& t) { return static_cast<const S*>(t.const_data_ptr()); }
+template <typename S> inline S* mutable_elems(at::Tensor& t) { return static_cast<S*>(t.mutable_data_ptr()); }
+
+// T: the compute type; S: the storage type of q, k, v and out (T, or bf16 with T float). lse and the extra
+// keys / values are T.
+template <typename T, typename S, bool UNIT>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const T* ek_all, const T* ev_all,
                   const Geometry& g, T scale, at::Tensor& out, at::Tensor& lse) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
-  const T* qd = q.data_ptr<T>();
-  const T* kd = k.data_ptr<T>();
-  const T* vd = v.data_ptr<T>();
-  T* od = out.data_ptr<T>();
+  const S* qd = elems<S>(q);
+  const S* kd = elems<S>(k);
+  const S* vd = elems<S>(v);
+  S* od = mutable_elems<S>(out);
   T* ld = lse.data_ptr<T>();
   const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
   const int64_t osb = out.stride(0), osh = out.stride(1);
@@ -668,8 +775,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int WoV = g.WoV;
   const int64_t rowsz = g.D * g.Wp;
 
-  // rows are whole vectors of unit-stride columns: read q and write out in place
-  const bool direct = UNIT && g.Wo % L == 0 && qst.es == 1 && ost.es == 1;
+  // rows are whole vectors of unit-stride columns in the compute type: read q and write out in place
+  const bool direct = std::is_same<T, S>::value && UNIT && g.Wo % L == 0 && qst.es == 1 && ost.es == 1;
   // Tasks are handed out in chunks from a shared counter (dynamic scheduling: on a shared machine a thread
   // that gets descheduled does not hold up the others). Tasks write disjoint outputs, so which thread
   // runs one never changes the result.
@@ -700,14 +807,14 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     for (int64_t t = t0; t < std::min(t0 + chunk, tasks); ++t) {
       const int64_t p = t / g.Ho, yo = t % g.Ho;
       const int64_t b = p / g.h, hh = p % g.h;
-      const T* qp = qd + b * qsb + hh * qsh;
-      const T* kp = kd + b * ksb + hh * ksh;
-      const T* vp = vd + b * vsb + hh * vsh;
+      const S* qp = qd + b * qsb + hh * qsh;
+      const S* kp = kd + b * ksb + hh * ksh;
+      const S* vp = vd + b * vsb + hh * vsh;
       const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
       const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
       if (whole_plane && stamp[0] != p * g.H) {  // a chunk is the whole plane: pad every row, reading k and v in order
-        pad_plane<T>(kpad.data(), kp, kst, g);
-        pad_plane<T>(vpad.data(), vp, vst, g);
+        pad_plane<T, S>(kpad.data(), kp, kst, g);
+        pad_plane<T, S>(vpad.data(), vp, vst, g);
         for (int64_t r = 0; r < g.H; ++r) stamp[r] = p * g.H + r;
       }
       auto rowptr = [&](int r) {
@@ -715,17 +822,17 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         T* kr = kpad.data() + slot * rowsz;
         T* vr = vpad.data() + slot * rowsz;
         if (stamp[slot] != p * g.H + r) {
-          pad_row<T>(kr, kp, kst, r, g);
-          pad_row<T>(vr, vp, vst, r, g);
+          pad_row<T, S>(kr, kp, kst, r, g);
+          pad_row<T, S>(vr, vp, vst, r, g);
           stamp[slot] = p * g.H + r;
         }
         return std::pair<const T*, const T*>(kr, vr);
       };
       // q row: read in place when rows are whole vectors, else gathered into a padded buffer
-      const T* X = qp + yo * g.sh * qst.rs;
+      const T* X = in_place<T>(qp + yo * g.sh * qst.rs);
       int64_t xs = qst.cs;
       if (!direct) {
-        gather_row<T>(s.qbuf.data(), WoV, qp, qst, yo * g.sh, g);
+        gather_row<T, S>(s.qbuf.data(), WoV, qp, qst, yo * g.sh, g);
         X = s.qbuf.data();
         xs = WoV;
       }
@@ -759,8 +866,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       }
 
       // out = (e . v + e_extra . v_extra) / sum, written in place when rows are whole vectors
-      T* const orow = od + b * osb + hh * osh + yo * ost.rs;
-      T* O = direct ? orow : s.obuf.data();
+      S* const orow = od + b * osb + hh * osh + yo * ost.rs;
+      T* O = direct ? in_place<T>(orow) : s.obuf.data();
       const int64_t os = direct ? ost.cs : WoV;
       const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
       for (size_t e = 0; e < nexc; ++e)  // clamp border columns: scalar below, out of the vector pass
@@ -784,28 +891,29 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           }
         }
       }
-      if (!direct) store_row<T>(orow, ost, s.obuf.data(), WoV, g.D, g.Wo);  // write the row
+      if (!direct) store_row<T, S>(orow, ost, s.obuf.data(), WoV, g.D, g.Wo);  // write the row
       copy_row<T>(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), g.Wo);
     }
    }
   });
 }
 
-template <typename T, bool UNIT>
+// T, S: as in the forward; dout, out, dq, dk and dv are S too
+template <typename T, typename S, bool UNIT>
 void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const T* ek_all, const T* ev_all, const at::Tensor& out, const at::Tensor& lse,
                    const Geometry& g, T scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* dek_all, T* dev_all) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
-  const T* qd = q.data_ptr<T>();
-  const T* kd = k.data_ptr<T>();
-  const T* vd = v.data_ptr<T>();
-  const T* od = out.data_ptr<T>();
+  const S* qd = elems<S>(q);
+  const S* kd = elems<S>(k);
+  const S* vd = elems<S>(v);
+  const S* od = elems<S>(out);
   const T* ld = lse.data_ptr<T>();
-  const T* gd = dout.data_ptr<T>();
-  T* dqd = dq.data_ptr<T>();
-  T* dkd = dk.data_ptr<T>();
-  T* dvd = dv.data_ptr<T>();
+  const S* gd = elems<S>(dout);
+  S* dqd = mutable_elems<S>(dq);
+  S* dkd = mutable_elems<S>(dk);
+  S* dvd = mutable_elems<S>(dv);
   const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
   const Strides qst = strides_of(q), kst = strides_of(k), vst = strides_of(v), ost = strides_of(out), gst = strides_of(dout);
   const Strides dqst = strides_of(dq), dkst = strides_of(dk), dvst = strides_of(dv);
@@ -838,35 +946,35 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     std::vector<int64_t> xoff(g.K);
     for (int64_t p = next.fetch_add(1); p < planes; p = next.fetch_add(1)) {
       const int64_t b = p / g.h, hh = p % g.h;
-      const T* qp = qd + b * qsb + hh * qsh;
-      const T* kp = kd + b * ksb + hh * ksh;
-      const T* vp = vd + b * vsb + hh * vsh;
-      const T* op = od + b * out.stride(0) + hh * out.stride(1);
-      const T* gp = gd + b * dout.stride(0) + hh * dout.stride(1);
+      const S* qp = qd + b * qsb + hh * qsh;
+      const S* kp = kd + b * ksb + hh * ksh;
+      const S* vp = vd + b * vsb + hh * vsh;
+      const S* op = od + b * out.stride(0) + hh * out.stride(1);
+      const S* gp = gd + b * dout.stride(0) + hh * dout.stride(1);
       const T* ek = ek_all ? ek_all + p * g.M * g.D : nullptr;
       const T* ev = ev_all ? ev_all + p * g.M * g.D : nullptr;
       T* dek = dek_all ? dek_all + p * g.M * g.D : nullptr;
       T* dev = dev_all ? dev_all + p * g.M * g.D : nullptr;
       for (int64_t r = 0; r < g.H; ++r) {
-        pad_row<T>(kpad.data() + r * rowsz, kp, kst, r, g);
-        pad_row<T>(vpad.data() + r * rowsz, vp, vst, r, g);
+        pad_row<T, S>(kpad.data() + r * rowsz, kp, kst, r, g);
+        pad_row<T, S>(vpad.data() + r * rowsz, vp, vst, r, g);
       }
       std::fill(dkpad.begin(), dkpad.end(), T(0));
       std::fill(dvpad.begin(), dvpad.end(), T(0));
       auto rowptr = [&](int r) {
         return std::pair<const T*, const T*>(kpad.data() + r * rowsz, vpad.data() + r * rowsz);
       };
-      T* dqp = dqd + b * dq.stride(0) + hh * dq.stride(1);  // dq is a fresh tensor of zeros
+      S* dqp = dqd + b * dq.stride(0) + hh * dq.stride(1);  // dq is a fresh tensor of zeros
       for (int64_t yo = 0; yo < g.Ho; ++yo) {
         // q row (strided gather when sw > 1) and dout row into the margined buffers; tails stay zero
-        gather_row<T>(Q, QW, qp, qst, yo * g.sh, g);
-        load_row<T>(G, QW, gp + yo * gst.rs, gst, g.D, g.Wo);
+        gather_row<T, S>(Q, QW, qp, qst, yo * g.sh, g);
+        load_row<T, S>(G, QW, gp + yo * gst.rs, gst, g.D, g.Wo);
         // delta = <dout, out> per query: dout from its row buffer, out straight from the tensor
         std::fill(delta.begin(), delta.end(), T(0));
         for (int64_t d = 0; d < g.D; ++d) {
           const T* gr = G + d * QW;
-          const T* orow = op + d * ost.cs + yo * ost.rs;
-          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x] * orow[x * ost.es];
+          const S* orow = op + d * ost.cs + yo * ost.rs;
+          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x] * convert<T>(orow[x * ost.es]);
         }
         const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
         const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
@@ -970,30 +1078,32 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
           }
         }
         const Strides dqs = {dqst.cs, dqst.rs, dqst.es * g.sw};  // every sw-th column
-        store_row<T>(dqp + yo * g.sh * dqst.rs, dqs, dqbuf.data(), WoV, g.D, g.Wo);
+        store_row<T, S>(dqp + yo * g.sh * dqst.rs, dqs, dqbuf.data(), WoV, g.D, g.Wo);
       }
       // fold the padded key / value gradients back into the plane
-      T* dkp = dkd + b * dk.stride(0) + hh * dk.stride(1);
-      T* dvp = dvd + b * dv.stride(0) + hh * dv.stride(1);
+      S* dkp = dkd + b * dk.stride(0) + hh * dk.stride(1);
+      S* dvp = dvd + b * dv.stride(0) + hh * dv.stride(1);
       const int64_t W = g.W, pl = g.C.pl;
+      std::vector<T> fold_k(g.border == CIRCULAR ? g.D * W : 0), fold_v(fold_k.size());
       for (int64_t r = 0; r < g.H; ++r) {
         const T* sk = dkpad.data() + r * rowsz;
         const T* sv = dvpad.data() + r * rowsz;
         if (g.border != CIRCULAR) {
-          store_row<T>(dkp + r * dkst.rs, dkst, sk + pl, g.Wp, g.D, W);
-          store_row<T>(dvp + r * dvst.rs, dvst, sv + pl, g.Wp, g.D, W);
+          store_row<T, S>(dkp + r * dkst.rs, dkst, sk + pl, g.Wp, g.D, W);
+          store_row<T, S>(dvp + r * dvst.rs, dvst, sv + pl, g.Wp, g.D, W);
           continue;
         }
-        for (int64_t d = 0; d < g.D; ++d) {
-          T* ok = dkp + d * dkst.cs + r * dkst.rs;
-          T* ov = dvp + d * dvst.cs + r * dvst.rs;
-          for (int64_t x = 0; x < W; ++x) ok[x * dkst.es] = ov[x * dvst.es] = T(0);
+        // 'circular': padded columns wrap around onto the row's W columns, summed in T, then stored
+        std::fill(fold_k.begin(), fold_k.end(), T(0));
+        std::fill(fold_v.begin(), fold_v.end(), T(0));
+        for (int64_t d = 0; d < g.D; ++d)
           for (int64_t c = 0; c < g.Wp; ++c) {
             const int64_t x = (((c - pl) % W) + W) % W;
-            ok[x * dkst.es] += sk[d * g.Wp + c];
-            ov[x * dvst.es] += sv[d * g.Wp + c];
+            fold_k[d * W + x] += sk[d * g.Wp + c];
+            fold_v[d * W + x] += sv[d * g.Wp + c];
           }
-        }
+        store_row<T, S>(dkp + r * dkst.rs, dkst, fold_k.data(), W, g.D, W);
+        store_row<T, S>(dvp + r * dvst.rs, dvst, fold_v.data(), W, g.D, W);
       }
     }
    }
@@ -1015,24 +1125,59 @@ at::Tensor opt_contig(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() && t->numel() > 0 ? t->contiguous() : at::Tensor();
 }
 
+
+// The storage type of a call: every tensor of q, k, v (and dout, out) has q's dtype; float and double compute in
+// it, bfloat16 in float. The extra keys / values and lse are in the compute type.
+void check_storage(const at::Tensor& q, std::initializer_list<std::pair<const at::Tensor*, const char*>> others) {
+  for (const auto& [t, name] : others)
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "msaconv cpu kernel: ", name, " has dtype ", t->scalar_type(),
+                ", q has ", q.scalar_type(), "; pass every tensor in one dtype");
+}
+
+template <typename T, typename S>
+void forward_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& ek,
+                   const at::Tensor& ev, int64_t M, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t sh,
+                   int64_t sw, int64_t border, double scale, bool bhwd_out, at::Tensor& out, at::Tensor& lse) {
+  const Geometry g = make_geometry<T>(q, M, kh, kw, dh, dw, sh, sw, border);
+  out = new_planes({g.B, g.h, g.D, g.Ho, g.Wo}, q.options(), bhwd_out, false);
+  lse = at::empty({g.B, g.h, g.Ho, g.Wo}, q.options().dtype(c10::CppTypeToScalarType<T>::value));
+  const T* ekp = M ? ek.data_ptr<T>() : nullptr;
+  const T* evp = M ? ev.data_ptr<T>() : nullptr;
+  if (sw == 1) forward_impl<T, S, true>(q, k, v, ekp, evp, g, (T)scale, out, lse);
+  else forward_impl<T, S, false>(q, k, v, ekp, evp, g, (T)scale, out, lse);
+}
+
+template <typename T, typename S>
+void backward_typed(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& ek, const at::Tensor& ev, const at::Tensor& out, const at::Tensor& lse, int64_t M,
+                    int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t sh, int64_t sw, int64_t border,
+                    double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& dek, at::Tensor& dev) {
+  const Geometry g = make_geometry<T>(q, M, kh, kw, dh, dw, sh, sw, border);
+  const T* ekp = M ? ek.data_ptr<T>() : nullptr;
+  const T* evp = M ? ev.data_ptr<T>() : nullptr;
+  T* dekp = M ? dek.data_ptr<T>() : nullptr;
+  T* devp = M ? dev.data_ptr<T>() : nullptr;
+  if (sw == 1) backward_impl<T, S, true>(dout, q, k, v, ekp, evp, out, lse, g, (T)scale, dq, dk, dv, dekp, devp);
+  else backward_impl<T, S, false>(dout, q, k, v, ekp, evp, out, lse, g, (T)scale, dq, dk, dv, dekp, devp);
+}
+
 }  // namespace
 
 std::vector<at::Tensor> msa_forward(at::Tensor q, at::Tensor k, at::Tensor v, c10::optional<at::Tensor> extra_k,
                                     c10::optional<at::Tensor> extra_v, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
                                     int64_t sh, int64_t sw, int64_t border, double scale, bool bhwd_out) {
   check_plane(q, "q"); check_plane(k, "k"); check_plane(v, "v");
+  check_storage(q, {{&k, "k"}, {&v, "v"}});
   at::Tensor ek = opt_contig(extra_k), ev = opt_contig(extra_v);
   const int64_t M = ek.defined() ? ek.size(2) : 0;
   at::Tensor out, lse;
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "msa_forward", [&] {
-    Geometry g = make_geometry<scalar_t>(q, M, kh, kw, dh, dw, sh, sw, border);
-    out = new_planes({g.B, g.h, g.D, g.Ho, g.Wo}, q.options(), bhwd_out, false);
-    lse = at::empty({g.B, g.h, g.Ho, g.Wo}, q.options());
-    const scalar_t* ekp = M ? ek.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* evp = M ? ev.data_ptr<scalar_t>() : nullptr;
-    if (sw == 1) forward_impl<scalar_t, true>(q, k, v, ekp, evp, g, (scalar_t)scale, out, lse);
-    else forward_impl<scalar_t, false>(q, k, v, ekp, evp, g, (scalar_t)scale, out, lse);
-  });
+  if (q.scalar_type() == at::kBFloat16) {
+    forward_typed<float, bf16>(q, k, v, ek, ev, M, kh, kw, dh, dw, sh, sw, border, scale, bhwd_out, out, lse);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "msa_forward", [&] {
+      forward_typed<scalar_t, scalar_t>(q, k, v, ek, ev, M, kh, kw, dh, dw, sh, sw, border, scale, bhwd_out, out, lse);
+    });
+  }
   return {out, lse};
 }
 
@@ -1041,6 +1186,7 @@ std::vector<at::Tensor> msa_backward(at::Tensor dout, at::Tensor q, at::Tensor k
                                      at::Tensor out, at::Tensor lse, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
                                      int64_t sh, int64_t sw, int64_t border, double scale, bool bhwd_out) {
   check_plane(q, "q"); check_plane(k, "k"); check_plane(v, "v"); check_plane(dout, "dout"); check_plane(out, "out");
+  check_storage(q, {{&k, "k"}, {&v, "v"}, {&dout, "dout"}, {&out, "out"}});
   lse = lse.contiguous();
   at::Tensor ek = opt_contig(extra_k), ev = opt_contig(extra_v);
   const int64_t M = ek.defined() ? ek.size(2) : 0;
@@ -1052,15 +1198,15 @@ std::vector<at::Tensor> msa_backward(at::Tensor dout, at::Tensor q, at::Tensor k
     dek = at::zeros(ek.sizes(), ek.options());
     dev = at::zeros(ev.sizes(), ev.options());
   }
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "msa_backward", [&] {
-    Geometry g = make_geometry<scalar_t>(q, M, kh, kw, dh, dw, sh, sw, border);
-    const scalar_t* ekp = M ? ek.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* evp = M ? ev.data_ptr<scalar_t>() : nullptr;
-    scalar_t* dekp = M ? dek.data_ptr<scalar_t>() : nullptr;
-    scalar_t* devp = M ? dev.data_ptr<scalar_t>() : nullptr;
-    if (sw == 1) backward_impl<scalar_t, true>(dout, q, k, v, ekp, evp, out, lse, g, (scalar_t)scale, dq, dk, dv, dekp, devp);
-    else backward_impl<scalar_t, false>(dout, q, k, v, ekp, evp, out, lse, g, (scalar_t)scale, dq, dk, dv, dekp, devp);
-  });
+  if (q.scalar_type() == at::kBFloat16) {
+    backward_typed<float, bf16>(dout, q, k, v, ek, ev, out, lse, M, kh, kw, dh, dw, sh, sw, border, scale, dq, dk, dv,
+                                dek, dev);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "msa_backward", [&] {
+      backward_typed<scalar_t, scalar_t>(dout, q, k, v, ek, ev, out, lse, M, kh, kw, dh, dw, sh, sw, border, scale,
+                                         dq, dk, dv, dek, dev);
+    });
+  }
   return {dq, dk, dv, dek, dev};
 }
 
