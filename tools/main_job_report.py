@@ -229,7 +229,8 @@ def timing_lines(shipped: dict | None) -> list[str]:
 
 
 def other_timings(shipped: dict | None) -> list[str]:
-    """The same command timed on other machines (``MSACONV_TIMING_OUT=results/main_job/timing_<name>``)."""
+    """The same command timed again, on other machines or at later commits
+    (``MSACONV_TIMING_OUT=results/main_job/timing_<name>``)."""
     out = []
     for path in sorted(RUNS.glob("timing_*/timing.json")):
         t, run = json.loads(path.read_text()), load(path.parent)
@@ -242,9 +243,10 @@ def other_timings(shipped: dict | None) -> list[str]:
                    + f"); top-1 at 24 / 32 / 40 / 48 px {tops}"
                    + (" (the shipped run's to the last digit)" if same else
                       f" (recipe {recipe(run)}: an earlier recipe than the shipped run's)" if run and shipped
-                      and recipe(run) != recipe(shipped) else " (the shipped run's differ: another machine rounds its "
-                      "sums in another order)" if run else "") + ".")
-    return ["", "## The main command timed on other machines", ""] + out if out else []
+                      and recipe(run) != recipe(shipped) else " (differs from the shipped run's: `backend=None` times each "
+                      "shape's backends on first use and keeps the fastest, and another pick, commit or machine rounds "
+                      "its sums in another order)" if run else "") + ".")
+    return ["", "## The main command timed again (other machines or later commits)", ""] + out if out else []
 
 
 def recal_section(run: Path) -> list[str]:
