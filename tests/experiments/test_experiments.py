@@ -528,3 +528,13 @@ def test_a_failure_followed_by_a_success_is_not_listed():
             {"config": "c", "seed": 1, "error": "x"}]
     open_ = C.open_failures(recs, lambda r: (r["config"], r["seed"]))
     assert [(r["config"], r["error"]) for r in open_] == [("b", "killed"), ("c", "x")]
+
+
+def test_one_seed_gets_no_verdict():
+    """A paired difference of one seed has no spread: it is printed without a verdict, never as 'within noise'."""
+    one = C.verdict([-16.59], base_std=0.6)
+    assert not one["real"]
+    assert C.fmt_verdict(one) == "-16.59 ± 0.00 (n 1; noise 0.60: one seed, no verdict)"
+    two = C.verdict([-0.5, -0.7], base_std=0.6)
+    assert C.fmt_verdict(two) == "-0.60 ± 0.14 (n 2; noise 0.60: within noise)"
+    assert C.fmt_verdict(C.verdict([-16.5, -16.7], base_std=0.6)).endswith("**real**)")

@@ -721,8 +721,8 @@ def verdict(diffs: Sequence[float], base_std: float = 0.0, floor: float = 0.0) -
 def fmt_verdict(v: dict, digits: int = 2) -> str:
     if not v["n"]:
         return "-"
-    return (f"{v['mean']:+.{digits}f} ± {v['std']:.{digits}f} (n {v['n']}; noise {v['noise']:.{digits}f}: "
-            + ("**real**" if v["real"] else "within noise") + ")")
+    said = "**real**" if v["real"] else "within noise" if v["n"] >= 2 else "one seed, no verdict"
+    return f"{v['mean']:+.{digits}f} ± {v['std']:.{digits}f} (n {v['n']}; noise {v['noise']:.{digits}f}: {said})"
 
 
 def bar_sentence(top1: dict, what: str) -> str:
