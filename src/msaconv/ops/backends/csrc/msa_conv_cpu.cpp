@@ -27,6 +27,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -396,32 +397,11 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // Storage types. The tensors the kernels read and write hold either the compute type T (float, double) or
 // bfloat16 (autocast's dtype on CPUs), computed in float: rows are converted while they move into and out of
-// the kernels' buffers, so no converted copy of a tensor is ever made. float -> bfloat16 rounds to nearest
-// even (a NaN becomes 0x7FC0), as torch's .to() does; bfloat16 -> float is exact.
-struct bf16 {
-  uint16_t bits;
-};
-template <typename S> struct IsBf16 : std::false_type {};
-template <> struct IsBf16<bf16> : std::true_type {};
-
-inline float bf16_to_float(bf16 h) {
-  const uint32_t u = (uint32_t)h.bits << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-inline bf16 float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{0x7FC0};
-  return bf16{(uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
-}
-// one element from type S to type D (D and S the same, or one of them bf16 and the other float)
-template <typename D, typename S> inline D convert(S x) {
-  if constexpr (std::is_same<D, S>::value) return x;
-  else if constexpr (IsBf16<S>::value) return bf16_to_float(x);
-  else return float_to_bf16(x);
-}
+// the kernels' buffers, so no converted copy of a tensor is ever made. Single elements convert with
+// c10::BFloat16's own rules (float -> bfloat16 rounds to nearest even, a NaN becomes 0x7FC0); the vector
+// converters below follow the same rules.
+using bf16 = c10::BFloat16;
+template <typename S> using IsBf16 = std::is_same<S, bf16>;
 
 typedef uint16_t VecBf16 __attribute__((vector_size(MSA_VBYTES / 2)));
 typedef uint32_t VecU32 __attribute__((vector_size(MSA_VBYTES)));
@@ -454,7 +434,7 @@ inline void convert_row(D* dst, const S* src, int64_t n) {
       for (; c + L <= n; c += L) vstore<float>(dst + c, vload_bf16(src + c));
     else
       for (; c + L <= n; c += L) vstore_bf16(dst + c, vload<float>(src + c));
-    for (; c < n; ++c) dst[c] = convert<D>(src[c]);
+    for (; c < n; ++c) dst[c] = static_cast<D>(src[c]);
   }
 }
 
@@ -570,7 +550,7 @@ inline void load_row(T* dst, int64_t ds, const S* src, const Strides& st, int64_
     }
   } else {
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t c = 0; c < n; ++c) dst[d * ds + c] = convert<T>(src[d * st.cs + c * st.es]);
+      for (int64_t c = 0; c < n; ++c) dst[d * ds + c] = static_cast<T>(src[d * st.cs + c * st.es]);
   }
 }
 
@@ -589,7 +569,7 @@ inline void store_row(S* dst, const Strides& st, const T* src, int64_t ss, int64
     }
   } else {
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t c = 0; c < n; ++c) dst[d * st.cs + c * st.es] = convert<S>(src[d * ss + c]);
+      for (int64_t c = 0; c < n; ++c) dst[d * st.cs + c * st.es] = static_cast<S>(src[d * ss + c]);
   }
 }
 
@@ -621,7 +601,7 @@ inline void pad_row(T* dst, const S* plane, const Strides& st, int64_t r, const 
     for (int64_t d = 0; d < g.D; ++d) {
       const S* src = plane + d * st.cs + r * st.rs;
       T* o = dst + d * Wp;
-      for (int64_t c = 0; c < Wp; ++c) o[c] = convert<T>(src[((((c - pl) % W) + W) % W) * st.es]);
+      for (int64_t c = 0; c < Wp; ++c) o[c] = static_cast<T>(src[((((c - pl) % W) + W) % W) * st.es]);
     }
   } else {
     load_row<T, S>(dst + pl, Wp, plane + r * st.rs, st, g.D, W);
@@ -751,10 +731,6 @@ void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const 
 }
 
 // ---------------------------------------------------------------------------------------------
-// the elements of a tensor whose dtype is the storage type S (checked by the caller)
-template <typename S> inline const S* elems(const at::Tensor& t) { return static_cast<const S*>(t.const_data_ptr()); }
-template <typename S> inline S* mutable_elems(at::Tensor& t) { return static_cast<S*>(t.mutable_data_ptr()); }
-
 // T: the compute type; S: the storage type of q, k, v and out (T, or bf16 with T float). lse and the extra
 // keys / values are T.
 template <typename T, typename S, bool UNIT>
@@ -762,10 +738,10 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const Geometry& g, T scale, at::Tensor& out, at::Tensor& lse) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
-  const S* qd = elems<S>(q);
-  const S* kd = elems<S>(k);
-  const S* vd = elems<S>(v);
-  S* od = mutable_elems<S>(out);
+  const S* qd = q.const_data_ptr<S>();
+  const S* kd = k.const_data_ptr<S>();
+  const S* vd = v.const_data_ptr<S>();
+  S* od = out.mutable_data_ptr<S>();
   T* ld = lse.data_ptr<T>();
   const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
   const int64_t osb = out.stride(0), osh = out.stride(1);
@@ -905,15 +881,15 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
                    const Geometry& g, T scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, T* dek_all, T* dev_all) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
-  const S* qd = elems<S>(q);
-  const S* kd = elems<S>(k);
-  const S* vd = elems<S>(v);
-  const S* od = elems<S>(out);
+  const S* qd = q.const_data_ptr<S>();
+  const S* kd = k.const_data_ptr<S>();
+  const S* vd = v.const_data_ptr<S>();
+  const S* od = out.const_data_ptr<S>();
   const T* ld = lse.data_ptr<T>();
-  const S* gd = elems<S>(dout);
-  S* dqd = mutable_elems<S>(dq);
-  S* dkd = mutable_elems<S>(dk);
-  S* dvd = mutable_elems<S>(dv);
+  const S* gd = dout.const_data_ptr<S>();
+  S* dqd = dq.mutable_data_ptr<S>();
+  S* dkd = dk.mutable_data_ptr<S>();
+  S* dvd = dv.mutable_data_ptr<S>();
   const int64_t qsb = q.stride(0), qsh = q.stride(1), ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
   const Strides qst = strides_of(q), kst = strides_of(k), vst = strides_of(v), ost = strides_of(out), gst = strides_of(dout);
   const Strides dqst = strides_of(dq), dkst = strides_of(dk), dvst = strides_of(dv);
@@ -974,7 +950,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
         for (int64_t d = 0; d < g.D; ++d) {
           const T* gr = G + d * QW;
           const S* orow = op + d * ost.cs + yo * ost.rs;
-          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x] * convert<T>(orow[x * ost.es]);
+          for (int64_t x = 0; x < g.Wo; ++x) delta[x] += gr[x] * static_cast<T>(orow[x * ost.es]);
         }
         const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
         const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
@@ -1124,7 +1100,6 @@ at::Tensor new_planes(at::IntArrayRef sizes, const at::TensorOptions& opt, bool 
 at::Tensor opt_contig(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() && t->numel() > 0 ? t->contiguous() : at::Tensor();
 }
-
 
 // The storage type of a call: every tensor of q, k, v (and dout, out) has q's dtype; float and double compute in
 // it, bfloat16 in float. The extra keys / values and lse are in the compute type.
