@@ -54,6 +54,13 @@ EDGE = [
     _case(18, 8, (3, 3), (2, 2), border="clamp", batch=1),
     # planes enough that a task chunk is a whole plane, too large to pad at once: the ring over a whole plane
     _case(48, 44, (3, 3), border="mask", batch=4, heads=2, head_dim=32),
+    # the forward's pairs of rows (rows wider than a vector): strided and dilated windows share fewer key rows,
+    # an odd row count leaves a single row at a chunk's end, and a circular window taller than the map holds
+    # the same key row twice
+    _case(15, 20, (5, 5), (2, 2), (2, 1), border="mask", batch=1, head_dim=9),
+    _case(17, 18, (3, 3), border="circular", batch=1),
+    _case(3, 16, (5, 3), border="circular"),
+    _case(9, 33, (7, 7), border="clamp", batch=1, extra=2),
 ]
 
 

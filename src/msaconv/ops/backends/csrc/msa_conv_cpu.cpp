@@ -14,6 +14,8 @@
 //   * one query row keeps its (K+M) x W logits in a small buffer (L1/L2) and vectorises along W;
 //     the q.k pass keeps up to 8 window slots in registers per load of q, the a.v pass up to 8
 //     channels per load of the weights (register blocking);
+//   * the forward takes two query rows at a time where rows are wider than a vector: the key / value
+//     runs both rows' windows share are loaded once for the two (dot2_slots, axpy2_slots);
 //   * what the padded buffer cannot express is fixed afterwards per column: 'mask' sets the logits of
 //     outside columns to -inf, 'clamp' recomputes its border columns (where the window slides) with
 //     scalar code from the exact index tables.
@@ -272,6 +274,121 @@ void axpy_slots(T* O, int64_t os, int D, int WoV, const T* const* A, const T* co
     axpy_block<T, UNIT, decltype(DB)::value>(O, os, d, D, WoV, A, P, count, Wp, sw, E, ev, M, inv);
   };
   for (; d + 8 <= D; d += 8) block(std::integral_constant<int, 8>());
+  remainder_block(D - d, block);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same two passes for two query rows at once (the forward's rows yo and yo + 1). Most window slots of
+// the two rows read the same padded key / value run (row r is window row i of yo and i - 1 of yo + 1 at stride
+// 1): each vector loaded from such a run feeds both rows' accumulators, two FMAs per load instead of one. The
+// loads were the passes' limit (one slot vector loaded per FMA, half of them split across cache lines).
+// Blocks are as large as the vector registers allow: 32 of them with AVX-512 (also for 256-bit vectors), 16
+// otherwise.
+// v is loaded once into a register: without it GCC folds the load into both FMAs that use it (a memory
+// operand each), which loads every vector twice and undoes the pairing
+template <typename V> __attribute__((always_inline)) inline void keep_in_register(V& v) { __asm__("" : "+v"(v)); }
+
+#if defined(__AVX512F__)
+constexpr int PAIR_BLOCK = 8;
+#else
+constexpr int PAIR_BLOCK = 4;
+#endif
+
+// outs0[n][x] = mul * sum_d X0[d*xs0 + x] * P_n[d*Wp + x*sw], outs1 likewise with X1
+template <typename T, bool UNIT, int NB>
+inline void dot2_block(const T* X0, int64_t xs0, const T* X1, int64_t xs1, int D, int WoV, const T* const* P,
+                       int64_t Wp, int64_t sw, T* const* outs0, T* const* outs1, T mul) {
+  typedef typename Vec<T>::type V;
+  vector_columns<T, UNIT, 2 * NB>(WoV, sw, [&](int x, int64_t xo, V* acc) __attribute__((always_inline)) {
+    for (int d = 0; d < D; ++d) {
+      const V x0 = vload<T>(X0 + (int64_t)d * xs0 + x);
+      const V x1 = vload<T>(X1 + (int64_t)d * xs1 + x);
+      const int64_t row = (int64_t)d * Wp + xo;
+      for (int n = 0; n < NB; ++n) {
+        V p = vload_s<T, UNIT>(P[n] + row, sw);
+        keep_in_register(p);
+        acc[n] += x0 * p;
+        acc[NB + n] += x1 * p;
+      }
+    }
+    for (int n = 0; n < NB; ++n) {
+      vstore<T>(outs0[n] + x, acc[n] * mul);
+      vstore<T>(outs1[n] + x, acc[NB + n] * mul);
+    }
+  });
+}
+
+template <typename T, bool UNIT>
+void dot2_slots(const T* X0, int64_t xs0, const T* X1, int64_t xs1, int D, int WoV, const T* const* P, int64_t Wp,
+                int64_t sw, T* const* outs0, T* const* outs1, int count, T mul) {
+  int n = 0;
+  auto block = [&](auto NB) __attribute__((always_inline)) {
+    dot2_block<T, UNIT, decltype(NB)::value>(X0, xs0, X1, xs1, D, WoV, P + n, Wp, sw, outs0 + n, outs1 + n, mul);
+  };
+  // blocks of PAIR_BLOCK or one less (7x7 windows share 6 rows of 7 slots: 6 blocks of 7)
+  const int nb = count % PAIR_BLOCK == 0 || count % PAIR_BLOCK > PAIR_BLOCK / 2 ? PAIR_BLOCK : PAIR_BLOCK - 1;
+  for (; n + nb <= count; n += nb) {
+    if (nb == PAIR_BLOCK) block(std::integral_constant<int, PAIR_BLOCK>());
+    else block(std::integral_constant<int, PAIR_BLOCK - 1>());
+  }
+  remainder_block(count - n, block);
+}
+
+// The slots of one row of a pair: weights A_n (logits rows), padded value runs P_n, count; the extra rows E_m,
+// 1/sum per column inv (nullptr: no scaling), and where the row's output goes (O, channel stride os).
+template <typename T>
+struct PairRow {
+  const T* const* A; const T* const* P; int count;
+  const T* const* E; const T* inv; T* O; int64_t os;
+};
+
+// axpy_block for the two rows of a pair: the slots both rows read (weights A0 / A1 on the runs P), then each
+// row's own slots and extra rows
+template <typename T, bool UNIT, int DB>
+inline void axpy2_block(int d0, int D, int WoV, const T* const* A0, const T* const* A1, const T* const* P, int count,
+                        const PairRow<T>& r0, const PairRow<T>& r1, int64_t Wp, int64_t sw, const T* ev, int M) {
+  typedef typename Vec<T>::type V;
+  vector_columns<T, UNIT, 2 * DB>(WoV, sw, [&](int x, int64_t xo, V* acc) __attribute__((always_inline)) {
+    for (int n = 0; n < count; ++n) {
+      const V a0 = vload<T>(A0[n] + x), a1 = vload<T>(A1[n] + x);
+      const T* p = P[n] + (int64_t)d0 * Wp + xo;
+      for (int b = 0; b < DB; ++b) {
+        V pv = vload_s<T, UNIT>(p + (int64_t)b * Wp, sw);
+        keep_in_register(pv);
+        acc[b] += a0 * pv;
+        acc[DB + b] += a1 * pv;
+      }
+    }
+    const PairRow<T>* rows[2] = {&r0, &r1};
+    for (int h = 0; h < 2; ++h) {
+      const PairRow<T>& r = *rows[h];
+      V* ac = acc + h * DB;
+      for (int n = 0; n < r.count; ++n) {
+        const V av = vload<T>(r.A[n] + x);
+        const T* p = r.P[n] + (int64_t)d0 * Wp + xo;
+        for (int b = 0; b < DB; ++b) ac[b] += av * vload_s<T, UNIT>(p + (int64_t)b * Wp, sw);
+      }
+      for (int m = 0; m < M; ++m) {
+        const V av = vload<T>(r.E[m] + x);
+        for (int b = 0; b < DB; ++b) ac[b] += av * ev[(int64_t)m * D + d0 + b];
+      }
+      if (r.inv) {
+        const V iv = vload<T>(r.inv + x);
+        for (int b = 0; b < DB; ++b) ac[b] *= iv;
+      }
+      for (int b = 0; b < DB; ++b) vstore<T>(r.O + (int64_t)(d0 + b) * r.os + x, ac[b]);
+    }
+  });
+}
+
+template <typename T, bool UNIT>
+void axpy2_slots(int D, int WoV, const T* const* A0, const T* const* A1, const T* const* P, int count,
+                 const PairRow<T>& r0, const PairRow<T>& r1, int64_t Wp, int64_t sw, const T* ev, int M) {
+  int d = 0;
+  auto block = [&](auto DB) __attribute__((always_inline)) {
+    axpy2_block<T, UNIT, decltype(DB)::value>(d, D, WoV, A0, A1, P, count, r0, r1, Wp, sw, ev, M);
+  };
+  for (; d + PAIR_BLOCK <= D; d += PAIR_BLOCK) block(std::integral_constant<int, PAIR_BLOCK>());
   remainder_block(D - d, block);
 }
 
@@ -629,7 +746,6 @@ struct RowScratch {
   std::vector<T> qbuf, obuf, logits, lse, aux, aux2;
   std::vector<const T*> kptr, vptr;
   std::vector<T*> lptr, aptr;
-  std::vector<const T*> lcptr, acptr;
   std::vector<int> slot;  // window slot n of each valid entry
   int64_t ls;  // row stride of the logits buffer (rows may carry zero margins for the gather passes)
   T* L0;       // row 0 of the logits
@@ -644,7 +760,7 @@ struct RowScratch {
     aux.assign(KM * WoV, T(0));
     aux2.assign(KM * std::max<size_t>(1, g.C.exc.size()), T(0));
     kptr.resize(g.K); vptr.resize(g.K); lptr.resize(g.K); aptr.resize(g.K);
-    lcptr.resize(g.K); acptr.resize(g.K); slot.resize(g.K);
+    slot.resize(g.K);
   }
 };
 
@@ -712,13 +828,12 @@ inline void clamp_columns(T* out, int64_t os, const T* X, int64_t xs, const Geom
     }
 }
 
-// logits of one query row: vector pass + extras + border fix-ups. kp(r) gives the padded k row.
-template <typename T, bool UNIT, typename RowPtr>
-void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const T* X, int64_t xs, const T* ek, T scale,
-                RowPtr rowptr) {
-  const int WoV = g.WoV;
-  dot_slots<T, UNIT>(X, xs, (int)g.D, WoV, s.kptr.data(), g.Wp, g.sw, s.lptr.data(), cnt, scale);
-  extra_rows<T>(s.L0 + g.K * s.ls, s.ls, X, xs, ek, g.M, g.D, WoV, scale);
+// the logits of one query row after the vector pass: its extra rows and the border fix-ups. rowptr(r) gives
+// the padded k row (first) and v row (second).
+template <typename T, typename RowPtr>
+void finish_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, const T* X, int64_t xs, const T* ek, T scale,
+                   RowPtr rowptr) {
+  extra_rows<T>(s.L0 + g.K * s.ls, s.ls, X, xs, ek, g.M, g.D, g.WoV, scale);
   if (g.border == MASK) {
     const T ninf = -std::numeric_limits<T>::infinity();
     for (int xo : g.C.exc)
@@ -727,6 +842,115 @@ void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const 
           for (int64_t i = 0; i < g.kh; ++i) s.L0[(i * g.kw + j) * s.ls + xo] = ninf;
   } else if (g.border == CLAMP) {
     clamp_columns<T>(s.L0, s.ls, X, xs, g, yo, [&](int r) { return rowptr(r).first; }, scale);
+  }
+}
+
+// logits of one query row: vector pass + extras + border fix-ups
+template <typename T, bool UNIT, typename RowPtr>
+void row_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, int cnt, const T* X, int64_t xs, const T* ek, T scale,
+                RowPtr rowptr) {
+  dot_slots<T, UNIT>(X, xs, (int)g.D, g.WoV, s.kptr.data(), g.Wp, g.sw, s.lptr.data(), cnt, scale);
+  finish_logits<T>(yo, g, s, X, xs, ek, scale, rowptr);
+}
+
+// The valid slots of two query rows (a pair of the forward) split into the runs both rows read and each row's
+// own. collect_slots lists a row's slots window row by window row, kw of them per valid window row, and slot j
+// of every window row sits at the same column offset: two window rows read the same runs when their first
+// slots point at the same padded row.
+template <typename T>
+struct PairSlots {
+  std::vector<const T*> k, v;   // the shared runs ...
+  std::vector<T*> l0, l1;       // ... and their logits rows in row 0 and row 1
+  std::vector<const T*> ok[2], ov[2];  // each row's own runs and logits rows
+  std::vector<T*> ol[2];
+  std::vector<char> used;
+  int shared = 0, own[2] = {0, 0};
+  explicit PairSlots(const Geometry& g) : k(g.K), v(g.K), l0(g.K), l1(g.K), used(g.kh) {
+    for (int h = 0; h < 2; ++h) { ok[h].resize(g.K); ov[h].resize(g.K); ol[h].resize(g.K); }
+  }
+  void add_own(int h, const RowScratch<T>& s, int c) {
+    ok[h][own[h]] = s.kptr[c]; ov[h][own[h]] = s.vptr[c]; ol[h][own[h]] = s.lptr[c]; ++own[h];
+  }
+  void match(const Geometry& g, const RowScratch<T>& s0, int cnt0, const RowScratch<T>& s1, int cnt1) {
+    const int kw = (int)g.kw, n0 = cnt0 / kw, n1 = cnt1 / kw;
+    shared = own[0] = own[1] = 0;
+    std::fill(used.begin(), used.end(), 0);
+    for (int a = 0; a < n0; ++a) {
+      int b = 0;
+      while (b < n1 && (used[b] || s1.kptr[b * kw] != s0.kptr[a * kw])) ++b;
+      for (int j = 0; j < kw; ++j) {
+        if (b == n1) { add_own(0, s0, a * kw + j); continue; }
+        k[shared] = s0.kptr[a * kw + j]; v[shared] = s0.vptr[a * kw + j];
+        l0[shared] = s0.lptr[a * kw + j]; l1[shared] = s1.lptr[b * kw + j]; ++shared;
+      }
+      if (b < n1) used[b] = 1;
+    }
+    for (int b = 0; b < n1; ++b)
+      if (!used[b])
+        for (int j = 0; j < kw; ++j) add_own(1, s1, b * kw + j);
+  }
+};
+
+// softmax over the K+M slots of one forward row, vectorised along the row: logits become exp(l - max); the
+// 1/sum goes to s.aux (applied to the output: fewer multiplies than normalising K+M weights), the
+// log-sum-exp to s.lse
+template <typename T>
+void softmax_row(const Geometry& g, RowScratch<T>& s) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  const int64_t KM = g.K + g.M, WoV = g.WoV;
+  const V ninf = vbroadcast<T>(-std::numeric_limits<T>::infinity());
+  T* lg = s.L0;  // row stride WoV in the forward
+  T* inv = s.aux.data();
+  for (int x = 0; x < WoV; x += L) {
+    V mx = ninf;
+    for (int64_t n = 0; n < KM; ++n) {
+      V l = vload<T>(lg + n * WoV + x);
+      mx = l > mx ? l : mx;
+    }
+    mx = mx == ninf ? vbroadcast<T>(0) : mx;
+    V sum = vbroadcast<T>(0);
+    for (int64_t n = 0; n < KM; ++n) {
+      V e = vexp(vload<T>(lg + n * WoV + x) - mx);
+      vstore<T>(lg + n * WoV + x, e);
+      sum += e;
+    }
+    for (int l = 0; l < L; ++l) {
+      const T sl = sum[l];
+      inv[x + l] = sl > 0 ? T(1) / sl : T(0);
+      s.lse[x + l] = sl > 0 ? mx[l] + std::log(sl) : std::numeric_limits<T>::infinity();
+    }
+  }
+}
+
+// 'clamp' border columns of a forward row, out of the vector pass: take their weights out of the logits
+// (into s.aux2) before it ...
+template <typename T>
+void clamp_hold(const Geometry& g, RowScratch<T>& s) {
+  const size_t nexc = g.C.exc.size();
+  for (size_t e = 0; e < nexc; ++e)
+    for (int64_t n = 0; n < g.K; ++n) {
+      T& a = s.L0[n * g.WoV + g.C.exc[e]];
+      s.aux2[n * nexc + e] = a;
+      a = 0;
+    }
+}
+
+// ... and add them, scalar, after it
+template <typename T, typename RowPtr>
+void clamp_add(int64_t yo, const Geometry& g, const RowScratch<T>& s, T* O, int64_t os, RowPtr rowptr) {
+  const size_t nexc = g.C.exc.size();
+  const T* inv = s.aux.data();
+  for (size_t e = 0; e < nexc; ++e) {
+    const int xo = g.C.exc[e];
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const T* vr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).second;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const T a = s.aux2[(i * g.kw + j) * nexc + e] * inv[xo];
+        const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
+        for (int64_t d = 0; d < g.D; ++d) O[d * os + xo] += a * vr[d * g.Wp + c];
+      }
+    }
   }
 }
 
@@ -768,20 +992,29 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // in L2 instead of streaming a whole padded plane through it. A row reads key rows from a range of
   // (kh - 1) * dh + 1 rows with 'zeros' and 'mask'; 'clamp' shifts windows at the border and 'circular' wraps
   // them around the map, so these keep every row.
-  const int64_t span = (g.kh - 1) * g.R.d + 1;
+  // A task takes two rows of a plane at once when its chunk has them and a row is more than one vector wide
+  // (see dot2_slots; on maps of one vector per row, 8x8 and smaller, the pairing measured 0-8% slower): the
+  // ring then holds the key rows of both, (kh - 1) * dh + 1 + sh of them.
+  const bool pairs = WoV > L;
+  const int64_t span = (g.kh - 1) * g.R.d + 1 + (pairs ? g.sh : 0);
   const bool plain_rows = g.border == ZEROS || g.border == MASK;
   const int64_t ring = whole_plane || !plain_rows || span >= g.H ? g.H : span;
   std::atomic<int64_t> next{0};
   const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(nthreads_max, (tasks + chunk - 1) / chunk));
   at::parallel_for(0, nthreads, 1, [&](int64_t tb, int64_t te) {
    for (int64_t tt = tb; tt < te; ++tt) {
-    RowScratch<T> s(g);
-    std::vector<const T*> ext(std::max<int64_t>(g.M, 1));
+    RowScratch<T> s0(g), s1(g);
+    RowScratch<T>* sc[2] = {&s0, &s1};
+    PairSlots<T> ps(g);
+    std::vector<const T*> ext[2] = {std::vector<const T*>(std::max<int64_t>(g.M, 1)),
+                                    std::vector<const T*>(std::max<int64_t>(g.M, 1))};
     std::vector<T> kpad((size_t)ring * rowsz), vpad((size_t)ring * rowsz);
     std::vector<int64_t> stamp(ring, -1);  // which (plane, row) each slot of the ring holds: p * H + r
-    for (int64_t t0 = next.fetch_add(chunk); t0 < tasks; t0 = next.fetch_add(chunk))
-    for (int64_t t = t0; t < std::min(t0 + chunk, tasks); ++t) {
+    for (int64_t t0 = next.fetch_add(chunk); t0 < tasks; t0 = next.fetch_add(chunk)) {
+    const int64_t tend = std::min(t0 + chunk, tasks);
+    for (int64_t t = t0; t < tend;) {
       const int64_t p = t / g.Ho, yo = t % g.Ho;
+      const int rows = pairs && t + 1 < tend && yo + 1 < g.Ho ? 2 : 1;
       const int64_t b = p / g.h, hh = p % g.h;
       const S* qp = qd + b * qsb + hh * qsh;
       const S* kp = kd + b * ksb + hh * ksh;
@@ -804,71 +1037,60 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         }
         return std::pair<const T*, const T*>(kr, vr);
       };
-      // q row: read in place when rows are whole vectors, else gathered into a padded buffer
-      const T* X = in_place<T>(qp + yo * g.sh * qst.rs);
-      int64_t xs = qst.cs;
-      if (!direct) {
-        gather_row<T, S>(s.qbuf.data(), WoV, qp, qst, yo * g.sh, g);
-        X = s.qbuf.data();
-        xs = WoV;
-      }
+      // q rows: read in place when rows are whole vectors, else gathered into a padded buffer
+      const T* X[2];
+      int64_t xs[2];
+      int cnt[2];
       const T outside = g.border == MASK ? -std::numeric_limits<T>::infinity() : T(0);
-      const int cnt = collect_slots<T>(yo, g, s, rowptr, outside);
-      row_logits<T, UNIT>(yo, g, s, cnt, X, xs, ek, scale, rowptr);
-
-      // softmax over the K+M slots, vectorised along the row: logits become exp(l - max); the 1/sum
-      // is applied to the output (fewer multiplies than normalising K+M weights)
-      const int64_t KM = g.K + g.M;
-      T* lg = s.L0;  // row stride WoV in the forward
-      T* inv = s.aux.data();
-      for (int x = 0; x < WoV; x += L) {
-        V mx = vbroadcast<T>(-std::numeric_limits<T>::infinity());
-        for (int64_t n = 0; n < KM; ++n) {
-          V l = vload<T>(lg + n * WoV + x);
-          mx = l > mx ? l : mx;
+      for (int h = 0; h < rows; ++h) {
+        X[h] = in_place<T>(qp + (yo + h) * g.sh * qst.rs);
+        xs[h] = qst.cs;
+        if (!direct) {
+          gather_row<T, S>(sc[h]->qbuf.data(), WoV, qp, qst, (yo + h) * g.sh, g);
+          X[h] = sc[h]->qbuf.data();
+          xs[h] = WoV;
         }
-        mx = mx == vbroadcast<T>(-std::numeric_limits<T>::infinity()) ? vbroadcast<T>(0) : mx;
-        V sum = vbroadcast<T>(0);
-        for (int64_t n = 0; n < KM; ++n) {
-          V e = vexp(vload<T>(lg + n * WoV + x) - mx);
-          vstore<T>(lg + n * WoV + x, e);
-          sum += e;
-        }
-        for (int l = 0; l < L; ++l) {
-          const T sl = sum[l];
-          inv[x + l] = sl > 0 ? T(1) / sl : T(0);
-          s.lse[x + l] = sl > 0 ? mx[l] + std::log(sl) : std::numeric_limits<T>::infinity();
-        }
+        cnt[h] = collect_slots<T>(yo + h, g, *sc[h], rowptr, outside);
+      }
+      if (rows == 2) {
+        ps.match(g, s0, cnt[0], s1, cnt[1]);
+        dot2_slots<T, UNIT>(X[0], xs[0], X[1], xs[1], (int)g.D, WoV, ps.k.data(), g.Wp, g.sw, ps.l0.data(),
+                            ps.l1.data(), ps.shared, scale);
+        for (int h = 0; h < 2; ++h)
+          dot_slots<T, UNIT>(X[h], xs[h], (int)g.D, WoV, ps.ok[h].data(), g.Wp, g.sw, ps.ol[h].data(), ps.own[h], scale);
+      } else {
+        dot_slots<T, UNIT>(X[0], xs[0], (int)g.D, WoV, s0.kptr.data(), g.Wp, g.sw, s0.lptr.data(), cnt[0], scale);
       }
 
-      // out = (e . v + e_extra . v_extra) / sum, written in place when rows are whole vectors
-      S* const orow = od + b * osb + hh * osh + yo * ost.rs;
-      T* O = direct ? in_place<T>(orow) : s.obuf.data();
-      const int64_t os = direct ? ost.cs : WoV;
-      const size_t nexc = g.border == CLAMP ? g.C.exc.size() : 0;
-      for (size_t e = 0; e < nexc; ++e)  // clamp border columns: scalar below, out of the vector pass
-        for (int64_t n = 0; n < g.K; ++n) {
-          T& a = lg[n * WoV + g.C.exc[e]];
-          s.aux2[n * nexc + e] = a;
-          a = 0;
-        }
-      for (int c = 0; c < cnt; ++c) s.lcptr[c] = lg + (int64_t)s.slot[c] * WoV;
-      for (int64_t m = 0; m < g.M; ++m) ext[m] = lg + (g.K + m) * WoV;
-      axpy_slots<T, UNIT>(O, os, (int)g.D, WoV, s.lcptr.data(), s.vptr.data(), cnt, g.Wp, g.sw, ext.data(), ev,
-                          (int)g.M, inv);
-      for (size_t e = 0; e < nexc; ++e) {
-        const int xo = g.C.exc[e];
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const T* vr = rowptr(g.R.idx[(size_t)i * g.Ho + yo]).second;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const T a = s.aux2[(i * g.kw + j) * nexc + e] * inv[xo];
-            const int64_t c = g.C.idx[(size_t)j * g.Wo + xo] + g.C.pl;
-            for (int64_t d = 0; d < g.D; ++d) O[d * os + xo] += a * vr[d * g.Wp + c];
-          }
-        }
+      // softmax, then out = (e . v + e_extra . v_extra) / sum, written in place when rows are whole vectors
+      S* orow[2];
+      PairRow<T> pr[2];
+      for (int h = 0; h < rows; ++h) {
+        RowScratch<T>& s = *sc[h];
+        finish_logits<T>(yo + h, g, s, X[h], xs[h], ek, scale, rowptr);
+        softmax_row<T>(g, s);
+        if (g.border == CLAMP) clamp_hold<T>(g, s);
+        for (int64_t m = 0; m < g.M; ++m) ext[h][m] = s.L0 + (g.K + m) * WoV;
+        orow[h] = od + b * osb + hh * osh + (yo + h) * ost.rs;
+        T* O = direct ? in_place<T>(orow[h]) : s.obuf.data();
+        const int64_t os = direct ? ost.cs : WoV;
+        if (rows == 2) pr[h] = {ps.ol[h].data(), ps.ov[h].data(), ps.own[h], ext[h].data(), s.aux.data(), O, os};
+        else pr[h] = {s0.lptr.data(), s0.vptr.data(), cnt[0], ext[0].data(), s0.aux.data(), O, os};
       }
-      if (!direct) store_row<T, S>(orow, ost, s.obuf.data(), WoV, g.D, g.Wo);  // write the row
-      copy_row<T>(ld + (p * g.Ho + yo) * g.Wo, s.lse.data(), g.Wo);
+      if (rows == 2)
+        axpy2_slots<T, UNIT>((int)g.D, WoV, ps.l0.data(), ps.l1.data(), ps.v.data(), ps.shared, pr[0], pr[1], g.Wp,
+                             g.sw, ev, (int)g.M);
+      else
+        axpy_slots<T, UNIT>(pr[0].O, pr[0].os, (int)g.D, WoV, pr[0].A, pr[0].P, pr[0].count, g.Wp, g.sw, pr[0].E, ev,
+                            (int)g.M, pr[0].inv);
+      for (int h = 0; h < rows; ++h) {
+        RowScratch<T>& s = *sc[h];
+        if (g.border == CLAMP) clamp_add<T>(yo + h, g, s, pr[h].O, pr[h].os, rowptr);
+        if (!direct) store_row<T, S>(orow[h], ost, s.obuf.data(), WoV, g.D, g.Wo);  // write the row
+        copy_row<T>(ld + (p * g.Ho + yo + h) * g.Wo, s.lse.data(), g.Wo);
+      }
+      t += rows;
+    }
     }
    }
   });
