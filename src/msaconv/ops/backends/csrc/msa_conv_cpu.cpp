@@ -831,7 +831,7 @@ inline void clamp_columns(T* out, int64_t os, const T* X, int64_t xs, const Geom
 // the logits of one query row after the vector pass: its extra rows and the border fix-ups. rowptr(r) gives
 // the padded k row (first) and v row (second).
 template <typename T, typename RowPtr>
-void finish_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, const T* X, int64_t xs, const T* ek, T scale,
+__attribute__((always_inline)) inline void finish_logits(int64_t yo, const Geometry& g, RowScratch<T>& s, const T* X, int64_t xs, const T* ek, T scale,
                    RowPtr rowptr) {
   extra_rows<T>(s.L0 + g.K * s.ls, s.ls, X, xs, ek, g.M, g.D, g.WoV, scale);
   if (g.border == MASK) {
@@ -895,7 +895,7 @@ struct PairSlots {
 // 1/sum goes to s.aux (applied to the output: fewer multiplies than normalising K+M weights), the
 // log-sum-exp to s.lse
 template <typename T>
-void softmax_row(const Geometry& g, RowScratch<T>& s) {
+__attribute__((always_inline)) inline void softmax_row(const Geometry& g, RowScratch<T>& s) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
   const int64_t KM = g.K + g.M, WoV = g.WoV;
