@@ -137,3 +137,30 @@ def test_per_size_batchnorm_re_estimates_each_size_in_its_own_slot():
     x = torch.randn(2, 3, 24, 24)
     with torch.no_grad():
         torch.testing.assert_close(mixed(x), b(x))
+
+
+def test_a_model_without_batchnorm_copies_the_plain_figures_instead_of_evaluating_again():
+    """Nothing to re-estimate (LayerNorm / GroupNorm models): the recalibrated figures are the plain ones, copied
+    with recal_images 0; they equal what the full re-estimation computes. With BatchNorm it still re-estimates."""
+    from msaconv.train.evaluate import evaluate, recalibrated_scores
+
+    torch.manual_seed(0)
+    split = _split()
+    cfg = TrainConfig(img_size=16, eval_batch_size=32, bn_recalibrate=64)
+
+    def scores(model):
+        plain = evaluate(model, split, 24, cfg, D.DistInfo(), None, protocol="canvas")
+        full = recalibrated_scores(model, split, split, 24, cfg, D.DistInfo(), "canvas")
+        fast = recalibrated_scores(model, split, split, 24, cfg, D.DistInfo(), "canvas", plain=plain)
+        return plain, full, fast
+
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)]
+    plain, full, fast = scores(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(1, 4), *head).eval())
+    assert full["recal_images"] == 64 and fast["recal_images"] == 0
+    for k in ("top1", "top5", "loss"):
+        assert fast[f"{k}_recal"] == full[f"{k}_recal"] == plain[k], k
+    bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), *head).eval()
+    bn[1].running_mean.fill_(3.0)
+    plain, full, fast = scores(bn)
+    assert fast["recal_images"] == full["recal_images"] == 64
+    assert fast["loss_recal"] == full["loss_recal"] != plain["loss"]

@@ -408,7 +408,7 @@ def evaluate_run(run_dir: Path, cfg, pairs: Sequence[tuple[int, str]]) -> list[d
     for s, p in pairs:
         ev = evaluate(model, split, s, cfg, D.DistInfo(), cfg.limit_val, protocol=p)
         if train is not None:
-            ev.update(recalibrated_scores(model, split, train, s, cfg, D.DistInfo(), p))
+            ev.update(recalibrated_scores(model, split, train, s, cfg, D.DistInfo(), p, plain=ev))
         out.append(ev)
     return out
 

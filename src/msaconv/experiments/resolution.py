@@ -183,7 +183,9 @@ def render(records: list[dict], figdir: Path) -> str:
             f"paired by seed. keep = top-1 at the size / top-1 at {train} px."
             + (f" `resize+bn` / `canvas+bn`: the same images with BatchNorm's running statistics re-estimated at "
                f"each size from {C.RECAL_IMAGES} training images (no labels, no gradient, the trained weights; keep "
-               f"relative to {train} px recalibrated too): what remains of the drop once the statistics fit the size."
+               f"relative to {train} px recalibrated too): what remains of the drop once the statistics fit the size "
+               f"(a model without BatchNorm, such as the transformers, has nothing to re-estimate: its figures are "
+               f"the plain ones)."
                if len(s["protocols"]) > len(C.PROTOCOLS) else ""))
         ref = s["rows"].get((REFERENCE, "fixed"))
         parts.append(C.bar_sentence(ref["top1"] if ref else C.mean_spread([]), f"`{REFERENCE}` (fixed {train} px)"))

@@ -702,7 +702,8 @@ def format_summary(summary: dict) -> str:
         if "top1_recal" in cols:
             n = next(ev["recal_images"] for ev in final if "recal_images" in ev)
             lines.append(f"recal: top-1 with BatchNorm statistics re-estimated at that size from {n} training images "
-                         "(no labels, no gradient; the weights are the trained ones); r+flip: the same with flip")
+                         "(no labels, no gradient; the weights are the trained ones); r+flip: the same with flip"
+                         if n else "recal: the model has no BatchNorm, so nothing to re-estimate: the trained figures")
     ips = summary.get("img_per_s")
     lines.append(f"params {summary['params'] / 1e6:.2f}M | {summary['epochs']} epochs, {summary['steps']} steps, "
                  f"{summary['train_images']} train images | train {summary['train_seconds'] / 60:.1f} min"
