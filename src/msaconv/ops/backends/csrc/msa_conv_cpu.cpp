@@ -280,13 +280,21 @@ void axpy_slots(T* O, int64_t os, int D, int WoV, const T* const* A, const T* co
 // ---------------------------------------------------------------------------------------------
 // The same two passes for two query rows at once (the forward's rows yo and yo + 1). Most window slots of
 // the two rows read the same padded key / value run (row r is window row i of yo and i - 1 of yo + 1 at stride
-// 1): each vector loaded from such a run feeds both rows' accumulators, two FMAs per load instead of one. The
-// loads were the passes' limit (one slot vector loaded per FMA, half of them split across cache lines).
-// Blocks are as large as the vector registers allow: 32 of them with AVX-512 (also for 256-bit vectors), 16
-// otherwise.
-// v is loaded once into a register: without it GCC folds the load into both FMAs that use it (a memory
-// operand each), which loads every vector twice and undoes the pairing
-template <typename V> __attribute__((always_inline)) inline void keep_in_register(V& v) { __asm__("" : "+v"(v)); }
+// 1): each vector loaded from such a run feeds both rows' accumulators, one load for two FMAs where the
+// single-row passes load once per FMA (0.87-0.92x the forward's time at 56x56, k=7:
+// benchmarks/op/probes/row_pairs_avx512.md). Blocks are as large as the vector registers allow: 32 of them with
+// AVX-512 (also for 256-bit vectors), 16 otherwise.
+// v stays in a register: without this GCC folds the load into both FMAs that use it (a memory operand each),
+// which loads every vector twice and undoes the pairing (perf showed it: the pairs ran 2-30% slower)
+template <typename V> __attribute__((always_inline)) inline void keep_in_register(V& v) {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__("" : "+v"(v));
+#elif defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#else
+  (void)v;
+#endif
+}
 
 #if defined(__AVX512F__)
 constexpr int PAIR_BLOCK = 8;
