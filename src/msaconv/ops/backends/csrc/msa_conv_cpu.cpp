@@ -242,27 +242,37 @@ void dot_slots(const T* X, int64_t xs, int D, int WoV, const T* const* P, int64_
   remainder_block(count - n, block);
 }
 
-// O[d*os + x] = inv[x] * (sum_n A_n[x] * P_n[d*Wp + x*sw] + sum_m E_m[x] * ev[m*D + d]) for d in [d0, d0+DB)
-// (inv == nullptr: no scaling; M extra rows E_m with per-channel weights ev)
+// One vector of columns x of the a.v pass, channels [d0, d0+DB), accumulated into acc (which may already hold
+// other slots' sums) and stored: O[d*os + x] = inv[x] * (acc + sum_n A_n[x] * P_n[d*Wp + x*sw]
+// + sum_m E_m[x] * ev[m*D + d]) (inv == nullptr: no scaling; M extra rows E_m with per-channel weights ev)
+template <typename T, bool UNIT, int DB>
+__attribute__((always_inline)) inline void axpy_columns(typename Vec<T>::type* acc, int x, int64_t xo, T* O,
+                                                        int64_t os, int d0, int D, const T* const* A,
+                                                        const T* const* P, int count, int64_t Wp, int64_t sw,
+                                                        const T* const* E, const T* ev, int M, const T* inv) {
+  typedef typename Vec<T>::type V;
+  for (int n = 0; n < count; ++n) {
+    const V av = vload<T>(A[n] + x);
+    const T* p = P[n] + (int64_t)d0 * Wp + xo;
+    for (int b = 0; b < DB; ++b) acc[b] += av * vload_s<T, UNIT>(p + (int64_t)b * Wp, sw);
+  }
+  for (int m = 0; m < M; ++m) {
+    const V av = vload<T>(E[m] + x);
+    for (int b = 0; b < DB; ++b) acc[b] += av * ev[(int64_t)m * D + d0 + b];
+  }
+  if (inv) {
+    const V iv = vload<T>(inv + x);
+    for (int b = 0; b < DB; ++b) acc[b] *= iv;
+  }
+  for (int b = 0; b < DB; ++b) vstore<T>(O + (int64_t)(d0 + b) * os + x, acc[b]);
+}
+
 template <typename T, bool UNIT, int DB>
 inline void axpy_block(T* O, int64_t os, int d0, int D, int WoV, const T* const* A, const T* const* P, int count,
                        int64_t Wp, int64_t sw, const T* const* E, const T* ev, int M, const T* inv) {
   typedef typename Vec<T>::type V;
   vector_columns<T, UNIT, DB>(WoV, sw, [&](int x, int64_t xo, V* acc) __attribute__((always_inline)) {
-    for (int n = 0; n < count; ++n) {
-      const V av = vload<T>(A[n] + x);
-      const T* p = P[n] + (int64_t)d0 * Wp + xo;
-      for (int b = 0; b < DB; ++b) acc[b] += av * vload_s<T, UNIT>(p + (int64_t)b * Wp, sw);
-    }
-    for (int m = 0; m < M; ++m) {
-      const V av = vload<T>(E[m] + x);
-      for (int b = 0; b < DB; ++b) acc[b] += av * ev[(int64_t)m * D + d0 + b];
-    }
-    if (inv) {
-      const V iv = vload<T>(inv + x);
-      for (int b = 0; b < DB; ++b) acc[b] *= iv;
-    }
-    for (int b = 0; b < DB; ++b) vstore<T>(O + (int64_t)(d0 + b) * os + x, acc[b]);
+    axpy_columns<T, UNIT, DB>(acc, x, xo, O, os, d0, D, A, P, count, Wp, sw, E, ev, M, inv);
   });
 }
 
@@ -370,21 +380,7 @@ inline void axpy2_block(int d0, int D, int WoV, const T* const* A0, const T* con
     const PairRow<T>* rows[2] = {&r0, &r1};
     for (int h = 0; h < 2; ++h) {
       const PairRow<T>& r = *rows[h];
-      V* ac = acc + h * DB;
-      for (int n = 0; n < r.count; ++n) {
-        const V av = vload<T>(r.A[n] + x);
-        const T* p = r.P[n] + (int64_t)d0 * Wp + xo;
-        for (int b = 0; b < DB; ++b) ac[b] += av * vload_s<T, UNIT>(p + (int64_t)b * Wp, sw);
-      }
-      for (int m = 0; m < M; ++m) {
-        const V av = vload<T>(r.E[m] + x);
-        for (int b = 0; b < DB; ++b) ac[b] += av * ev[(int64_t)m * D + d0 + b];
-      }
-      if (r.inv) {
-        const V iv = vload<T>(r.inv + x);
-        for (int b = 0; b < DB; ++b) ac[b] *= iv;
-      }
-      for (int b = 0; b < DB; ++b) vstore<T>(r.O + (int64_t)(d0 + b) * r.os + x, ac[b]);
+      axpy_columns<T, UNIT, DB>(acc + h * DB, x, xo, r.O, r.os, d0, D, r.A, r.P, r.count, Wp, sw, r.E, ev, M, r.inv);
     }
   });
 }
@@ -753,7 +749,7 @@ template <typename T>
 struct RowScratch {
   std::vector<T> qbuf, obuf, logits, lse, aux, aux2;
   std::vector<const T*> kptr, vptr;
-  std::vector<T*> lptr, aptr;
+  std::vector<T*> lptr;
   std::vector<int> slot;  // window slot n of each valid entry
   int64_t ls;  // row stride of the logits buffer (rows may carry zero margins for the gather passes)
   T* L0;       // row 0 of the logits
@@ -767,7 +763,7 @@ struct RowScratch {
     lse.assign(WoV, T(0));
     aux.assign(KM * WoV, T(0));
     aux2.assign(KM * std::max<size_t>(1, g.C.exc.size()), T(0));
-    kptr.resize(g.K); vptr.resize(g.K); lptr.resize(g.K); aptr.resize(g.K);
+    kptr.resize(g.K); vptr.resize(g.K); lptr.resize(g.K);
     slot.resize(g.K);
   }
 };
@@ -968,7 +964,6 @@ void clamp_add(int64_t yo, const Geometry& g, const RowScratch<T>& s, T* O, int6
 template <typename T, typename S, bool UNIT>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const T* ek_all, const T* ev_all,
                   const Geometry& g, T scale, at::Tensor& out, at::Tensor& lse) {
-  typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
   const S* qd = q.const_data_ptr<S>();
   const S* kd = k.const_data_ptr<S>();
