@@ -415,7 +415,8 @@ def test_claims_verdicts_on_synthetic_records(tmp_path):
     for s in range(3):
         for arm, t32, t48 in (("tic_conv_nano", 80.0 + s, 70.0 + s), ("convnet_nano", 80.5 + s, 50.0 + s),
                               ("tic_nano", 70.0 + s, 60.0 + s)):
-            resol.append(_run("resolution", arm, s, t32, evals={(32, "resize"): t32, (48, "resize"): t48}))
+            resol.append(_run("resolution", arm, s, t32, evals={(32, "resize"): t32, (48, "resize"): t48,
+                                                               (48, "canvas"): t48 - 5.0}))
     _write(res / "resolution" / "records.jsonl", resol)
     md = claims.render(res)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
@@ -424,11 +425,21 @@ def test_claims_verdicts_on_synthetic_records(tmp_path):
     assert "**against**: ipm_grid − default" in rows["IPM helps (top-1 at 32 px, paired)"]
     # the resolution claim waits for its other pair (tic_nano against the ViT with the learned embedding)
     res_row = next(v for k, v in rows.items() if k.startswith("Any resolution"))
-    assert "undecided: 3 seed(s) so far, some arms not run yet" in res_row and "48 px resize +0.2" in res_row
+    assert "undecided: 3 seed(s) so far, some arms not run yet" in res_row
+    assert "tic_conv_nano − convnet_nano, resize: 48 px +0.251 ± 0.003* (n 3; noise 0.006)" in res_row
     acc = next(v for k, v in rows.items() if k.startswith("Accuracy comparable"))
     assert "**supported**: no difference within the noise" in acc and "-0.500" in acc  # -0.5 at noise 1.0
     cost_row = next(v for k, v in rows.items() if k.startswith("Cheaper"))
     assert "undecided: not run yet" in cost_row
+    # with the ViT's runs the claim is decided: one sentence per comparison, the sizes grouped by protocol
+    resol += [_run("resolution", "vit_nano_abspe", s, 60.0 + s, evals={(32, "resize"): 60.0 + s,
+                   (48, "resize"): 57.0 + s, (48, "canvas"): 40.0 + s}) for s in range(3)]
+    _write(res / "resolution" / "records.jsonl", resol)
+    res_row = next(line for line in claims.render(res).splitlines() if line.startswith("| Any resolution"))
+    assert ("**against**: tic_nano keeps less than vit_nano_abspe at 48 px (resize) "
+            "(for: tic_conv_nano keeps more than convnet_nano at 48 px (resize), 48 px (canvas); "
+            "tic_nano keeps more than vit_nano_abspe at 48 px (canvas))") in res_row
+    assert "resize+bn" not in res_row  # no record re-estimated BatchNorm: those protocols would repeat 'resize'
 
 def test_report_says_when_the_default_reaches_the_bar(tmp_path):
     res = tmp_path / "results"

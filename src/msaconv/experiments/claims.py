@@ -42,16 +42,24 @@ ACCURACY_WORDS = {"against": "**against** (TiC behind)", "supported": "**support
                   "none": "**supported**: no difference within the noise"}
 
 
-def _decide(verdicts: list[tuple[str, dict]], words: dict[str, str] = WORDS) -> str:
-    """One verdict from labelled paired differences (positive: in the claim's direction)."""
-    have = [(k, v) for k, v in verdicts if v["n"]]
+def _undecided(verdicts: list[tuple[str, dict]]) -> str | None:
+    """Why the labelled differences cannot decide yet (too few seeds, an arm not run), or None."""
+    have = [v for _k, v in verdicts if v["n"]]
     if not have:
         return "undecided: not run yet"
-    n = min(v["n"] for _k, v in have)
+    n = min(v["n"] for v in have)
     if n < SEEDS or len(have) < len(verdicts):
         return f"undecided: {n} seed(s) so far" + ("" if len(have) == len(verdicts) else ", some arms not run yet")
-    against = [k for k, v in have if v["real"] and v["mean"] < 0]
-    support = [k for k, v in have if v["real"] and v["mean"] > 0]
+    return None
+
+
+def _decide(verdicts: list[tuple[str, dict]], words: dict[str, str] = WORDS) -> str:
+    """One verdict from labelled paired differences (positive: in the claim's direction)."""
+    waiting = _undecided(verdicts)
+    if waiting:
+        return waiting
+    against = [k for k, v in verdicts if v["real"] and v["mean"] < 0]
+    support = [k for k, v in verdicts if v["real"] and v["mean"] > 0]
     if against:
         return f"{words['against']}: " + ", ".join(against) + (f" (for: {', '.join(support)})" if support else "")
     if support:
@@ -63,26 +71,75 @@ def _fmt(label: str, v: dict) -> str:
     return f"{label} {C.fmt_verdict(v, 3 if abs(v.get('mean', 0) or 0) < 1 else 2)}" if v["n"] else f"{label}: not run"
 
 
+# resolution cells: (TiC arm, its baseline) -> [(protocol, size, paired verdict of keep)]
+Cells = dict[tuple[str, str], list[tuple[str, int, dict]]]
+
+
+def _real_sizes(items: list[tuple[str, int, dict]], sign: int) -> str:
+    """'16, 24 px (resize), 40 px (canvas)': where the difference is real with the given sign."""
+    parts = []
+    for proto in dict.fromkeys(p for p, _s, _v in items):
+        sizes = [s for p, s, v in items if p == proto and v["n"] and v["real"] and v["mean"] * sign > 0]
+        if sizes:
+            parts.append(f"{', '.join(map(str, sizes))} px ({proto})")
+    return ", ".join(parts)
+
+
+def _resolution_verdict(cells: Cells) -> str:
+    """The verdict, grouped by comparison and protocol: which sizes keep less (against) or more (for)."""
+    waiting = _undecided([(f"{a} − {b} {p} {s}", v) for (a, b), items in cells.items() for p, s, v in items])
+    if waiting:
+        return waiting
+    said = {sign: [f"{a} keeps {word} than {b} at {where}" for (a, b), items in cells.items()
+                   if (where := _real_sizes(items, sign))] for sign, word in ((-1, "less"), (1, "more"))}
+    if said[-1]:
+        return f"{WORDS['against']}: " + "; ".join(said[-1]) + (f" (for: {'; '.join(said[1])})" if said[1] else "")
+    if said[1]:
+        return f"{WORDS['supported']}: " + "; ".join(said[1])
+    return WORDS["none"]
+
+
+def _resolution_numbers(cells: Cells) -> str:
+    """Per comparison and protocol: the paired difference of keep at each size (* real)."""
+    lines = []
+    for (a, b), items in cells.items():
+        for proto in dict.fromkeys(p for p, _s, _v in items):
+            vs = [(s, v) for p, s, v in items if p == proto and v["n"]]
+            if vs:
+                diffs = ", ".join(f"{s} px {v['mean']:+.3f} ± {v['std']:.3f}{'*' if v['real'] else ''}" for s, v in vs)
+                noise = sorted({f"{v['noise']:.3f}" for _s, v in vs}, key=float)
+                lines.append(f"{a} − {b}, {proto}: {diffs} (n {min(v['n'] for _s, v in vs)}; "
+                             f"noise {'-'.join(dict.fromkeys([noise[0], noise[-1]]))})")
+    return "; ".join(lines) + ("; * real: beyond twice the noise" if lines else "")
+
+
 def resolution_claim(results: Path) -> tuple[str, str, str, str]:
     from . import resolution as R
 
     records, path = _records(results, "resolution")
     primary, _, _ = C.split_budgets(records)
     runs = C.latest_batch([r for r in primary if "top1" in r], lambda r: (r["config"], r.get("mode"), r["seed"]))
-    verdicts: list[tuple[str, dict]] = []
-    if runs:
-        s = R.summarise(runs)
-        train = runs[-1]["budget"]["img_size"]
-        for tic, other in (("tic_conv_nano", "convnet_nano"), ("tic_nano", "vit_nano_abspe")):
-            for proto in s["protocols"]:
-                for size in [z for z in s["sizes"] if z != train]:
-                    v = R.keep_verdict(s, (tic, "fixed"), (other, "fixed"), size, proto)
-                    verdicts.append((f"{tic} − {other} at {size} px {proto}", v))
-    else:
-        verdicts = [("resolution runs", C.verdict([]))]
-    numbers = "; ".join(_fmt(k, v) for k, v in verdicts if v["n"]) or "no runs at the budget yet"
-    return ("Any resolution without retraining (keep of TiC minus keep of its baseline, paired)",
-            _decide(verdicts), numbers, path)
+    if not runs:
+        return (RESOLUTION_CLAIM, "undecided: not run yet", "no runs at the budget yet", path)
+    s = R.summarise(runs)
+    train = runs[-1]["budget"]["img_size"]
+    cells: Cells = {}
+    for tic, other in (("tic_conv_nano", "convnet_nano"), ("tic_nano", "vit_nano_abspe")):
+        protos = [p for p in s["protocols"] if not p.endswith(C.RECAL) or _recalibrates(runs, (tic, other))]
+        cells[(tic, other)] = [(proto, size, R.keep_verdict(s, (tic, "fixed"), (other, "fixed"), size, proto))
+                               for proto in protos for size in s["sizes"] if size != train]
+    return (RESOLUTION_CLAIM, _resolution_verdict(cells), _resolution_numbers(cells) or "no runs at the budget yet",
+            path)
+
+
+def _recalibrates(runs: list[dict], arms: tuple[str, ...]) -> bool:
+    """Whether re-estimating BatchNorm changed a figure of these arms (a model without BatchNorm, such as
+    tic_nano and the ViTs, has '+bn' figures equal to the plain ones: those protocols would repeat them)."""
+    return any(e.get("recal_images") and e.get("top1_recal") != e.get("top1")
+               for r in runs if r["config"] in arms for e in r.get("evals", []))
+
+
+RESOLUTION_CLAIM = "Any resolution without retraining (keep of TiC minus keep of its baseline, paired)"
 
 
 def cost_claim(results: Path) -> tuple[str, str, str, str]:
