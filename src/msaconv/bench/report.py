@@ -87,11 +87,34 @@ def markdown(records: Iterable[dict]) -> str:
     records = list(records)
     ops = [r for r in records if r.get("kind") == "op"]
     mems = [r for r in records if r.get("kind") == "memory"]
+    if not ops:
+        return "No op records.\n"
+    impls = _ordered_impls(records)
+    out = _context(records, ops) + ["", HOW_TO_READ]
+    out += ["", "### At the target shape (B=8, 4 heads x 32, 56x56, k=7, dilation 1)", ""]
+    out += _summary(ops, mems) or ["(target shape not in this run)"]
+    several = len({_key(r)[4:] for r in ops}) > 1
+    for mode in ("fwd", "fwdbwd"):
+        out += _time_table(mode, [r for r in ops if r["mode"] == mode], impls, several)
+    out += _memory_table(mems, impls) + _legend(ops)
+    return "\n".join(out) + "\n"
+
+
+HOW_TO_READ = (
+    "How to read: every implementation runs in its native layout (`cpu`: `[B, heads, head_dim, H, W]`; "
+    "`portable`/`reference`: `[B, heads, H, W, head_dim]`; SDPA and FlexAttention: `[B, heads, N, head_dim]`). "
+    "The msa_conv2d backends compute `border='zeros'`, the masked peers `border='mask'` (same cost). "
+    "`fwd` runs under `no_grad`; `fwdbwd` adds the gradients of q, k and v. The bound is "
+    "max(FLOPs / matmul peak, bytes / copy bandwidth) with FLOPs = 4*B*N*K*C (x3.5 for fwdbwd) and bytes = "
+    "4*B*N*C*4 (8*B*N*C*4 for fwdbwd). `sdpa_global` does not depend on the window: one row per map size, "
+    "shown on every row of that size.")
+
+
+def _context(records: list[dict], ops: list[dict]) -> list[str]:
+    """The command, the machine, its load during the run, the measured roofline and the CPU build."""
     roofs = [r for r in records if r.get("kind") == "roofline"]
     roof = next((r for r in roofs if r.get("case") is None), roofs[0] if roofs else None)
     build = next((r for r in records if r.get("kind") == "build"), None)
-    if not ops:
-        return "No op records.\n"
     first = ops[0]
     out = [f"Command: `{first['command']}`", "",
            f"torch {first['torch']}, {first['cpu']} ({first.get('cpu_capability', '?')}), {first['threads']} threads, "
@@ -116,57 +139,62 @@ def markdown(records: Iterable[dict]) -> str:
                    f"GFLOP/s (the load drifts); the bound column uses the first measurement.")
     if build:
         out.append(f"cpu backend: {build['cpu_backend']}.")
-    out += ["", "How to read: every implementation runs in its native layout (`cpu`: `[B, heads, head_dim, H, W]`; "
-            "`portable`/`reference`: `[B, heads, H, W, head_dim]`; SDPA and FlexAttention: `[B, heads, N, head_dim]`). "
-            "The msa_conv2d backends compute `border='zeros'`, the masked peers `border='mask'` (same cost). "
-            "`fwd` runs under `no_grad`; `fwdbwd` adds the gradients of q, k and v. The bound is "
-            "max(FLOPs / matmul peak, bytes / copy bandwidth) with FLOPs = 4*B*N*K*C (x3.5 for fwdbwd) and bytes = "
-            "4*B*N*C*4 (8*B*N*C*4 for fwdbwd). `sdpa_global` does not depend on the window: one row per map size, "
-            "shown on every row of that size."]
-    out += ["", "### At the target shape (B=8, 4 heads x 32, 56x56, k=7, dilation 1)", ""]
-    out += _summary(ops, mems) or ["(target shape not in this run)"]
-    impls = _ordered_impls(records)
-    several = len({_key(r)[4:] for r in ops}) > 1
-    for mode in ("fwd", "fwdbwd"):
-        rows = [r for r in ops if r["mode"] == mode]
-        if not rows:
-            continue
-        title = "forward" if mode == "fwd" else "forward + backward"
-        out += ["", f"### {title}: median ms (p10-p90 in the JSON lines); bound = roofline bound of the call", "",
-                "| map | k | d | bound ms | " + " | ".join(impls) + " | best local / bound |",
-                "|---|---|---|---|" + "---|" * len(impls) + "---|"]
-        cases = sorted({_key(r) for r in rows}, key=lambda k: (k[0] * k[1], k[2], k[3], k[0]))
-        by = {(r["impl"], _key(r)): r for r in rows}
-        glob_by_size = {(r["height"], r["width"]): r for r in rows if r["impl"] == "sdpa_global"}
-        for ck in cases:
-            h, w, k, d = ck[:4]
-            any_r = next(r for r in rows if _key(r) == ck)
-            cells = []
-            best = None
-            for impl in impls:
-                r = by.get((impl, ck))
-                if impl == "sdpa_global":
-                    r = glob_by_size.get((h, w))
-                cells.append(_cell(r))
-                if r is not None and "median_ms" in r and impl != "sdpa_global" and r.get("runs", 0) > 1:
-                    best = r["median_ms"] if best is None else min(best, r["median_ms"])
-            ratio = f"{best / any_r['bound_ms']:.2f}x" if best is not None else ""
-            out.append(f"| {_label(ck, several)} | {k} | {d} | {any_r['bound_ms']:.3g} | " + " | ".join(cells) + f" | {ratio} |")
-    if mems:
-        out += ["", "### forward: peak memory above the inputs, in units of the output size (RSS high-water mark "
-                "of a child process; 1.0 = the output alone)", ""]
-        mimpls = [i for i in impls if any(m["impl"] == i for m in mems)]
-        out += ["| map | k | d | output MB | " + " | ".join(mimpls) + " |", "|---|---|---|---|" + "---|" * len(mimpls)]
-        by = {(m["impl"], _key(m)): m for m in mems}
-        for ck in sorted({_key(m) for m in mems}, key=lambda k: (k[0] * k[1], k[2], k[3], k[0])):
-            h, w, k, d = ck[:4]
-            any_m = next(m for m in mems if _key(m) == ck)
-            cells = []
-            for impl in mimpls:
-                m = by.get((impl, ck))
-                cells.append("" if m is None else ("err" if "peak_bytes_above_inputs" not in m else
-                                                   f"{m['peak_bytes_above_inputs'] / m['output_bytes']:.2f}"))
-            out.append(f"| {h}x{w} | {k} | {d} | {any_m['output_bytes'] / 2 ** 20:.1f} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _case_order(k: tuple) -> tuple:
+    return (k[0] * k[1], k[2], k[3], k[0])
+
+
+def _time_table(mode: str, rows: list[dict], impls: list[str], several: bool) -> list[str]:
+    """One mode's median times per case and implementation, with the best local one over the bound."""
+    if not rows:
+        return []
+    title = "forward" if mode == "fwd" else "forward + backward"
+    out = ["", f"### {title}: median ms (p10-p90 in the JSON lines); bound = roofline bound of the call", "",
+           "| map | k | d | bound ms | " + " | ".join(impls) + " | best local / bound |",
+           "|---|---|---|---|" + "---|" * len(impls) + "---|"]
+    by = {(r["impl"], _key(r)): r for r in rows}
+    glob_by_size = {(r["height"], r["width"]): r for r in rows if r["impl"] == "sdpa_global"}
+    for ck in sorted({_key(r) for r in rows}, key=_case_order):
+        h, w, k, d = ck[:4]
+        any_r = next(r for r in rows if _key(r) == ck)
+        cells = []
+        best = None
+        for impl in impls:
+            r = glob_by_size.get((h, w)) if impl == "sdpa_global" else by.get((impl, ck))
+            cells.append(_cell(r))
+            if r is not None and "median_ms" in r and impl != "sdpa_global" and r.get("runs", 0) > 1:
+                best = r["median_ms"] if best is None else min(best, r["median_ms"])
+        ratio = f"{best / any_r['bound_ms']:.2f}x" if best is not None else ""
+        out.append(f"| {_label(ck, several)} | {k} | {d} | {any_r['bound_ms']:.3g} | " + " | ".join(cells) + f" | {ratio} |")
+    return out
+
+
+def _memory_table(mems: list[dict], impls: list[str]) -> list[str]:
+    """Peak forward memory above the inputs, in units of the output, per case and implementation."""
+    if not mems:
+        return []
+    out = ["", "### forward: peak memory above the inputs, in units of the output size (RSS high-water mark "
+           "of a child process; 1.0 = the output alone)", ""]
+    mimpls = [i for i in impls if any(m["impl"] == i for m in mems)]
+    out += ["| map | k | d | output MB | " + " | ".join(mimpls) + " |", "|---|---|---|---|" + "---|" * len(mimpls)]
+    by = {(m["impl"], _key(m)): m for m in mems}
+    for ck in sorted({_key(m) for m in mems}, key=_case_order):
+        h, w, k, d = ck[:4]
+        any_m = next(m for m in mems if _key(m) == ck)
+        cells = []
+        for impl in mimpls:
+            m = by.get((impl, ck))
+            cells.append("" if m is None else ("err" if "peak_bytes_above_inputs" not in m else
+                                               f"{m['peak_bytes_above_inputs'] / m['output_bytes']:.2f}"))
+        out.append(f"| {h}x{w} | {k} | {d} | {any_m['output_bytes'] / 2 ** 20:.1f} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _legend(ops: list[dict]) -> list[str]:
+    """Why cases were skipped, and FlexAttention's compile times."""
+    out: list[str] = []
     skipped = sorted({(r["impl"], r["mode"], r["skipped"]) for r in ops if "skipped" in r})
     if skipped:
         out += ["", "Legend: `*` = slower than `--max-call-s`, timed once; `slow` = a smaller case already was; "
@@ -182,7 +210,7 @@ def markdown(records: Iterable[dict]) -> str:
     if compiles:
         out += ["", "FlexAttention compile time (first call, excluded from the times above): " +
                 ", ".join(f"{r['height']}x{r['width']} k{r['kernel']}: {r['compile_s']:.1f} s" for r in compiles) + "."]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def plot(records: Iterable[dict], path: str | Path, kernel: int = 7, dilation: int = 1) -> Path:
