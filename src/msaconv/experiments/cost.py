@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> Path:
     """Measure every model at every size; append the records to ``args.output``; return its path."""
     import torch
 
-    from ..bench import common, memory
+    from ..bench import common
 
     models = list(args.models or (SMOKE_MODELS if args.smoke else DEFAULT_MODELS))
     sizes = sorted(args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES))
@@ -297,90 +297,131 @@ def run(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     env = common.environment(_command())
     out = Path(args.output)
-    budget_mem = args.max_mem_gb * 2 ** 30
-    clock = {"cpu": "cpu_ms", "wall": "median_ms"}[args.clock]
-
-    def case(name: str, size: int) -> dict:
-        return {"target": "msaconv.experiments.cost:forward_setup",
-                "kwargs": {"name": name, "img_size": size, "batch_size": args.batch_size}}
-
-    state: dict[str, dict] = {}
-    for name in models:
-        model = build_model(name).eval()
-        st: dict = {"model": model, "params": sum(p.numel() for p in model.parameters()),
-                    "global": uses_global_attention(model), "times": [], "mems": [], "stop": None, "pre": {}}
-        if args.smoke and not args.no_memory:  # tiny sizes: one child for all of them (a child per size elsewhere)
-            st["pre"] = dict(zip(sizes, memory.measure_in_child([case(name, s) for s in sizes],
-                                                                torch.get_num_threads())))
-        state[name] = st
-        print(f"{name}: {st['params'] / 1e6:.2f}M params, "
-              f"{'global attention' if st['global'] else 'no global attention'}")
+    state = {name: _prepare(name, sizes, args) for name in models}
     # size by size, every model at each size: a run stopped early still compares the models
     for size in sizes:
         for name in models:
-            st = state[name]
-            model, params, glob = st["model"], st["params"], st["global"]
-            times, mems, pre = st["times"], st["mems"], st["pre"]
-            stop = st["stop"]
-            px = size * size
-            rec: dict = {**env, "loadavg_1m": common.load_average(), "kind": "cost", "model": name,
-                         "description": describe(name), "params": params, "global_attention": glob,
-                         "img_size": size, "pixels": px, "batch_size": args.batch_size,
-                         "overhead_factor": args.overhead_factor, "smoke": bool(args.smoke), "clock": args.clock}
-            try:
-                rec.update(gmacs_at(name, size))
-            except Exception as e:  # e.g. below the model's minimum size
-                rec["gmacs_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-            pt, pm = predict(times, px), predict(mems, px)
-            if pt is not None:
-                rec["predicted_s"] = pt / 1e3
-            if pm is not None:
-                rec["predicted_mem_gb"] = pm * 2 ** 20 / 2 ** 30
-            if stop is not None:
-                rec["skipped"] = stop
-            elif pt is not None and pt / 1e3 > args.max_call_s:
-                rec["skipped"] = stop = (f"predicted {pt / 1e3:.0f} s ({args.clock} time) per forward at {size} px "
-                                         f"> --max-call-s {args.max_call_s:g}")
-            elif pm is not None and pm * 2 ** 20 > budget_mem:
-                rec["skipped"] = stop = (f"predicted {pm / 1024:.1f} GB peak at {size} px > --max-mem-gb "
-                                         f"{args.max_mem_gb:g}")
-            if "skipped" not in rec and not args.no_memory:
-                res = pre[size] if size in pre else memory.measure_in_child([case(name, size)],
-                                                                             torch.get_num_threads())[0]
-                if "error" in res:
-                    rec["memory_error"] = res["error"]
-                    if res["error"].startswith("memory child failed"):  # e.g. killed: do not run it in here
-                        rec["skipped"] = stop = f"the memory child failed at {size} px: {res['error']}"[:300]
-                else:
-                    rec["peak_mb"] = res["peak_bytes_above_inputs"] / 2 ** 20
-                    mems.append((px, max(rec["peak_mb"], 1e-3)))
-            if "skipped" not in rec:
-                try:
-                    x = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
-
-                    def call(x=x):
-                        with torch.no_grad():
-                            return model(x)
-
-                    rec.update(time_call(call, args.warmup, runs, args.once_above_s))
-                    times.append((px, rec[clock]))
-                except (RuntimeError, ValueError, MemoryError) as e:
-                    rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-                    rec["skipped"] = stop = f"failed at {size} px: {rec['error']}"
+            rec = _measure(name, size, state[name], args, runs, env)
             common.write_jsonl(out, [rec])
             shown = rec.get("skipped", "")
             if "median_ms" in rec:
                 shown = f"{rec['median_ms']:10.1f} ms wall {rec['cpu_ms']:10.1f} ms CPU"
                 shown += f"  peak {rec['peak_mb']:8.1f} MB" if "peak_mb" in rec else ""
-            st["stop"] = stop
             print(f"  {name:<18} {size:>5} px  {shown}", flush=True)
     state.clear()
     recs = [r for r in common.read_jsonl(out) if r.get("kind") == "cost" and r["model"] in models]
-    for name, f in fit(_latest(recs), key=clock, overhead_factor=args.overhead_factor).items():
+    for name, f in fit(_latest(recs), key=_CLOCKS[args.clock], overhead_factor=args.overhead_factor).items():
         if f["exponent"] is not None:
             print(f"{name}: time ~ pixels^{f['exponent']:.2f} over {f['sizes']} px")
     print(f"appended to {out}")
     return out
+
+
+_CLOCKS = {"cpu": "cpu_ms", "wall": "median_ms"}  # --clock -> the record's time key the fit reads
+
+
+def _case(name: str, size: int, batch_size: int) -> dict:
+    """A memory-measurement case for :func:`msaconv.bench.memory.measure_in_child`."""
+    return {"target": "msaconv.experiments.cost:forward_setup",
+            "kwargs": {"name": name, "img_size": size, "batch_size": batch_size}}
+
+
+def _prepare(name: str, sizes: list[int], args: argparse.Namespace) -> dict:
+    """A model's measuring state: the model, its size, the points measured so far and why it stopped."""
+    import torch
+
+    from ..bench import memory
+
+    model = build_model(name).eval()
+    st: dict = {"model": model, "params": sum(p.numel() for p in model.parameters()),
+                "global": uses_global_attention(model), "times": [], "mems": [], "stop": None, "pre": {}}
+    if args.smoke and not args.no_memory:  # tiny sizes: one child for all of them (a child per size elsewhere)
+        st["pre"] = dict(zip(sizes, memory.measure_in_child([_case(name, s, args.batch_size) for s in sizes],
+                                                            torch.get_num_threads())))
+    print(f"{name}: {st['params'] / 1e6:.2f}M params, {'global attention' if st['global'] else 'no global attention'}")
+    return st
+
+
+def _measure(name: str, size: int, st: dict, args: argparse.Namespace, runs: int, env: dict) -> dict:
+    """One model at one size: its record (MACs, predicted cost, peak memory, time, or why it was skipped).
+    A skip stops the model's larger sizes (``st['stop']``)."""
+    from ..bench import common
+
+    px = size * size
+    rec: dict = {**env, "loadavg_1m": common.load_average(), "kind": "cost", "model": name,
+                 "description": describe(name), "params": st["params"], "global_attention": st["global"],
+                 "img_size": size, "pixels": px, "batch_size": args.batch_size,
+                 "overhead_factor": args.overhead_factor, "smoke": bool(args.smoke), "clock": args.clock}
+    try:
+        rec.update(gmacs_at(name, size))
+    except Exception as e:  # e.g. below the model's minimum size
+        rec["gmacs_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    predicted_skip = _predicted_skip(rec, st, args)  # the prediction is recorded for a skipped size too
+    st["stop"] = st["stop"] or predicted_skip
+    if st["stop"] is not None:
+        rec["skipped"] = st["stop"]
+        return rec
+    if not args.no_memory:
+        st["stop"] = _measure_memory(rec, st, args)
+    if st["stop"] is None:
+        st["stop"] = _measure_time(rec, st, args, runs)
+    return rec
+
+
+def _predicted_skip(rec: dict, st: dict, args: argparse.Namespace) -> str | None:
+    """Record the time and memory predicted from the smaller sizes; the reason to skip if over a limit."""
+    size = rec["img_size"]
+    pt, pm = predict(st["times"], rec["pixels"]), predict(st["mems"], rec["pixels"])
+    if pt is not None:
+        rec["predicted_s"] = pt / 1e3
+    if pm is not None:
+        rec["predicted_mem_gb"] = pm * 2 ** 20 / 2 ** 30
+    if pt is not None and pt / 1e3 > args.max_call_s:
+        return f"predicted {pt / 1e3:.0f} s ({args.clock} time) per forward at {size} px > --max-call-s {args.max_call_s:g}"
+    if pm is not None and pm * 2 ** 20 > args.max_mem_gb * 2 ** 30:
+        return f"predicted {pm / 1024:.1f} GB peak at {size} px > --max-mem-gb {args.max_mem_gb:g}"
+    return None
+
+
+def _measure_memory(rec: dict, st: dict, args: argparse.Namespace) -> str | None:
+    """Peak memory of one forward, in a child process; the reason to stop if the child failed."""
+    import torch
+
+    from ..bench import memory
+
+    size = rec["img_size"]
+    res = st["pre"][size] if size in st["pre"] else memory.measure_in_child(
+        [_case(rec["model"], size, args.batch_size)], torch.get_num_threads())[0]
+    if "error" not in res:
+        rec["peak_mb"] = res["peak_bytes_above_inputs"] / 2 ** 20
+        st["mems"].append((rec["pixels"], max(rec["peak_mb"], 1e-3)))
+        return None
+    rec["memory_error"] = res["error"]
+    if res["error"].startswith("memory child failed"):  # e.g. killed: do not run it in here
+        rec["skipped"] = f"the memory child failed at {size} px: {res['error']}"[:300]
+        return rec["skipped"]
+    return None
+
+
+def _measure_time(rec: dict, st: dict, args: argparse.Namespace, runs: int) -> str | None:
+    """Time of one forward (``time_call``); the reason to stop if it failed."""
+    import torch
+
+    model, size = st["model"], rec["img_size"]
+    try:
+        x = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+        def call(x=x):
+            with torch.no_grad():
+                return model(x)
+
+        rec.update(time_call(call, args.warmup, runs, args.once_above_s))
+        st["times"].append((rec["pixels"], rec[_CLOCKS[args.clock]]))
+        return None
+    except (RuntimeError, ValueError, MemoryError) as e:
+        rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        rec["skipped"] = f"failed at {size} px: {rec['error']}"
+        return rec["skipped"]
 
 
 # ---- the report -------------------------------------------------------------------------------------
