@@ -519,8 +519,18 @@ def render(records: list[dict], figdir: Path) -> str:
     if not recs:
         return "## Cost growth\n\n(no cost records)\n"
     models = _models(recs)
-    sizes = sorted({r["img_size"] for r in recs})
-    by = {(r["model"], r["img_size"]): r for r in recs}
+    cpu = _clock_key(recs) == "cpu_ms"
+    out = _header(recs, models) + _time_table(recs, models, cpu) + _fit_table(recs, models, cpu)
+    png = plot(recs, Path(figdir) / FIGURE)
+    out += ["", f"![time and peak memory against pixels, log-log]({Path(figdir).as_posix()}/{png.name})", "",
+            "Reading: an exponent near 1 means cost proportional to the number of pixels (local windows), near 2 "
+            "quadratic (every token attends to every token); a model's exponent sits between the two when the "
+            "per-pixel parts (projections, MLPs, convolutions) are still a large share at the sizes measured."]
+    return "\n".join(out) + "\n"
+
+
+def _header(recs: list[dict], models: list[str]) -> list[str]:
+    """The question, the commands and machine, one row per model, the machine's load."""
     first = recs[0]
     params = {m: next(r["params"] for r in recs if r["model"] == m) for m in models}
     commands = list(dict.fromkeys(r["command"] for r in recs))
@@ -541,9 +551,12 @@ def render(records: list[dict], figdir: Path) -> str:
     if loads:
         out += ["", f"Machine load during the run (1-minute load average on {first.get('cpu_count', '?')} CPUs): "
                     f"{min(loads):.1f} to {max(loads):.1f}."]
-    clock = _clock_key(recs)
-    cpu = clock == "cpu_ms"
-    out += ["", "### Forward time (ms, median; `*` = timed once) and peak memory above the inputs (MB)", ""]
+    return out
+
+
+def _time_table(recs: list[dict], models: list[str], cpu: bool) -> list[str]:
+    """Time, peak memory and GMACs per size and model; skipped sizes point to their numbered reason."""
+    out = ["", "### Forward time (ms, median; `*` = timed once) and peak memory above the inputs (MB)", ""]
     if cpu:
         out += ["Time is the CPU time of the measuring process (all its threads) per forward: what the forward "
                 "computed, unaffected by other jobs on the machine; wall time (also recorded) grows with the "
@@ -551,15 +564,15 @@ def render(records: list[dict], figdir: Path) -> str:
     cols = ["CPU ms", "wall ms", "MB", "GMACs"] if cpu else ["ms", "MB", "GMACs"]
     out += ["| size (px) | pixels | " + " | ".join(f"{m} {c}" for m in models for c in cols) + " |",
             "|---:|---:|" + "---:|" * (len(cols) * len(models))]
+    by = {(r["model"], r["img_size"]): r for r in recs}
     reasons: list[str] = []
-    for s in sizes:
+    for s in sorted({r["img_size"] for r in recs}):
         cells = []
         for m in models:
-            cur = by.get((m, s))
-            if cur is None:
+            r = by.get((m, s))
+            if r is None:
                 cells += [""] * len(cols)
                 continue
-            r = cur
             g = _fmt(r.get("gmacs"))
             if "median_ms" in r:
                 once = "*" if r.get("runs") == 1 else ""
@@ -574,27 +587,32 @@ def render(records: list[dict], figdir: Path) -> str:
         out.append(f"| {s} | {s * s} | " + " | ".join(cells) + " |")
     if reasons:
         out += [""] + [f"({i + 1}) {why}" for i, why in enumerate(reasons)]
-    factor = float(first.get("overhead_factor", 4.0))
-    fits = fit(recs, key=clock, overhead_factor=factor)
+    return out
+
+
+def _fit_table(recs: list[dict], models: list[str], cpu: bool) -> list[str]:
+    """The fitted exponents of time (and wall time, memory, GMACs) against pixels, per model."""
+    factor = float(recs[0].get("overhead_factor", 4.0))
+    fits = fit(recs, key="cpu_ms" if cpu else "median_ms", overhead_factor=factor)
     wfits = fit(recs, key="median_ms", overhead_factor=factor)
     mfits = fit(recs, key="peak_mb", overhead_factor=factor)
     what = "CPU time" if cpu else "time"
-    out += ["", f"### Fitted exponent a of {what} ~ pixels^a (least squares in log-log)", "",
-            f"Fitted over the sizes whose {what} is at least {factor:g}x the model's at its smallest size (below "
-            "that a forward is mostly fixed per-layer overhead). For comparison: the slope over all measured sizes, "
-            "the local slope between the two largest measured sizes, the GMACs slope over the fitted sizes (what "
-            "the arithmetic alone predicts)" + (", the same fit of the wall time" if cpu else "") +
-            " and of the peak memory.", "",
-            "| model | exponent | fitted sizes (px) | all sizes | two largest | GMACs exponent | "
-            + ("wall-time exponent | " if cpu else "") + "memory exponent | memory sizes (px) |",
-            "|---|---:|---|---:|---:|---:|" + ("---:|" if cpu else "") + "---:|---|"]
+    out = ["", f"### Fitted exponent a of {what} ~ pixels^a (least squares in log-log)", "",
+           f"Fitted over the sizes whose {what} is at least {factor:g}x the model's at its smallest size (below "
+           "that a forward is mostly fixed per-layer overhead). For comparison: the slope over all measured sizes, "
+           "the local slope between the two largest measured sizes, the GMACs slope over the fitted sizes (what "
+           "the arithmetic alone predicts)" + (", the same fit of the wall time" if cpu else "") +
+           " and of the peak memory.", "",
+           "| model | exponent | fitted sizes (px) | all sizes | two largest | GMACs exponent | "
+           + ("wall-time exponent | " if cpu else "") + "memory exponent | memory sizes (px) |",
+           "|---|---:|---|---:|---:|---:|" + ("---:|" if cpu else "") + "---:|---|"]
+
+    def num(d: dict, k: str) -> str:
+        v = d.get(k)
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
     for m in models:
         f, wf, mf = fits.get(m, {}), wfits.get(m, {}), mfits.get(m, {})
-
-        def num(d: dict, k: str) -> str:
-            v = d.get(k)
-            return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-
         sz = ", ".join(map(str, f.get("sizes", [])))
         if "two largest" in f.get("note", ""):
             sz += " (two largest: too few above overhead)"
@@ -602,9 +620,4 @@ def render(records: list[dict], figdir: Path) -> str:
                    f"{num(f, 'local_exponent_largest')} | {num(f, 'gmacs_exponent')} | "
                    + (f"{num(wf, 'exponent')} | " if cpu else "") +
                    f"{num(mf, 'exponent')} | {', '.join(map(str, mf.get('sizes', [])))} |")
-    png = plot(recs, Path(figdir) / FIGURE)
-    out += ["", f"![time and peak memory against pixels, log-log]({Path(figdir).as_posix()}/{png.name})", "",
-            "Reading: an exponent near 1 means cost proportional to the number of pixels (local windows), near 2 "
-            "quadratic (every token attends to every token); a model's exponent sits between the two when the "
-            "per-pixel parts (projections, MLPs, convolutions) are still a large share at the sizes measured."]
-    return "\n".join(out) + "\n"
+    return out
