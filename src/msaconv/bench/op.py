@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -281,15 +281,7 @@ def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | P
         torch.set_num_threads(cfg.threads)
     env = common.environment(command)
     impls = cfg.impls()
-    known = implementation_names()
-    for name in impls:
-        if name not in known:
-            from .._errors import unknown_name
-            raise unknown_name("msaconv bench op", "implementation", name, known)
-    for m in cfg.modes:
-        if m not in MODES:
-            from .._errors import unknown_name
-            raise unknown_name("msaconv bench op", "mode", m, MODES)
+    _check_names(impls, cfg.modes)
     records: list[dict] = []
 
     def emit(rec: dict) -> None:
@@ -307,66 +299,24 @@ def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | P
     emit({"kind": "build", "cpu_backend": cpu_backend.BACKEND.info()})
 
     too_slow: dict[tuple[str, str], tuple[float, float]] = {}  # (impl, mode) -> (work, seconds) of a slow call
-    timed_fwd: list[tuple[str, Case, int]] = []
+    timed_fwd: list[tuple[str, Case]] = []
     for case in cfg.cases():
         local = None
         if cfg.roofline_per_case:  # the machine now: on a shared machine the load drifts during a sweep
             local = common.measure_roofline(cfg.roofline_matmul_n, cfg.roofline_copy_mb)
             emit({"kind": "roofline", "case": case.label(), **asdict(local)})
         for mode in cfg.modes:
-            bound = roof.bound_s(case.flops(mode), case.bytes_moved(mode))
             for impl in impls:
-                rec = {"kind": "op", "impl": impl, "mode": mode, **asdict(case), "case": case.label(),
-                       "tokens": case.tokens, "flops": case.flops(mode), "bytes": case.bytes_moved(mode),
-                       "bound_ms": bound * 1e3}
-                if local is not None:
-                    rec["local_bound_ms"] = local.bound_s(case.flops(mode), case.bytes_moved(mode)) * 1e3
-                if impl in ("sdpa_global",) and (case.kernel, case.dilation) != (cfg.kernels[0], cfg.dilations[0]):
-                    continue  # global attention does not depend on the window: one record per map size
-                if impl == "flex_compiled" and cfg.flex_compile != "all" and (
-                        cfg.flex_compile == "none" or (case.kernel, case.dilation) != (7, 1)):
+                if not _runs_on(impl, case, cfg):
                     continue
-                reason = None
-                w = work(impl, case)
-                if (impl, mode) in too_slow and w >= too_slow[(impl, mode)][0]:
-                    w0, t0 = too_slow[(impl, mode)]
-                    predicted = t0 * w / w0
-                    # global attention is the peer the targets are stated against: time it once while the
-                    # prediction from its last slow call stays under --max-predicted-s
-                    if impl != "sdpa_global" or predicted > cfg.max_predicted_s:
-                        reason = (f"skipped: a smaller case already took longer than --max-call-s {cfg.max_call_s:g} s"
-                                  + (f" (predicted {predicted:.0f} s > --max-predicted-s {cfg.max_predicted_s:g})"
-                                     if impl == "sdpa_global" else ""))
-                if reason is not None:
-                    pass
-                elif estimate_bytes(impl, case, mode) > cfg.max_mem_gb * 2 ** 30:
-                    reason = (f"skipped: needs about {estimate_bytes(impl, case, mode) / 2 ** 30:.1f} GB "
-                              f"> --max-mem-gb {cfg.max_mem_gb:g}")
+                rec = _op_record(impl, case, mode, roof, local)
+                reason = _skip_reason(impl, case, mode, cfg, too_slow)
                 if reason is None:
-                    try:
-                        call, info = setup(impl, case, mode, cfg.seed)
-                        t = common.time_fn(call, cfg.warmup, cfg.runs, cfg.max_call_s)
-                        del call
-                        rec.update(info)
-                        rec.update(t.as_ms())
-                        rec["ratio_to_bound"] = t.median_s / bound
-                        if local is not None:
-                            rec["ratio_to_local_bound"] = t.median_s * 1e3 / rec["local_bound_ms"]
-                        if t.runs == 1:
-                            rec["note"] = f"one call took {t.median_s:.2f} s > --max-call-s {cfg.max_call_s:g}: timed once"
-                            if w < too_slow.get((impl, mode), (math.inf, 0.0))[0]:
-                                too_slow[(impl, mode)] = (w, t.median_s)
-                            elif impl == "sdpa_global":
-                                too_slow[(impl, mode)] = (w, t.median_s)  # predict from the latest call
-                        elif mode == "fwd":
-                            timed_fwd.append((impl, case, len(records)))
-                    except Skip as e:
-                        reason = str(e)
-                    except (RuntimeError, NotImplementedError, ValueError, MemoryError) as e:
-                        msg = str(e).strip().splitlines()
-                        reason = f"failed: {type(e).__name__}: {msg[0] if msg else ''}"[:300]
+                    reason = _time_one(rec, impl, case, mode, cfg, too_slow)
                 if reason is not None:
                     rec["skipped"] = reason
+                elif mode == "fwd" and rec.get("runs", 0) > 1:
+                    timed_fwd.append((impl, case))
                 emit(rec)
                 shown = f"{rec['median_ms']:9.2f} ms ({rec['ratio_to_bound']:6.1f}x bound)" if "median_ms" in rec \
                     else rec["skipped"][:70]
@@ -374,17 +324,101 @@ def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | P
 
     if cfg.memory and timed_fwd:
         log(f"peak memory of {len(timed_fwd)} forward calls in a child process ...")
-        jobs = [{"target": "msaconv.bench.op:memory_setup",
-                 "kwargs": {"impl": impl, "case": asdict(case), "seed": cfg.seed}} for impl, case, _ in timed_fwd]
-        results = memory.measure_in_child(jobs, torch.get_num_threads())
-        for (impl, case, _), res in zip(timed_fwd, results):
-            rec = {"kind": "memory", "impl": impl, "mode": "fwd", **asdict(case), "case": case.label(),
-                   "tokens": case.tokens, "output_bytes": case.output_bytes()}
-            if "error" in res:
-                rec["skipped"] = res["error"]
-            else:
-                peak = res["peak_bytes_above_inputs"]
-                rec["peak_bytes_above_inputs"] = peak
-                rec["extra_over_output"] = (peak - case.output_bytes()) / case.output_bytes()
+        for rec in _memory_records(timed_fwd, cfg.seed):
             emit(rec)
     return records
+
+
+def _check_names(impls: list[str], modes: Sequence[str]) -> None:
+    """Unknown implementations or modes fail before anything is measured, naming what exists."""
+    from .._errors import unknown_name
+
+    known = implementation_names()
+    for name in impls:
+        if name not in known:
+            raise unknown_name("msaconv bench op", "implementation", name, known)
+    for m in modes:
+        if m not in MODES:
+            raise unknown_name("msaconv bench op", "mode", m, MODES)
+
+
+def _runs_on(impl: str, case: Case, cfg: OpBenchConfig) -> bool:
+    """Whether ``impl`` has a record for ``case`` at all (global attention: one per map size; the compiled
+    FlexAttention: where ``--flex-compile`` asks for it)."""
+    if impl == "sdpa_global" and (case.kernel, case.dilation) != (cfg.kernels[0], cfg.dilations[0]):
+        return False  # global attention does not depend on the window: one record per map size
+    if impl == "flex_compiled" and cfg.flex_compile != "all":
+        return cfg.flex_compile != "none" and (case.kernel, case.dilation) == (7, 1)
+    return True
+
+
+def _op_record(impl: str, case: Case, mode: str, roof: common.Roofline, local: common.Roofline | None) -> dict:
+    """The record of one call before it is timed: the case, its work and its roofline bounds."""
+    flops, moved = case.flops(mode), case.bytes_moved(mode)
+    rec = {"kind": "op", "impl": impl, "mode": mode, **asdict(case), "case": case.label(), "tokens": case.tokens,
+           "flops": flops, "bytes": moved, "bound_ms": roof.bound_s(flops, moved) * 1e3}
+    if local is not None:
+        rec["local_bound_ms"] = local.bound_s(flops, moved) * 1e3
+    return rec
+
+
+def _skip_reason(impl: str, case: Case, mode: str, cfg: OpBenchConfig,
+                 too_slow: dict[tuple[str, str], tuple[float, float]]) -> str | None:
+    """Why not to time this call: a smaller case was already too slow, or it would not fit in memory."""
+    w = work(impl, case)
+    if (impl, mode) in too_slow and w >= too_slow[(impl, mode)][0]:
+        w0, t0 = too_slow[(impl, mode)]
+        predicted = t0 * w / w0
+        # global attention is the peer the targets are stated against: time it once while the
+        # prediction from its last slow call stays under --max-predicted-s
+        if impl != "sdpa_global" or predicted > cfg.max_predicted_s:
+            return (f"skipped: a smaller case already took longer than --max-call-s {cfg.max_call_s:g} s"
+                    + (f" (predicted {predicted:.0f} s > --max-predicted-s {cfg.max_predicted_s:g})"
+                       if impl == "sdpa_global" else ""))
+    need = estimate_bytes(impl, case, mode)
+    if need > cfg.max_mem_gb * 2 ** 30:
+        return f"skipped: needs about {need / 2 ** 30:.1f} GB > --max-mem-gb {cfg.max_mem_gb:g}"
+    return None
+
+
+def _time_one(rec: dict, impl: str, case: Case, mode: str, cfg: OpBenchConfig,
+              too_slow: dict[tuple[str, str], tuple[float, float]]) -> str | None:
+    """Time one call into ``rec``; remember a call slower than ``--max-call-s``; the reason if it cannot run."""
+    try:
+        call, info = setup(impl, case, mode, cfg.seed)
+        t = common.time_fn(call, cfg.warmup, cfg.runs, cfg.max_call_s)
+        del call
+    except Skip as e:
+        return str(e)
+    except (RuntimeError, NotImplementedError, ValueError, MemoryError) as e:
+        msg = str(e).strip().splitlines()
+        return f"failed: {type(e).__name__}: {msg[0] if msg else ''}"[:300]
+    rec.update(info)
+    rec.update(t.as_ms())
+    rec["ratio_to_bound"] = t.median_s * 1e3 / rec["bound_ms"]
+    if "local_bound_ms" in rec:
+        rec["ratio_to_local_bound"] = t.median_s * 1e3 / rec["local_bound_ms"]
+    if t.runs == 1:
+        rec["note"] = f"one call took {t.median_s:.2f} s > --max-call-s {cfg.max_call_s:g}: timed once"
+        w = work(impl, case)
+        if w < too_slow.get((impl, mode), (math.inf, 0.0))[0] or impl == "sdpa_global":
+            too_slow[(impl, mode)] = (w, t.median_s)  # global attention: predict from the latest call
+    return None
+
+
+def _memory_records(timed: list[tuple[str, Case]], seed: int) -> list[dict]:
+    """Peak memory of each timed forward call, measured in one child process."""
+    jobs = [{"target": "msaconv.bench.op:memory_setup",
+             "kwargs": {"impl": impl, "case": asdict(case), "seed": seed}} for impl, case in timed]
+    out = []
+    for (impl, case), res in zip(timed, memory.measure_in_child(jobs, torch.get_num_threads())):
+        rec = {"kind": "memory", "impl": impl, "mode": "fwd", **asdict(case), "case": case.label(),
+               "tokens": case.tokens, "output_bytes": case.output_bytes()}
+        if "error" in res:
+            rec["skipped"] = res["error"]
+        else:
+            peak = res["peak_bytes_above_inputs"]
+            rec["peak_bytes_above_inputs"] = peak
+            rec["extra_over_output"] = (peak - case.output_bytes()) / case.output_bytes()
+        out.append(rec)
+    return out
