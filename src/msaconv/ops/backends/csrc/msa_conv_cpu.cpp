@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -1006,9 +1007,13 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(nthreads_max, (tasks + chunk - 1) / chunk));
   at::parallel_for(0, nthreads, 1, [&](int64_t tb, int64_t te) {
    for (int64_t tt = tb; tt < te; ++tt) {
-    RowScratch<T> s0(g), s1(g);
-    RowScratch<T>* sc[2] = {&s0, &s1};
-    PairSlots<T> ps(g);
+    // the second row's scratch and the shared slots only where rows are paired
+    std::optional<RowScratch<T>> pair_row;
+    std::optional<PairSlots<T>> pair_slots;
+    if (pairs) { pair_row.emplace(g); pair_slots.emplace(g); }
+    RowScratch<T> s0(g);
+    RowScratch<T>* sc[2] = {&s0, pairs ? &*pair_row : nullptr};
+    PairSlots<T>* ps = pairs ? &*pair_slots : nullptr;
     std::vector<const T*> ext[2] = {std::vector<const T*>(std::max<int64_t>(g.M, 1)),
                                     std::vector<const T*>(std::max<int64_t>(g.M, 1))};
     std::vector<T> kpad((size_t)ring * rowsz), vpad((size_t)ring * rowsz);
@@ -1056,11 +1061,11 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         cnt[h] = collect_slots<T>(yo + h, g, *sc[h], rowptr, outside);
       }
       if (rows == 2) {
-        ps.match(g, s0, cnt[0], s1, cnt[1]);
-        dot2_slots<T, UNIT>(X[0], xs[0], X[1], xs[1], (int)g.D, WoV, ps.k.data(), g.Wp, g.sw, ps.l0.data(),
-                            ps.l1.data(), ps.shared, scale);
+        ps->match(g, s0, cnt[0], *sc[1], cnt[1]);
+        dot2_slots<T, UNIT>(X[0], xs[0], X[1], xs[1], (int)g.D, WoV, ps->k.data(), g.Wp, g.sw, ps->l0.data(),
+                            ps->l1.data(), ps->shared, scale);
         for (int h = 0; h < 2; ++h)
-          dot_slots<T, UNIT>(X[h], xs[h], (int)g.D, WoV, ps.ok[h].data(), g.Wp, g.sw, ps.ol[h].data(), ps.own[h], scale);
+          dot_slots<T, UNIT>(X[h], xs[h], (int)g.D, WoV, ps->ok[h].data(), g.Wp, g.sw, ps->ol[h].data(), ps->own[h], scale);
       } else {
         dot_slots<T, UNIT>(X[0], xs[0], (int)g.D, WoV, s0.kptr.data(), g.Wp, g.sw, s0.lptr.data(), cnt[0], scale);
       }
@@ -1077,11 +1082,11 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         orow[h] = od + b * osb + hh * osh + (yo + h) * ost.rs;
         T* O = direct ? in_place<T>(orow[h]) : s.obuf.data();
         const int64_t os = direct ? ost.cs : WoV;
-        if (rows == 2) pr[h] = {ps.ol[h].data(), ps.ov[h].data(), ps.own[h], ext[h].data(), s.aux.data(), O, os};
+        if (rows == 2) pr[h] = {ps->ol[h].data(), ps->ov[h].data(), ps->own[h], ext[h].data(), s.aux.data(), O, os};
         else pr[h] = {s0.lptr.data(), s0.vptr.data(), cnt[0], ext[0].data(), s0.aux.data(), O, os};
       }
       if (rows == 2)
-        axpy2_slots<T, UNIT>((int)g.D, WoV, ps.l0.data(), ps.l1.data(), ps.v.data(), ps.shared, pr[0], pr[1], g.Wp,
+        axpy2_slots<T, UNIT>((int)g.D, WoV, ps->l0.data(), ps->l1.data(), ps->v.data(), ps->shared, pr[0], pr[1], g.Wp,
                              g.sw, ev, (int)g.M);
       else
         axpy_slots<T, UNIT>(pr[0].O, pr[0].os, (int)g.D, WoV, pr[0].A, pr[0].P, pr[0].count, g.Wp, g.sw, pr[0].E, ev,
