@@ -128,6 +128,19 @@ def test_unknown_implementation_is_a_clear_error(capsys):
     assert "did you mean 'sdpa_global'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--sizes", "0"], "--sizes entries must be >= 1, got 0"), (["--kernels", "3,0"], "--kernels entries must be >= 1"),
+    (["--dilations", "0"], "--dilations entries must be >= 1"), (["--batch", "0"], "--batch must be >= 1, got 0"),
+    (["--heads", "-1"], "--heads must be >= 1, got -1"), (["--head-dim", "0"], "--head-dim must be >= 1"),
+    (["--runs", "0"], "--runs must be >= 1, got 0; e.g. --runs 5"), (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--threads", "0"], "--threads must be >= 1")])
+def test_bad_sweep_options_fail_before_measuring(argv, said, capsys, monkeypatch):
+    monkeypatch.setattr(common, "measure_roofline", lambda *a: pytest.fail("measured before checking the options"))
+    assert main(["bench", "op", "--no-memory", *argv]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "e.g." in err
+
+
 def test_percentile_and_jsonl_roundtrip(tmp_path):
     assert common.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 10) == pytest.approx(1.4)
     common.write_jsonl(tmp_path / "x.jsonl", [{"a": 1}, {"b": [1, 2]}], append=False)

@@ -123,6 +123,25 @@ class OpBenchConfig:
     roofline_copy_mb: int = 256
     roofline_per_case: bool = False  # also measure the roofline right before each case (local bound)
 
+    def validate(self) -> None:
+        """Fail before anything is measured, naming the option, the value and what to pass instead."""
+        counts = {"--batch": (self.batch, "8"), "--heads": (self.heads, "4"), "--head-dim": (self.head_dim, "32"),
+                  "--runs": (self.runs, "5 for results")}
+        if self.threads is not None:
+            counts["--threads"] = (self.threads, "2")
+        for flag, (v, eg) in counts.items():
+            if v < 1:
+                raise ValueError(f"msaconv bench op: {flag} must be >= 1, got {v}; e.g. {flag} {eg}")
+        lists = {"--sizes": ([x for hw in self.sizes for x in hw], "14,28,56 or 57x43"),
+                 "--kernels": (self.kernels, "3,7"), "--dilations": (self.dilations, "1,2")}
+        for flag, (vals, eg) in lists.items():
+            bad = [v for v in vals if v < 1]
+            if bad or not vals:
+                got = bad[0] if bad else "nothing"
+                raise ValueError(f"msaconv bench op: {flag} entries must be >= 1, got {got}; e.g. {flag} {eg}")
+        if self.warmup < 0:
+            raise ValueError(f"msaconv bench op: --warmup must be >= 0, got {self.warmup}; e.g. --warmup 2")
+
     def cases(self) -> list[Case]:
         out = [Case(h, w, k, d, self.batch, self.heads, self.head_dim, self.dtype)
                for (h, w) in self.sizes for k in self.kernels for d in self.dilations]
@@ -277,6 +296,7 @@ def memory_setup(impl: str, case: dict, seed: int = 0):
 def run_op_bench(cfg: OpBenchConfig, command: str | None = None, output: str | Path | None = None,
                  log: Callable[[str], None] = print) -> list[dict]:
     """Run the sweep; return the records (and append them to ``output`` as JSON lines as they come)."""
+    cfg.validate()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     env = common.environment(command)

@@ -103,8 +103,6 @@ def _run_op(args: argparse.Namespace) -> int:
         for name in ("sizes", "kernels", "dilations", "modes"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
-        if args.runs < 1:
-            raise ValueError(f"--runs must be >= 1, got {args.runs}; use --runs 5 for results")
         command = "msaconv " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
             "msaconv bench op"
         records = run_op_bench(cfg, command=command, output=args.output)
