@@ -60,10 +60,13 @@ def _decide(verdicts: list[tuple[str, dict]], words: dict[str, str] = WORDS) -> 
         return waiting
     against = [k for k, v in verdicts if v["real"] and v["mean"] < 0]
     support = [k for k, v in verdicts if v["real"] and v["mean"] > 0]
+    level = [k for k, v in verdicts if not v["real"]]
+    others = "; ".join([*([f"for: {', '.join(support)}"] if support and against else []),
+                        *([f"within the noise: {', '.join(level)}"] if level and (against or support) else [])])
     if against:
-        return f"{words['against']}: " + ", ".join(against) + (f" (for: {', '.join(support)})" if support else "")
+        return f"{words['against']}: " + ", ".join(against) + (f" ({others})" if others else "")
     if support:
-        return f"{words['supported']}: " + ", ".join(support)
+        return f"{words['supported']}: " + ", ".join(support) + (f" ({others})" if others else "")
     return words["none"]
 
 
