@@ -171,6 +171,39 @@ def test_other_builds_match_the_reference(tmp_path, env_vars, needs, info_line):
     assert " passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-2000:]
 
 
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+@pytest.mark.parametrize("vector_bits", ["256", "128"])
+def test_the_kernels_compile_for_aarch64(tmp_path, monkeypatch, vector_bits):
+    """The AArch64 branches of the kernels (NEON vectors, the 'w' register constraint of keep_in_register) compile
+    with a cross compiler, with the build's own flags but the target's -march: where the CPU cannot run them, at
+    least they build. Skips without ``aarch64-linux-gnu-g++`` (Debian: ``apt install g++-aarch64-linux-gnu``)."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    cxx = shutil.which(AARCH64_CXX)
+    if cxx is None:
+        pytest.skip(f"no {AARCH64_CXX} here (apt install g++-aarch64-linux-gnu)")
+    monkeypatch.setenv("MSACONV_MARCH", "armv8.2-a")
+    monkeypatch.setenv("MSACONV_VECTOR_BITS", vector_bits)
+    flags = _build.cflags()
+    assert "-march=armv8.2-a" in flags and f"-DMSA_MAX_VECTOR_BYTES={int(vector_bits) // 8}" in flags
+    obj = tmp_path / "msa_conv_cpu.o"
+    incs = [f"-I{p}" for p in [*include_paths(), sysconfig.get_paths()["include"]]]
+    run = subprocess.run([cxx, "-std=c++17", "-fPIC", *flags, "-DTORCH_EXTENSION_NAME=msaconv_cpu_aarch64",
+                          "-w", "-c", str(_build.CSRC / "msa_conv_cpu.cpp"), *incs, "-o", str(obj)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    header = obj.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # e_machine EM_AARCH64
+
+
 def test_msaconv_vector_bits_is_part_of_the_key_and_checked(monkeypatch, saved_state):
     default = _build._ext_name()
     assert "-DMSA_MAX_VECTOR_BYTES=32" in _build.cflags()
