@@ -556,3 +556,20 @@ def test_one_seed_gets_no_verdict():
     two = C.verdict([-0.5, -0.7], base_std=0.6)
     assert C.fmt_verdict(two) == "-0.60 ± 0.14 (n 2; noise 0.60: within noise)"
     assert C.fmt_verdict(C.verdict([-16.5, -16.7], base_std=0.6)).endswith("**real**)")
+
+
+def test_window_coverage_names_the_maps_a_window_covers():
+    from msaconv.experiments.resolution import window_coverage
+
+    # tic_nano at 32 px: stages on 8x8, 4x4 and 2x2 maps; a 3x3 window reaches every pixel of a 2x2 map, and
+    # IPM's 4x4 grid is the raw map on 4x4 and 2x2 maps
+    at32 = window_coverage("tic_nano", 32)
+    assert "maps 8x8 (1), 4x4 (2), 2x2 (1), 3x3 windows" in at32
+    assert "on the 2x2 maps each window covers the whole map" in at32
+    assert "IPM 'grid' passes the raw 4x4 and 2x2 maps" in at32
+    # at 64 px the smallest map is 4x4: no window covers its map any more
+    at64 = window_coverage("tic_nano", 64)
+    assert "16x16 (1), 8x8 (2), 4x4 (1)" in at64 and "covers the whole map" not in at64
+    # tic_conv_nano's smallest map at 32 px (4x4) is larger than a 3x3 window's reach; no MSA-Conv: nothing to say
+    assert "covers" not in window_coverage("tic_conv_nano", 32)
+    assert window_coverage("convnet_nano", 32) is None

@@ -109,6 +109,55 @@ def run(args: argparse.Namespace) -> Path:
 # ------------------------------------------------------------------------------------------------ render
 
 
+def window_coverage(model: str, img_size: int) -> str | None:
+    """How the MSA-Conv layers of ``model`` see an ``img_size`` image: the maps they run on against their
+    windows, naming the maps a window covers whole (every query attends to the whole map: global attention at
+    that size, local on larger maps) and those where IPM 'grid' is as fine as the map (the raw map as extra
+    keys, no pooling). None for a model without MSA-Conv layers. Measured with forward hooks on one image."""
+    import torch
+
+    from ..layers import MSAConv2d, MSAttention2d
+    from ..models import create_model
+    from . import _models  # noqa: F401  (registers the experiment-only models)
+
+    net = create_model(model).eval()
+    seen: list[tuple[int, int, bool, bool, bool]] = []  # (map side, window extent, covers, IPM raw, MDCSM overlaps)
+
+    def hook(mod, inputs, _out):
+        a, side = mod.attn, min(inputs[0].shape[-2:])
+        ext = max((k - 1) * d + 1 for k, d in zip(a.kernel_size, a.dilation))
+        ip = a.inter_pool
+        raw = ip is not None and ip.mode == "grid" and ip.grid_size(*inputs[0].shape[-2:]) == tuple(inputs[0].shape[-2:])
+        seen.append((side, ext, side <= ext // 2 + 1, raw, a.shift is not None and side < 2 * ext))
+
+    handles = [x.register_forward_hook(hook) for x in net.modules() if isinstance(x, (MSAConv2d, MSAttention2d))]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, img_size, img_size))
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        return None
+    count: dict[tuple[int, int], int] = {}
+    for side, ext, *_flags in seen:
+        count[(side, ext)] = count.get((side, ext), 0) + 1
+
+    def where(i: int) -> str:
+        return " and ".join(dict.fromkeys(f"{x[0]}x{x[0]}" for x in seen if x[i]))
+
+    out = (f"`{model}` at {img_size} px: MSA-Conv layers (count) on maps "
+           f"{', '.join(f'{side}x{side} ({n})' for (side, _e), n in count.items())}, "
+           f"{' / '.join(f'{e}x{e}' for e in sorted({e for _s, e in count}))} windows")
+    if where(2):
+        out += f"; on the {where(2)} maps each window covers the whole map (global attention at this size)"
+    if where(3):
+        out += f"; IPM 'grid' passes the raw {where(3)} maps as extra keys (no pooling)"
+    if where(4):
+        out += f"; MDCSM rolls {where(4)} maps, smaller than twice the window (the rolled window overlaps the query's own)"
+    return out + "."
+
+
 def _keep(r: dict, size: int, proto: str) -> float | None:
     """top-1 at (size, protocol) over top-1 at the training size (recalibrated there too for a '+bn' protocol)."""
     a = C.top1_at(r, size, proto)
@@ -187,6 +236,12 @@ def render(records: list[dict], figdir: Path) -> str:
                f"(a model without BatchNorm, such as the transformers, has nothing to re-estimate: its figures are "
                f"the plain ones)."
                if len(s["protocols"]) > len(C.PROTOCOLS) else ""))
+        coverage = [c for c in (window_coverage(arm_spec(a)[0], train) for a in dict.fromkeys(a for a, _m in s["rows"]))
+                    if c]
+        if coverage:
+            parts.append("Windows at the training size (computed from the models, `resolution.window_coverage`): "
+                         + " ".join(coverage) + " A trained model whose window covers its map has learned global "
+                         "attention there; at a larger size the same weights attend locally.")
         ref = s["rows"].get((REFERENCE, "fixed"))
         parts.append(C.bar_sentence(ref["top1"] if ref else C.mean_spread([]), f"`{REFERENCE}` (fixed {train} px)"))
         for proto in s["protocols"]:
