@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 from msaconv.train.checkpoint import find_checkpoint, save_checkpoint
-from train_helpers import TINY, assert_same_weights, final_weights, run_cli, run_subprocess
+from train_helpers import (TINY, assert_same_weights, final_weights, kill_at_step, run_cli, run_subprocess, run_to_end,
+                           wait_for_step)
 
 RESUMABLE = [*TINY, "--set", "checkpoint_every=2"]  # 2 epochs x 6 steps, a checkpoint every 2 steps
 
@@ -17,17 +17,6 @@ RESUMABLE = [*TINY, "--set", "checkpoint_every=2"]  # 2 epochs x 6 steps, a chec
 def _reference(tmp_path: Path) -> Path:
     assert run_cli(["train", *RESUMABLE, "--output", tmp_path, "--name", "ref", "--seed", "5"]) == 0
     return tmp_path / "ref"
-
-
-def _wait_for_step(run: Path, step: int, proc, timeout: float = 120) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        doc = find_checkpoint(run, "last")
-        if doc is not None and doc["step"] >= step:
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    raise AssertionError(f"no checkpoint at step {step} after {timeout}s")
 
 
 def test_same_seed_same_weights_and_kill9_resume(tmp_path):
@@ -44,15 +33,9 @@ def test_same_seed_same_weights_and_kill9_resume(tmp_path):
     args = ["train", *RESUMABLE, "--output", tmp_path, "--name", "killed", "--seed", "5", "--resume", "auto"]
     run = tmp_path / "killed"
     for kill_after in (4, 8):
-        p = run_subprocess(args)
-        _wait_for_step(run, kill_after, p)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        kill_at_step(args, run, kill_after)
         assert find_checkpoint(run, "last")["step"] < 12
-    p = run_subprocess(args)
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
-    assert "resume:" in out
+    assert "resume:" in run_to_end(args)
     assert_same_weights(final_weights(ref), final_weights(run))
     # the metrics file holds each step once, as if never interrupted
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -64,7 +47,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
     args = ["train", *RESUMABLE, "--output", tmp_path, "--name", "term", "--seed", "5", "--resume", "auto"]
     run = tmp_path / "term"
     p = run_subprocess(args)
-    _wait_for_step(run, 2, p)
+    wait_for_step(run, 2, p)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM, out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections import Counter
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from msaconv.data import size_at, to_eval_size
 from msaconv.train.checkpoint import find_checkpoint
-from train_helpers import TINY, assert_same_weights, final_weights, run_cli, run_subprocess
+from train_helpers import TINY, assert_same_weights, final_weights, kill_at_step, run_cli, run_to_end
 
 MULTI = [*TINY, "--train-sizes", "16,20,24", "--set", "checkpoint_every=2"]
 
@@ -55,18 +54,8 @@ def test_multisize_run_is_deterministic_resumes_after_kill9_and_reports_both_pro
 
     run = tmp_path / "killed"
     args = ["train", *common, "--name", "killed", "--resume", "auto"]
-    p = run_subprocess(args)
-    import time
-
-    t0 = time.time()
-    while (find_checkpoint(run, "last") or {}).get("step", 0) < 4:
-        assert p.poll() is None and time.time() - t0 < 120
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    p = run_subprocess(args)
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
+    kill_at_step(args, run, 4)
+    run_to_end(args)
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(run))
 
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
@@ -112,16 +101,6 @@ def test_per_size_batchnorm_run_resumes_after_kill9_with_its_statistics(tmp_path
     assert held == {(16, 16), (20, 20), (24, 24)} and int(ref["stem.1.slot_batches"].sum()) == 12  # 2 x 6 steps
     run = tmp_path / "killed"
     args = ["train", *conv, "--name", "killed", "--resume", "auto"]
-    p = run_subprocess(args)
-    import time
-
-    t0 = time.time()
-    while (find_checkpoint(run, "last") or {}).get("step", 0) < 6:
-        assert p.poll() is None and time.time() - t0 < 120
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    p = run_subprocess(args)
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
+    kill_at_step(args, run, 6)
+    run_to_end(args)
     assert_same_weights(ref, final_weights(run))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +31,34 @@ def run_subprocess(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "msaconv", *map(str, args)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until ``run``'s last complete checkpoint is at ``step`` or later (``proc`` must stay alive)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        doc = find_checkpoint(run, "last")
+        if doc is not None and doc["step"] >= step:
+            return
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint at step {step} after {timeout}s")
+
+
+def kill_at_step(args: list, run: Path, step: int) -> None:
+    """Run ``msaconv args`` in a subprocess and SIGKILL it once ``run`` has a checkpoint at ``step``."""
+    p = run_subprocess(args)
+    wait_for_step(run, step, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
+def run_to_end(args: list) -> str:
+    """Run ``msaconv args`` in a subprocess to its end; its output (it must succeed)."""
+    p = run_subprocess(args)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    return out
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
