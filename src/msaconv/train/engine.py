@@ -133,13 +133,14 @@ def _train(cfg: TrainConfig, info: D.DistInfo, log) -> dict:
     say = (log or (lambda s: print(s, file=sys.stderr, flush=True))) if info.is_main else (lambda s: None)
     t_start, cpu_start = time.perf_counter(), time.process_time()
     _set_threads(cfg, info)
+    malloc = _allocator(info, say)
     run_dir, resume_doc = _open_run_dir(cfg, info)
     check_model_config(cfg)
     tr, va, train_path, val_path = _load_data(cfg, info, say)
     backend = _kernel_backend(info, say)
     amp = _precision(cfg, info, say)
     run = _set_up(cfg, info, say, run_dir, resume_doc, tr, va)
-    run.metrics = _open_metrics(run, backend, train_path, val_path, amp)
+    run.metrics = _open_metrics(run, backend, train_path, val_path, amp, malloc)
     run.eval_idx = epoch_eval_indices(cfg, va)
     tally, stopped, signum = _loop(run)
     if stopped:
@@ -156,6 +157,17 @@ def _set_threads(cfg: TrainConfig, info: D.DistInfo) -> None:
         torch.set_num_threads(cfg.threads)
     elif info.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+
+
+def _allocator(info: D.DistInfo, say) -> str | None:
+    """On CPU, glibc's malloc told to keep freed activation memory (``allocator.keep_freed_memory``), said."""
+    if torch.device(info.device).type != "cpu":
+        return None
+    from .allocator import keep_freed_memory
+
+    line = keep_freed_memory()
+    say(line)
+    return line
 
 
 def _open_run_dir(cfg: TrainConfig, info: D.DistInfo) -> tuple[Path, dict | None]:
@@ -269,12 +281,13 @@ def _wrap_ddp(model: torch.nn.Module, info: D.DistInfo) -> torch.nn.Module:
         model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
 
-def _open_metrics(run: Run, backend: str | None, train_path: str, val_path: str | None, amp: str) -> MetricsLog:
+def _open_metrics(run: Run, backend: str | None, train_path: str, val_path: str | None, amp: str,
+                  malloc: str | None) -> MetricsLog:
     """metrics.jsonl, cut back to the resumed step, or new with the run's record (machine, data, code)."""
     cfg, info, plan = run.cfg, run.info, run.plan
     metrics = MetricsLog(run.run_dir / "metrics.jsonl", info.is_main, run.resumed_from)
     if info.is_main and run.resumed_from is None:
-        metrics.write(_run_record(run, backend, train_path, val_path, amp))
+        metrics.write({**_run_record(run, backend, train_path, val_path, amp), "malloc": malloc})
     run.say(f"model: {cfg.model} {run.n_params / 1e6:.2f}M params; {cfg.epochs} epochs x {plan.steps_per_epoch} "
             f"steps, batch {plan.micro}x{cfg.grad_accum}x{info.world_size}, {cfg.optimizer} lr {cfg.lr}, "
             f"{torch.get_num_threads()} threads; run folder {run.run_dir}")
