@@ -3,7 +3,7 @@
     python benchmarks/model/probes/op_share_of_step.py [MODEL] [BATCH] [IMG_SIZE] [THREADS] > OUT.md
 
 Prints markdown: the command, commit, machine, then for a training step (SGD, channels-last, float32, the
-experiments' plain BatchNorm) and an evaluation forward (inference mode) the operators with the most self CPU
+experiments' plain BatchNorm, glibc's malloc set as ``msaconv train`` sets it) and an evaluation forward (inference mode) the operators with the most self CPU
 time over two profiled calls after one warm-up call, and the share of msa_conv2d's forward and backward.
 """
 from __future__ import annotations
@@ -37,6 +37,9 @@ def main() -> None:
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 256
     size = int(sys.argv[3]) if len(sys.argv) > 3 else 32
     threads = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    from msaconv.train.allocator import keep_freed_memory
+
+    malloc = keep_freed_memory()  # as msaconv train sets it
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     kwargs = {"size_bn": 0} if name.startswith(("tic_conv", "convnet")) else {}
@@ -54,7 +57,8 @@ def main() -> None:
     print(f"# Operator shares of a `{name}` step, batch {batch}, {size} px, {threads} thread(s)\n")
     print(f"Command: `python benchmarks/model/probes/op_share_of_step.py {name} {batch} {size} {threads}`; "
           f"git {commit}; torch {torch.__version__}; {platform.processor() or platform.machine()}, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; float32, channels-last; two profiled calls after a warm-up.\n")
+          f"{torch.backends.cpu.get_cpu_capability()}; float32, channels-last; two profiled calls after a warm-up; "
+          f"{malloc}.\n")
     model.train()
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
