@@ -6,8 +6,9 @@ its heap once more than twice that threshold is free there. A training step allo
 and gradients of a few MiB to a few tens of MiB, sizes that change with the map size of a multi-size run, so
 step after step the same memory is unmapped and faulted in again, page by page. On the project's 2-core EPYC
 (one thread, interleaved A/B, `benchmarks/model/probes/malloc_ab_avx512.md`) a `tic_conv_nano` step of the
-experiments (fp32, batch 256) took 39,000-68,000 minor page faults, 1-3,300 with the settings below, and 0.84-0.87x
-the time; the main job's step (bf16 autocast, batch 128, 24-48 px) 0.93x, a `tic_nano` step 0.92x.
+experiments (fp32, batch 256) took 26,000 minor page faults at 32 px and 71,000 at 24-40 px, 500 and 2,700 with
+the settings below, and 0.93x and 0.85x the time (medians of three pairs); a `tic_nano` step 0.91x; the main job's
+step (bf16 autocast, batch 128, 24-48 px) 0.95x.
 
 :func:`keep_freed_memory` sets, with ``mallopt``: the mmap threshold to its largest value, 32 MiB (larger
 blocks still come from the kernel); the trim threshold to 1 GiB; and a top pad of 256 MiB (the heap grows in
