@@ -52,7 +52,8 @@ def why_not(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def keep_freed_memory(environ: Mapping[str, str] | None = None) -> str:
-    """Tune glibc's malloc as the module says, once per process; one line saying what was done or why not."""
+    """Tune glibc's malloc as the module says (calling it again changes nothing); one line saying what was done
+    or why not."""
     reason = why_not(environ)
     if reason is not None:
         return f"malloc: left as it is ({reason})"
@@ -63,5 +64,7 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> str:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     refused = [what for param, value, what in SETTINGS if mallopt(param, value) != 1]
     done = [what for _p, _v, what in SETTINGS if what not in refused]
+    if not done:
+        return f"malloc: left as it is (mallopt refused {', '.join(refused)})"
     return (f"malloc: keeps freed memory ({', '.join(done)}"
             + (f"; refused: {', '.join(refused)}" if refused else "") + f"; {ENV}=0 leaves it as it is)")
