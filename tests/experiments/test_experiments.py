@@ -442,6 +442,13 @@ def test_claims_verdicts_on_synthetic_records(tmp_path):
             "(for: tic_conv_nano keeps more than convnet_nano at 48 px (resize), 48 px (canvas); "
             "tic_nano keeps more than vit_nano_abspe at 48 px (canvas))") in res_row
     assert "resize+bn" not in res_row  # no record re-estimated BatchNorm: those protocols would repeat 'resize'
+    # global attention in tic_nano's body: printed as the body's control, kept out of the verdict
+    resol += [_run("resolution", "global", s, 70.0 + s, evals={(32, "resize"): 70.0 + s, (48, "resize"): 61.0 + s,
+                                                              (48, "canvas"): 56.0 + s}) for s in range(3)]
+    _write(res / "resolution" / "records.jsonl", resol)
+    row = next(line for line in claims.render(res).splitlines() if line.startswith("| Any resolution"))
+    assert row.split(" | ")[1] == res_row.split(" | ")[1]  # the same verdict
+    assert "control, not in the verdict (global attention in tic_nano's own body): tic_nano − global, resize: 48 px" in row
 
 def test_report_says_when_the_default_reaches_the_bar(tmp_path):
     res = tmp_path / "results"
