@@ -257,6 +257,12 @@ def model_cfg(model: str, model_kwargs: dict):
         return create_model_from_config(model, model_kwargs, 10).cfg
 
 
+def window_extent(kernel: Sequence[int], dilation: Sequence[int]) -> int:
+    """The side, in map pixels, of the larger axis of a (dilated) window: what a map must exceed for the window
+    to be local."""
+    return max((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+
+
 def runnable_sizes(model: str, model_kwargs: dict, sizes: Iterable[int]) -> tuple[list[int], dict[str, str]]:
     """(the sizes ``model`` runs at, {size: why not} for the others): one forward of a blank image each, so a
     run never fails in its final evaluations after hours of training."""

@@ -118,10 +118,6 @@ def selected(args: argparse.Namespace) -> list[str]:
 # ------------------------------------------------------------------------------------- mechanism check
 
 
-def _extent(kernel: tuple[int, int], dilation: tuple[int, int]) -> int:
-    return max((k - 1) * d + 1 for k, d in zip(kernel, dilation))
-
-
 def mechanism_check(model: str, model_kwargs: dict, img_size: int) -> dict:
     """Where MDCSM and IPM act in ``model`` (a ConvNet, e.g. tic_conv_nano) at ``img_size``.
 
@@ -154,7 +150,7 @@ def mechanism_check(model: str, model_kwargs: dict, img_size: int) -> dict:
     signature = []
     for (i, j), conv in zip(positions, convs):
         a = conv.attn
-        side, ext = maps[i][j], _extent(a.kernel_size, a.dilation)
+        side, ext = maps[i][j], C.window_extent(a.kernel_size, a.dilation)
         where = f"stage {i} conv {j} ({side}x{side} map, {ext}x{ext} window, {a.num_heads} head(s))"
         sh, ip = a.shift, a.inter_pool
         sig: list = [i, j]

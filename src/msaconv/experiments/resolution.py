@@ -125,7 +125,7 @@ def window_coverage(model: str, img_size: int) -> str | None:
 
     def hook(mod, inputs, _out):
         a, side = mod.attn, min(inputs[0].shape[-2:])
-        ext = max((k - 1) * d + 1 for k, d in zip(a.kernel_size, a.dilation))
+        ext = C.window_extent(a.kernel_size, a.dilation)
         ip = a.inter_pool
         raw = ip is not None and ip.mode == "grid" and ip.grid_size(*inputs[0].shape[-2:]) == tuple(inputs[0].shape[-2:])
         seen.append((side, ext, side <= ext // 2 + 1, raw, a.shift is not None and side < 2 * ext))
