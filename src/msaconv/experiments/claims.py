@@ -65,11 +65,16 @@ def _decide(verdicts: list[tuple[str, dict]], words: dict[str, str] = WORDS) -> 
     level = [k for k, v in verdicts if not v["real"]]
     others = "; ".join([*([f"for: {', '.join(support)}"] if support and against else []),
                         *([f"within the noise: {', '.join(level)}"] if level and (against or support) else [])])
-    if against:
-        return f"{words['against']}: " + ", ".join(against) + (f" ({others})" if others else "")
-    if support:
-        return f"{words['supported']}: " + ", ".join(support) + (f" ({others})" if others else "")
-    return words["none"]
+    return _said(words, against, support, others, ", ")
+
+
+def _said(words: dict[str, str], against: list[str], support: list[str], aside: str, sep: str) -> str:
+    """The verdict's words: against when any difference is real against the claim, else supported when any is
+    real for it, else no difference; the deciding comparisons joined by ``sep``, then ``aside`` in brackets."""
+    if not against and not support:
+        return words["none"]
+    word, named = (words["against"], against) if against else (words["supported"], support)
+    return f"{word}: " + sep.join(named) + (f" ({aside})" if aside else "")
 
 
 def _fmt(label: str, v: dict) -> str:
@@ -97,15 +102,12 @@ def _resolution_verdict(cells: Cells) -> str:
         return waiting
     said = {sign: [f"{a} keeps {word} than {b} at {where}" for (a, b), items in cells.items()
                    if (where := _real_sizes(items, sign))] for sign, word in ((-1, "less"), (1, "more"))}
-    if said[-1]:
-        return f"{WORDS['against']}: " + "; ".join(said[-1]) + (f" (for: {'; '.join(said[1])})" if said[1] else "")
-    if said[1]:
-        return f"{WORDS['supported']}: " + "; ".join(said[1])
-    return WORDS["none"]
+    aside = f"for: {'; '.join(said[1])}" if said[-1] and said[1] else ""
+    return _said(WORDS, said[-1], said[1], aside, "; ")
 
 
-def _resolution_numbers(cells: Cells) -> str:
-    """Per comparison and protocol: the paired difference of keep at each size (* real)."""
+def _resolution_numbers(cells: Cells, legend: bool = True) -> str:
+    """Per comparison and protocol: the paired difference of keep at each size (* real; ``legend``: say so)."""
     lines = []
     for (a, b), items in cells.items():
         for proto in dict.fromkeys(p for p, _s, _v in items):
@@ -115,7 +117,7 @@ def _resolution_numbers(cells: Cells) -> str:
                 noise = sorted({f"{v['noise']:.3f}" for _s, v in vs}, key=float)
                 lines.append(f"{a} − {b}, {proto}: {diffs} (n {min(v['n'] for _s, v in vs)}; "
                              f"noise {'-'.join(dict.fromkeys([noise[0], noise[-1]]))})")
-    return "; ".join(lines) + ("; * real: beyond twice the noise" if lines else "")
+    return "; ".join(lines) + ("; * real: beyond twice the noise" if lines and legend else "")
 
 
 def resolution_claim(results: Path) -> tuple[str, str, str, str]:
@@ -128,20 +130,26 @@ def resolution_claim(results: Path) -> tuple[str, str, str, str]:
         return (RESOLUTION_CLAIM, "undecided: not run yet", "no runs at the budget yet", path)
     s = R.summarise(runs)
     train = runs[-1]["budget"]["img_size"]
-    cells: Cells = {}
-    for tic, other in (("tic_conv_nano", "convnet_nano"), ("tic_nano", "vit_nano_abspe")):
-        protos = [p for p in s["protocols"] if not p.endswith(C.RECAL) or _recalibrates(runs, (tic, other))]
-        cells[(tic, other)] = [(proto, size, R.keep_verdict(s, (tic, "fixed"), (other, "fixed"), size, proto))
-                               for proto in protos for size in s["sizes"] if size != train]
+    pairs = (("tic_conv_nano", "convnet_nano"), ("tic_nano", "vit_nano_abspe"))
+    cells: Cells = {pair: _keep_cells(s, runs, pair, train) for pair in pairs}
     numbers = _resolution_numbers(cells) or "no runs at the budget yet"
     if ("global", "fixed") in s["rows"] and ("tic_nano", "fixed") in s["rows"]:
         # the body's control: global attention in tic_nano's body, so a loss both share is the body's, not MSA-Conv's
-        control: Cells = {("tic_nano", "global"): [
-            (proto, size, R.keep_verdict(s, ("tic_nano", "fixed"), ("global", "fixed"), size, proto))
-            for proto in s["protocols"] if not proto.endswith(C.RECAL) for size in s["sizes"] if size != train]}
+        control: Cells = {("tic_nano", "global"): _keep_cells(s, runs, ("tic_nano", "global"), train)}
         numbers += ("; control, not in the verdict (global attention in tic_nano's own body): "
-                    + _resolution_numbers(control).removesuffix("; * real: beyond twice the noise"))
+                    + _resolution_numbers(control, legend=False))
     return (RESOLUTION_CLAIM, _resolution_verdict(cells), numbers, path)
+
+
+def _keep_cells(s: dict, runs: list[dict], pair: tuple[str, str], train: int) -> list[tuple[str, int, dict]]:
+    """(protocol, size, paired verdict of keep) of ``pair`` (fixed training) at every size but the training
+    size; the '+bn' protocols only where re-estimating BatchNorm changed a figure of the pair."""
+    from . import resolution as R
+
+    tic, other = pair
+    protos = [p for p in s["protocols"] if not p.endswith(C.RECAL) or _recalibrates(runs, pair)]
+    return [(proto, size, R.keep_verdict(s, (tic, "fixed"), (other, "fixed"), size, proto))
+            for proto in protos for size in s["sizes"] if size != train]
 
 
 def _recalibrates(runs: list[dict], arms: tuple[str, ...]) -> bool:
