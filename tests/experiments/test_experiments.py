@@ -427,12 +427,22 @@ def test_claims_verdicts_on_synthetic_records(tmp_path):
             in rows["IPM helps (top-1 at 32 px, paired)"])
     # the resolution claim waits for its other pair (tic_nano against the ViT with the learned embedding)
     res_row = next(v for k, v in rows.items() if k.startswith("Any resolution"))
-    assert "undecided: 3 seed(s) so far, some arms not run yet" in res_row
+    assert "undecided: 3 seed(s) so far; not run yet: tic_nano − vit_nano_abspe" in res_row
     assert "tic_conv_nano − convnet_nano, resize: 48 px +0.251 ± 0.003* (n 3; noise 0.006)" in res_row
     acc = next(v for k, v in rows.items() if k.startswith("Accuracy comparable"))
     assert "**supported**: no difference within the noise" in acc and "-0.500" in acc  # -0.5 at noise 1.0
     cost_row = next(v for k, v in rows.items() if k.startswith("Cheaper"))
     assert "undecided: not run yet" in cost_row
+    # a further MDCSM arm is shown, and joins the verdict only with 3 seeds
+    _write(res / "ablation" / "records.jsonl", abl + [_run("ablation", "mdcsm_kv_8dir", 0, 60.0, group="mdcsm")])
+    mdcsm = next(line for line in claims.render(res).splitlines() if line.startswith("| MDCSM helps"))
+    assert "**supported**: mdcsm_kv − head_dim16 (within the noise: mdcsm_input − default) |" in mdcsm
+    assert "mdcsm_kv_8dir − head_dim16 (top-1 points; not in the verdict until it has 3 seeds) -9.00" in mdcsm
+    eight = [_run("ablation", "mdcsm_kv_8dir", s, 60.0 + s, group="mdcsm") for s in range(3)]
+    _write(res / "ablation" / "records.jsonl", abl + eight)
+    mdcsm = next(line for line in claims.render(res).splitlines() if line.startswith("| MDCSM helps"))
+    assert "**against**: mdcsm_kv_8dir − head_dim16 (for: mdcsm_kv − head_dim16" in mdcsm
+    _write(res / "ablation" / "records.jsonl", abl)
     # with the ViT's runs the claim is decided: one sentence per comparison, the sizes grouped by protocol
     resol += [_run("resolution", "vit_nano_abspe", s, 60.0 + s, evals={(32, "resize"): 60.0 + s,
                    (48, "resize"): 57.0 + s, (48, "canvas"): 40.0 + s}) for s in range(3)]
@@ -449,6 +459,16 @@ def test_claims_verdicts_on_synthetic_records(tmp_path):
     row = next(line for line in claims.render(res).splitlines() if line.startswith("| Any resolution"))
     assert row.split(" | ")[1] == res_row.split(" | ")[1]  # the same verdict
     assert "control, not in the verdict (global attention in tic_nano's own body): tic_nano − global, resize: 48 px" in row
+    assert "multi-size" not in row  # no arm of a pair trained at several sizes yet
+    # multi-size training: judged beside the fixed-size verdict, which it does not change
+    resol += [_run("resolution", arm, s, 75.0 + s, mode="multi", evals={(32, "resize"): 75.0 + s, (48, "resize"): k + s,
+                   (48, "canvas"): 60.0 + s}) for s in range(3) for arm, k in (("tic_conv_nano", 74.0), ("convnet_nano", 70.0))]
+    _write(res / "resolution" / "records.jsonl", resol)
+    row = next(line for line in claims.render(res).splitlines() if line.startswith("| Any resolution"))
+    assert row.split(" | ")[1] == (res_row.split(" | ")[1] + "; with multi-size training: undecided: 3 seed(s) so far; "
+                                   "not run yet: tic_nano − vit_nano_abspe")
+    assert "multi-size training: tic_conv_nano − convnet_nano, resize: 48 px +0.053 ± 0.0" in row
+    assert row.count("* real: beyond twice the noise") == 1
 
 def test_report_says_when_the_default_reaches_the_bar(tmp_path):
     res = tmp_path / "results"
