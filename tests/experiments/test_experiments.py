@@ -470,6 +470,19 @@ def test_claims_verdicts_on_synthetic_records(tmp_path):
     assert "multi-size training: tic_conv_nano − convnet_nano, resize: 48 px +0.053 ± 0.0" in row
     assert row.count("* real: beyond twice the noise") == 1
 
+def test_a_run_resumed_after_its_last_step_has_no_training_time():
+    from msaconv.experiments import ablation
+
+    # seed 1 was resumed from a checkpoint written after the last step, before checkpoints carried the
+    # training time: its process trained nothing, so its record has no rate and says nothing of the time
+    runs = [_run("ablation", "default", 0, 70.0), {**_run("ablation", "default", 1, 71.0), "img_per_s": None,
+                                                  "train_seconds": 0.0002}]
+    row = ablation.summarise(runs)[0]
+    assert row["train_min"]["n"] == 1 and row["train_min"]["mean"] == 10.0 and row["img_per_s"]["n"] == 1
+    md = ablation.render([{**runs[1], "group": "default", "description": "d"}], Path("."))
+    assert "| 0.300 | - | - |" in md  # params, then no rate and no minutes
+
+
 def test_report_says_when_the_default_reaches_the_bar(tmp_path):
     res = tmp_path / "results"
     _write(res / "ablation" / "records.jsonl",

@@ -52,12 +52,19 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM, out
     assert "SIGTERM: saved" in out and "--resume" in out
-    step = find_checkpoint(run, "last")["step"]
+    first = find_checkpoint(run, "last")
+    step = first["step"]
     assert 2 <= step < 12
     p = run_subprocess(args)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
-    assert find_checkpoint(run, "last")["step"] == 12
+    last = find_checkpoint(run, "last")
+    assert last["step"] == 12
+    # the training time and images carry over the resume: the summary counts the whole training
+    assert first["train_seconds"] > 0 and first["train_images_seen"] * 12 == last["train_images_seen"] * step
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"] == step and summary["train_seconds"] > first["train_seconds"]
+    assert abs(summary["img_per_s"] * summary["train_seconds"] - last["train_images_seen"]) < 1e-6 * last["train_images_seen"]
 
 
 def test_incomplete_checkpoint_is_ignored(tmp_path):

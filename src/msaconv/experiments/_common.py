@@ -698,6 +698,12 @@ def mean_spread(xs: Sequence[float | None]) -> dict:
             "max": max(v), "n": len(v)}
 
 
+def train_minutes(record: dict) -> float | None:
+    """A run record's training minutes; None where its process trained nothing (a run resumed after its last
+    step) from a checkpoint older than the cumulative training time: the record cannot say how long it took."""
+    return None if record.get("img_per_s") is None else record["train_seconds"] / 60
+
+
 def binomial_se(top1: float, images: int) -> float:
     """The standard error (points) of one top-1 of ``top1`` % measured on ``images`` test images."""
     p = min(max(top1 / 100, 0.0), 1.0)

@@ -278,7 +278,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                      "seeds": sorted(r["seed"] for r in rs), "top1": C.mean_spread([r["top1"] for r in rs]),
                      "top5": C.mean_spread([r["top5"] for r in rs]), "params": rs[0]["params"],
                      "img_per_s": C.mean_spread([r["img_per_s"] for r in rs]),
-                     "train_min": C.mean_spread([r["train_seconds"] / 60 for r in rs]),
+                     "train_min": C.mean_spread([C.train_minutes(r) for r in rs]),
                      "delta": C.verdict(C.paired({r["seed"]: r["top1"] for r in rs}, base), base_std, floor),
                      "control": CONTROL.get(name), "control_delta": _vs(rs, runs, CONTROL.get(name), floor),
                      "at": at, "mechanism": rs[0].get("mechanism", [])})
@@ -321,7 +321,7 @@ def render(records: list[dict], figdir: Path) -> str:
                           (f"vs {r['control']}: " + (C.fmt_verdict(r["control_delta"]) if r["control_delta"]["n"]
                                                        else "control not run yet")) if r["control"] else "-",
                           f"{r['top5']['mean']:.2f}",
-                          f"{r['params'] / 1e6:.3f}", f"{r['img_per_s']['mean']:.0f}", f"{r['train_min']['mean']:.1f}"])
+                          f"{r['params'] / 1e6:.3f}", C.fmt(r["img_per_s"]["mean"], 0), C.fmt(r["train_min"]["mean"], 1)])
         parts.append(C.md_table(["group", "arm", "what", "seeds", "top-1 % (mean ± std)", "min-max",
                                  "Δ top-1 vs default, paired by seed (real: beyond 2x noise)",
                                  "Δ top-1 vs its control (same heads, mechanism off)", "top-5 %",

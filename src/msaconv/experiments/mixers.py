@@ -199,7 +199,7 @@ def rows_of(records: list[dict]) -> list[dict]:
                      "delta": C.verdict(C.paired({r["seed"]: r["top1"] for r in rs}, base), bstat["std"], floor),
                      "params": rs[0]["params"] if rs else None, "target": first.get("target_params"),
                      "loop_img_s": C.mean_spread([r["img_per_s"] for r in rs]),
-                     "train_min": C.mean_spread([r["train_seconds"] / 60 for r in rs]),
+                     "train_min": C.mean_spread([C.train_minutes(r) for r in rs]),
                      "gmacs": t.get("gmacs"), "infer_img_s": t.get("infer_img_s"), "train_img_s": t.get("train_img_s"),
                      "timing_error": t.get("error"), "error": errs[-1]["error"] if errs and not rs else None})
     return rows

@@ -92,9 +92,9 @@ def budget_paragraph(results: Path) -> str:
     text.append(C.bar_sentence(C.mean_spread([r["top1"] for r in runs]),
                                f"**Default arm** (`{C.DEFAULT_MODEL}`, fixed 32 px, the ablation's `default`)"))
     if runs:
-        tr = C.mean_spread([r["train_seconds"] / 60 for r in runs])
+        tr = C.mean_spread([C.train_minutes(r) for r in runs])
         ev = C.mean_spread([r.get("eval_seconds", 0) / 60 for r in runs])
-        text.append(f"Measured cost of one default run: {tr['mean']:.1f} min training + {ev['mean']:.1f} min evaluation "
+        text.append(f"Measured cost of one default run: {C.fmt(tr['mean'], 1)} min training + {ev['mean']:.1f} min evaluation "
                     f"({runs[-1].get('threads', '?')} thread(s), {runs[-1].get('env', {}).get('cpu', '?')}).")
     return " ".join(text)
 

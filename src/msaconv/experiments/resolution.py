@@ -190,7 +190,7 @@ def summarise(runs: list[dict]) -> dict:
             "errors": {k: v for r in rs for k, v in r.get("eval_errors", {}).items()},
             "delta": C.verdict(C.paired({r["seed"]: r["top1"] for r in rs}, ref), ref_stats["std"],
                                C.binomial_se(ref_stats["mean"] if ref_stats["n"] else 50.0, val)),
-            "train_min": C.mean_spread([r["train_seconds"] / 60 for r in rs]),
+            "train_min": C.mean_spread([C.train_minutes(r) for r in rs]),
             "eval_min": C.mean_spread([r.get("eval_seconds", 0) / 60 for r in rs])}
     return out
 
@@ -270,7 +270,7 @@ def render(records: list[dict], figdir: Path) -> str:
         if errors:
             parts.append("Sizes an arm cannot run at:\n\n" + "\n".join(
                 f"- {arm} ({mode}) at {sz} px: {why}" for (arm, mode, sz), why in errors.items()))
-        costs = [f"{arm} ({mode}) {r['train_min']['mean']:.1f} + {r['eval_min']['mean']:.1f}"
+        costs = [f"{arm} ({mode}) {C.fmt(r['train_min']['mean'], 1)} + {C.fmt(r['eval_min']['mean'], 1)}"
                  for (arm, mode), r in s["rows"].items()]
         parts.append("Minutes per run, training + evaluation (mean over seeds, one thread): " + "; ".join(costs) + ".")
         missing = [f"{a} ({m})" for a in ARMS for m in C.MODES if (a, m) not in s["rows"]]

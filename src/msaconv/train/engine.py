@@ -73,6 +73,11 @@ class Run:
     best_top1: float = -1.0
     best_step: int | None = None
     resumed_from: int | None = None
+    # training seconds and images of the processes before a resume (from the checkpoint), so a resumed run's
+    # summary counts the whole training, not the part since the resume
+    seconds_before: float = 0.0
+    images_before: int = 0
+    tally: Tally | None = None  # this process's training tally, while the loop runs
     ddp: torch.nn.Module = field(init=False)  # the model, in DistributedDataParallel over several processes
     metrics: MetricsLog = field(init=False)
     eval_idx: torch.Tensor | None = None  # the validation images of the per-epoch check (None: all)
@@ -259,6 +264,8 @@ def _resume(run: Run, doc: dict) -> None:
     if run.ema is not None:
         run.ema.module.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
     run.step = run.resumed_from = int(doc["step"])
+    run.seconds_before = float(doc.get("train_seconds", 0.0))  # 0 in a checkpoint older than the field
+    run.images_before = int(doc.get("train_images_seen", 0))
     run.best_top1 = float(doc.get("best_top1", -1.0))
     run.best_step = doc.get("best_step")
     steps_per_epoch = run.plan.steps_per_epoch
@@ -305,6 +312,7 @@ def _loop(run: Run) -> tuple[Tally, bool, int | None]:
     bar = tqdm(total=plan.total_steps, initial=run.step, disable=not (run.info.is_main and cfg.progress),
                unit="step", dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
     tally, stop_now = Tally(), False
+    run.tally = tally
     run.ddp.train()
     with _Stop() as stop:
         epoch_iter = None
@@ -480,13 +488,24 @@ def _save(run: Run, tag: str) -> None:
 def _checkpoint_info(run: Run, epoch: int) -> dict:
     """What a checkpoint records beside the tensors: position, best score, schedule, RNG scheme."""
     cfg, plan = run.cfg, run.plan
+    seconds, images = _trained(run)
     return {"epoch": epoch, "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+            "train_seconds": seconds, "train_images_seen": images,
             "best_top1": run.best_top1, "best_step": run.best_step,
             "scheduler": {"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": plan.warmup_steps,
                           "total_steps": plan.total_steps, "min_lr_ratio": cfg.min_lr_ratio, "step": run.step},
             "rng": {"scheme": "derived from (seed, epoch, step, rank): permutation, augmentation and "
                               "torch.manual_seed each step", "seed": cfg.seed},
             "world_size": run.info.world_size}
+
+
+def _trained(run: Run) -> tuple[float, int]:
+    """(seconds, images) trained so far by this run, the processes before a resume included (images per rank)."""
+    tally = run.tally
+    if tally is None:
+        return run.seconds_before, run.images_before
+    now = tally.train_seconds or time.perf_counter() - tally.t_train
+    return run.seconds_before + now, run.images_before + tally.images
 
 
 # -------------------------------------------------------------------------------------------- run end
@@ -524,12 +543,12 @@ def _finish(run: Run, tally: Tally, t_start: float, cpu_start: float) -> dict:
 def _summary(run: Run, tally: Tally, evals: list[dict], total_seconds: float, cpu_seconds: float) -> dict:
     """summary.json: what ran, how long it took, its best and final scores, what was skipped."""
     cfg, info, va = run.cfg, run.info, run.va
+    seconds, images = _trained(run)
     return {
         "status": "finished", "model": cfg.model, "params": run.n_params, "run_dir": str(run.run_dir),
         "epochs": cfg.epochs, "steps": run.step, "train_images": len(run.tr), "val_images": len(va) if va else 0,
-        "train_seconds": tally.train_seconds, "total_seconds": total_seconds, "cpu_seconds": cpu_seconds,
-        "threads": torch.get_num_threads(),
-        "img_per_s": tally.images * info.world_size / max(tally.train_seconds, 1e-9) if tally.images else None,
+        "train_seconds": seconds, "total_seconds": total_seconds, "cpu_seconds": cpu_seconds,
+        "threads": torch.get_num_threads(), "img_per_s": images * info.world_size / max(seconds, 1e-9) if images else None,
         "best_top1": run.best_top1 if run.best_top1 >= 0 else None, "best_step": run.best_step, "final": evals,
         "world_size": info.world_size, "resumed_from": run.resumed_from,
         "skipped_bad_images": run.tr.skipped + (va.skipped if va else 0) + tally.bad,
