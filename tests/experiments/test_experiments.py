@@ -489,6 +489,15 @@ def test_report_says_when_the_default_reaches_the_bar(tmp_path):
            [_run("ablation", "default", s, 71.0 + s, group="default", description="d") for s in range(3)])
     md, _, _ = report.build(res, tmp_path / "r.md")
     assert "top-1 72.00 ± 1.00 % (3 seed(s)) at 32 px, at or above the 70% bar" in md and "below the" not in md
+    # the cost of a run of the default's network over every ablation arm, per CPU (the recipe's arms change steps)
+    recs = [_run("ablation", "default", s, 71.0 + s, group="default", description="d", train_seconds=60.0 * (s + 1),
+                 env={"cpu": "CPU A"}) for s in range(3)]
+    recs += [_run("ablation", "batch64", 0, 72.0, group="recipe", train_seconds=6000.0, env={"cpu": "CPU A"}),
+             _run("ablation", "ipm_grid", 0, 72.0, group="ipm", train_seconds=30.0, env={"cpu": "CPU B"})]
+    _write(res / "ablation" / "records.jsonl", recs)
+    md, _, _ = report.build(res, tmp_path / "r.md")
+    assert ("CPU A: 3 runs, training median 2.0 min (fastest 1.0), evaluation median 1.0 min; "
+            "CPU B: 1 run, training median 0.5 min (fastest 0.5)") in md
 
 
 def test_report_without_new_records_says_not_run_yet(tmp_path):

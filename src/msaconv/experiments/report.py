@@ -96,7 +96,30 @@ def budget_paragraph(results: Path) -> str:
         ev = C.mean_spread([r.get("eval_seconds", 0) / 60 for r in runs])
         text.append(f"Measured cost of one default run: {C.fmt(tr['mean'], 1)} min training + {ev['mean']:.1f} min evaluation "
                     f"({runs[-1].get('threads', '?')} thread(s), {runs[-1].get('env', {}).get('cpu', '?')}).")
-    return " ".join(text)
+        text.append(_model_cost(results))
+    return " ".join(t for t in text if t)
+
+
+def _model_cost(results: Path) -> str:
+    """The spread of the minutes per run over every ablation run of the default's network and steps (all arms but
+    the recipe's), per CPU: one run's time depends on what else the machine ran then, the median says more."""
+    import statistics
+
+    primary, _, _ = C.split_budgets(C.read_records(Path(results) / "ablation" / "records.jsonl"))
+    by_cpu: dict[str, list[dict]] = {}
+    for r in primary:
+        if "top1" in r and r.get("group") != "recipe" and C.train_minutes(r) is not None:
+            by_cpu.setdefault(r.get("env", {}).get("cpu", "?"), []).append(r)
+    said = []
+    for cpu, rs in by_cpu.items():
+        train = [C.train_minutes(r) or 0.0 for r in rs]
+        ev = [r.get("eval_seconds", 0) / 60 for r in rs]
+        said.append(f"{cpu}: {len(rs)} run{'s' * (len(rs) != 1)}, training median {statistics.median(train):.1f} min (fastest "
+                    f"{min(train):.1f}), evaluation median {statistics.median(ev):.1f} min")
+    if not said:
+        return ""
+    return ("Every ablation run of the same network and steps (all arms but the recipe's; a run's minutes depend on "
+            "what else the machine ran at the time): " + "; ".join(said) + ".")
 
 
 def _anchor(title: str) -> str:
