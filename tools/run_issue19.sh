@@ -8,22 +8,28 @@
 # and a run killed midway continues from its last epoch checkpoint. Just start it again.
 #
 #   source /work/venv/bin/activate            # or any environment with `pip install -e .`
-#   nohup tools/run_issue19.sh > runs/issue19.log 2>&1 &
+#   setsid nohup tools/run_issue19.sh > runs/issue19.log 2>&1 &
 #
 # Order: the default arm first (3 seeds), then a check that it reaches the 70% bar (STOP_BELOW_BAR=0 skips
 # the check); then the resolution (the paper's headline), the ablation, mixers (zoo), erf, and the report.
 # Environment: DATA (default embedded; a path such as ../shared/data/cifar10/train.zip is another budget),
 # EPOCHS (default 5; 4 left the default arm at 69.88%, below the bar), NICE (default 10), STOP_BELOW_BAR
-# (default 1), MSACONV (default msaconv). The costs below are at 4 epochs; 5 epochs cost about a quarter more.
+# (default 1), MSACONV (default msaconv).
 #
-# Cost on one core of this 2-core EPYC (tic_conv_nano trains about 2.5 min/epoch at one thread, convnet_nano
-# 1.8; each run's final evaluations of 10,000 images at 16-64 px under two protocols take about as long as its
-# 4 epochs of training for tic_conv_nano; the zoo is evaluated at 32 px only):
-#   default arm        3 runs x ~20 min                                  ~1 h
-#   ablation          36 runs x 20-25 min (the default's 3 included)    ~13 h
-#   resolution        48 runs x 8-35 min (3 shared with the ablation)   ~12 h
-#   mixers            42 runs x 5-15 min (halo ~50), 12 shared, timing   ~5 h
-#   erf               no training (the ablation's runs)                 ~10 min
+# Niceness: where the kernel groups processes by session (sched_autogroup_enabled=1, common on desktops and
+# this project's machines), nice ranks processes only within one session, so a niced run still takes a full
+# core from the work in your shell. Started with setsid (as above) the script is a session of its own and sets
+# that session's nice (/proc/self/autogroup) to NICE as well; started otherwise it leaves your session alone.
+#
+# Measured cost at 5 epochs on one core of a 2-core AMD EPYC (docs/results.md; minutes training + evaluation,
+# medians where the machine was shared): tic_conv_nano 5.5-9 + 4-7.5, tic_nano 3-4 + 2, convnet_nano 3.5 + 2-3,
+# vit_nano_global 15 + 14, vit_nano_abspe 13 + 7, the zoo's mixers 2-6 + 2-9 (the resolution evaluates every run
+# at 16-64 px under two protocols, which costs about as much as its training):
+#   default arm        3 runs x ~12 min                                  ~0.6 h
+#   ablation          45 runs x ~12 min (recipe arms: ~5 min)            ~8 h
+#   resolution        48 runs x 5-30 min (3 shared with the ablation)   ~9 h
+#   mixers            42 runs x 5-15 min, 12 shared with the resolution  ~5 h
+#   erf               the ablation's runs, no new training               ~10 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-embedded}
@@ -32,6 +38,11 @@ NICE=${NICE:-10}
 STOP_BELOW_BAR=${STOP_BELOW_BAR:-1}
 MSACONV=${MSACONV:-msaconv}
 COMMON=(--data "$DATA" --epochs "$EPOCHS" --workers 1 --threads 1)
+
+# a session leader (started with setsid) gives its session, and so every run below, the nice it asks for
+if [ "$(cut -d' ' -f6 /proc/$$/stat 2>/dev/null)" = "$$" ] && [ -w /proc/self/autogroup ]; then
+    echo "$NICE" > /proc/self/autogroup 2>/dev/null || true
+fi
 
 step() {
     echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) msaconv experiment $*"
