@@ -479,6 +479,8 @@ def test_a_run_resumed_after_its_last_step_has_no_training_time():
                                                   "train_seconds": 0.0002}]
     row = ablation.summarise(runs)[0]
     assert row["train_min"]["n"] == 1 and row["train_min"]["mean"] == 10.0 and row["img_per_s"]["n"] == 1
+    # resumed midway from such a checkpoint: the time counts only the part after the resume
+    assert C.train_minutes({**runs[0], "train_seconds_partial": True}) is None and C.train_minutes(runs[0]) == 10.0
     md = ablation.render([{**runs[1], "group": "default", "description": "d"}], Path("."))
     assert "| 0.300 | - | - |" in md  # params, then no rate and no minutes
 

@@ -65,6 +65,24 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from"] == step and summary["train_seconds"] > first["train_seconds"]
     assert abs(summary["img_per_s"] * summary["train_seconds"] - last["train_images_seen"]) < 1e-6 * last["train_images_seen"]
+    assert "train_seconds_partial" not in summary
+
+
+def test_resume_from_a_checkpoint_without_the_training_time_says_its_time_is_partial(tmp_path):
+    args = ["train", *RESUMABLE, "--output", tmp_path, "--name", "old", "--seed", "5", "--resume", "auto"]
+    run = tmp_path / "old"
+    p = run_subprocess(args)
+    wait_for_step(run, 2, p)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    # a checkpoint written before checkpoints carried the training time
+    pointer = run / "last.json"
+    doc = json.loads(pointer.read_text())
+    del doc["train_seconds"], doc["train_images_seen"]
+    pointer.write_text(json.dumps(doc))
+    assert run_cli(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"] == doc["step"] and summary["train_seconds_partial"] is True
 
 
 def test_incomplete_checkpoint_is_ignored(tmp_path):

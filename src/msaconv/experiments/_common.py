@@ -460,6 +460,7 @@ def train_job(job: dict) -> dict:
         "train_seconds": summary["train_seconds"], "cpu_seconds": summary.get("cpu_seconds"),
         "eval_seconds": sum(e.get("seconds", 0.0) for e in evals), "total_seconds": summary["total_seconds"],
         "img_per_s": summary["img_per_s"], "params": summary["params"], "threads": summary["threads"],
+        **({"train_seconds_partial": True} if summary.get("train_seconds_partial") else {}),
         "checkpoint": str(run_dir), "reused_checkpoint": reused, "budget": budget.as_dict(),
         **data_identity(run_dir), **job.get("extra", {}),
     }
@@ -699,9 +700,12 @@ def mean_spread(xs: Sequence[float | None]) -> dict:
 
 
 def train_minutes(record: dict) -> float | None:
-    """A run record's training minutes; None where its process trained nothing (a run resumed after its last
-    step) from a checkpoint older than the cumulative training time: the record cannot say how long it took."""
-    return None if record.get("img_per_s") is None else record["train_seconds"] / 60
+    """A run record's training minutes; None where the run was resumed from a checkpoint older than the
+    cumulative training time (its process trained nothing, or only the part after the resume): the record
+    cannot say how long the run took."""
+    if record.get("img_per_s") is None or record.get("train_seconds_partial"):
+        return None
+    return record["train_seconds"] / 60
 
 
 def binomial_se(top1: float, images: int) -> float:

@@ -77,6 +77,7 @@ class Run:
     # summary counts the whole training, not the part since the resume
     seconds_before: float = 0.0
     images_before: int = 0
+    time_unknown_before: bool = False  # resumed from a checkpoint that predates the fields above
     tally: Tally | None = None  # this process's training tally, while the loop runs
     ddp: torch.nn.Module = field(init=False)  # the model, in DistributedDataParallel over several processes
     metrics: MetricsLog = field(init=False)
@@ -264,8 +265,9 @@ def _resume(run: Run, doc: dict) -> None:
     if run.ema is not None:
         run.ema.module.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
     run.step = run.resumed_from = int(doc["step"])
-    run.seconds_before = float(doc.get("train_seconds", 0.0))  # 0 in a checkpoint older than the field
+    run.seconds_before = float(doc.get("train_seconds", 0.0))
     run.images_before = int(doc.get("train_images_seen", 0))
+    run.time_unknown_before = run.step > 0 and "train_seconds" not in doc
     run.best_top1 = float(doc.get("best_top1", -1.0))
     run.best_step = doc.get("best_step")
     steps_per_epoch = run.plan.steps_per_epoch
@@ -551,6 +553,8 @@ def _summary(run: Run, tally: Tally, evals: list[dict], total_seconds: float, cp
         "threads": torch.get_num_threads(), "img_per_s": images * info.world_size / max(seconds, 1e-9) if images else None,
         "best_top1": run.best_top1 if run.best_top1 >= 0 else None, "best_step": run.best_step, "final": evals,
         "world_size": info.world_size, "resumed_from": run.resumed_from,
+        # train_seconds then counts only the training since the resume (the checkpoint did not carry the time)
+        **({"train_seconds_partial": True} if run.time_unknown_before else {}),
         "skipped_bad_images": run.tr.skipped + (va.skipped if va else 0) + tally.bad,
         "skipped_nonfinite_steps": tally.skipped_steps,
     }
