@@ -43,14 +43,20 @@ def test_same_seed_same_weights_and_kill9_resume(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 12
 
 
-def test_sigterm_saves_and_resume_finishes(tmp_path):
-    args = ["train", *RESUMABLE, "--output", tmp_path, "--name", "term", "--seed", "5", "--resume", "auto"]
-    run = tmp_path / "term"
+def _sigterm_after_step_2(tmp_path: Path, name: str) -> tuple[list, Path, str]:
+    """A resumable run started, sent SIGTERM once it passed step 2: (its arguments, its folder, its output)."""
+    args = ["train", *RESUMABLE, "--output", tmp_path, "--name", name, "--seed", "5", "--resume", "auto"]
+    run = tmp_path / name
     p = run_subprocess(args)
     wait_for_step(run, 2, p)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM, out
+    return args, run, out
+
+
+def test_sigterm_saves_and_resume_finishes(tmp_path):
+    args, run, out = _sigterm_after_step_2(tmp_path, "term")
     assert "SIGTERM: saved" in out and "--resume" in out
     first = find_checkpoint(run, "last")
     step = first["step"]
@@ -69,12 +75,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
 
 
 def test_resume_from_a_checkpoint_without_the_training_time_says_its_time_is_partial(tmp_path):
-    args = ["train", *RESUMABLE, "--output", tmp_path, "--name", "old", "--seed", "5", "--resume", "auto"]
-    run = tmp_path / "old"
-    p = run_subprocess(args)
-    wait_for_step(run, 2, p)
-    p.send_signal(signal.SIGTERM)
-    p.communicate(timeout=120)
+    args, run, _ = _sigterm_after_step_2(tmp_path, "old")
     # a checkpoint written before checkpoints carried the training time
     pointer = run / "last.json"
     doc = json.loads(pointer.read_text())
