@@ -470,7 +470,7 @@ def test_claims_verdicts_on_synthetic_records(tmp_path):
     assert "multi-size training: tic_conv_nano − convnet_nano, resize: 48 px +0.053 ± 0.0" in row
     assert row.count("* real: beyond twice the noise") == 1
 
-def test_a_run_resumed_after_its_last_step_has_no_training_time():
+def test_a_run_resumed_after_its_last_step_has_no_training_time(tmp_path):
     from msaconv.experiments import ablation
 
     # seed 1 was resumed from a checkpoint written after the last step, before checkpoints carried the
@@ -481,7 +481,7 @@ def test_a_run_resumed_after_its_last_step_has_no_training_time():
     assert row["train_min"]["n"] == 1 and row["train_min"]["mean"] == 10.0 and row["img_per_s"]["n"] == 1
     # resumed midway from such a checkpoint: the time counts only the part after the resume
     assert C.train_minutes({**runs[0], "train_seconds_partial": True}) is None and C.train_minutes(runs[0]) == 10.0
-    md = ablation.render([{**runs[1], "group": "default", "description": "d"}], Path("."))
+    md = ablation.render([{**runs[1], "group": "default", "description": "d"}], tmp_path)
     assert "| 0.300 | - | - |" in md  # params, then no rate and no minutes
 
 
