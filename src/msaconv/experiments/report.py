@@ -106,16 +106,16 @@ def _model_cost(results: Path) -> str:
     import statistics
 
     primary, _, _ = C.split_budgets(C.read_records(Path(results) / "ablation" / "records.jsonl"))
-    by_cpu: dict[str, list[dict]] = {}
+    by_cpu: dict[str, list[tuple[float, float]]] = {}  # cpu -> (training, evaluation) minutes per run
     for r in primary:
-        if "top1" in r and r.get("group") != "recipe" and C.train_minutes(r) is not None:
-            by_cpu.setdefault(r.get("env", {}).get("cpu", "?"), []).append(r)
+        minutes = C.train_minutes(r) if "top1" in r and r.get("group") != "recipe" else None
+        if minutes is not None:
+            by_cpu.setdefault(r.get("env", {}).get("cpu", "?"), []).append((minutes, r.get("eval_seconds", 0) / 60))
     said = []
-    for cpu, rs in by_cpu.items():
-        train = [C.train_minutes(r) or 0.0 for r in rs]
-        ev = [r.get("eval_seconds", 0) / 60 for r in rs]
-        said.append(f"{cpu}: {len(rs)} run{'s' * (len(rs) != 1)}, training median {statistics.median(train):.1f} min (fastest "
-                    f"{min(train):.1f}), evaluation median {statistics.median(ev):.1f} min")
+    for cpu, runs in by_cpu.items():
+        train, ev = zip(*runs)
+        said.append(f"{cpu}: {len(runs)} run{'s' * (len(runs) != 1)}, training median {statistics.median(train):.1f} min "
+                    f"(fastest {min(train):.1f}), evaluation median {statistics.median(ev):.1f} min")
     if not said:
         return ""
     return ("Every ablation run of the same network and steps (all arms but the recipe's; a run's minutes depend on "

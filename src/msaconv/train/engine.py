@@ -78,7 +78,6 @@ class Run:
     seconds_before: float = 0.0
     images_before: int = 0
     time_unknown_before: bool = False  # resumed from a checkpoint that predates the fields above
-    tally: Tally | None = None  # this process's training tally, while the loop runs
     ddp: torch.nn.Module = field(init=False)  # the model, in DistributedDataParallel over several processes
     metrics: MetricsLog = field(init=False)
     eval_idx: torch.Tensor | None = None  # the validation images of the per-epoch check (None: all)
@@ -314,7 +313,6 @@ def _loop(run: Run) -> tuple[Tally, bool, int | None]:
     bar = tqdm(total=plan.total_steps, initial=run.step, disable=not (run.info.is_main and cfg.progress),
                unit="step", dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
     tally, stop_now = Tally(), False
-    run.tally = tally
     run.ddp.train()
     with _Stop() as stop:
         epoch_iter = None
@@ -334,7 +332,7 @@ def _loop(run: Run) -> tuple[Tally, bool, int | None]:
                 epoch_iter = None
                 _end_of_epoch(run, tally, bar, epoch)
             if end_of_epoch or run.step % cfg.checkpoint_every == 0 or stop_now:
-                _save(run, "last")
+                _save(run, tally, "last")
     bar.close()
     tally.train_seconds = time.perf_counter() - tally.t_train
     if tally.bad:
@@ -472,10 +470,10 @@ def _end_of_epoch(run: Run, tally: Tally, bar, epoch: int) -> None:
                   f"loss {ev['loss']:.3f} ({ev['images']} images, {ev['seconds']:.1f}s)")
     if ev["top1"] > run.best_top1:
         run.best_top1, run.best_step = ev["top1"], run.step
-        _save(run, "best")
+        _save(run, tally, "best")
 
 
-def _save(run: Run, tag: str) -> None:
+def _save(run: Run, tally: Tally, tag: str) -> None:
     """Checkpoint ``tag`` ('last' / 'best') at the current step, written by rank 0 while the others wait."""
     if run.info.is_main:
         epoch = run.step // run.plan.steps_per_epoch
@@ -483,14 +481,14 @@ def _save(run: Run, tag: str) -> None:
             run.run_dir, tag, step=run.step, model_state=run.model.state_dict(),
             model_meta=model_meta(run.cfg, run.tr.classes, run.step, epoch),
             optimizer_state=run.optimizer.state_dict(), ema_state=run.ema.module.state_dict() if run.ema else None,
-            info=_checkpoint_info(run, epoch))
+            info=_checkpoint_info(run, tally, epoch))
     D.barrier(run.info)
 
 
-def _checkpoint_info(run: Run, epoch: int) -> dict:
+def _checkpoint_info(run: Run, tally: Tally, epoch: int) -> dict:
     """What a checkpoint records beside the tensors: position, best score, schedule, RNG scheme."""
     cfg, plan = run.cfg, run.plan
-    seconds, images = _trained(run)
+    seconds, images = _trained(run, tally)
     return {"epoch": epoch, "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
             "train_seconds": seconds, "train_images_seen": images,
             "best_top1": run.best_top1, "best_step": run.best_step,
@@ -501,11 +499,8 @@ def _checkpoint_info(run: Run, epoch: int) -> dict:
             "world_size": run.info.world_size}
 
 
-def _trained(run: Run) -> tuple[float, int]:
+def _trained(run: Run, tally: Tally) -> tuple[float, int]:
     """(seconds, images) trained so far by this run, the processes before a resume included (images per rank)."""
-    tally = run.tally
-    if tally is None:
-        return run.seconds_before, run.images_before
     now = tally.train_seconds or time.perf_counter() - tally.t_train
     return run.seconds_before + now, run.images_before + tally.images
 
@@ -545,7 +540,7 @@ def _finish(run: Run, tally: Tally, t_start: float, cpu_start: float) -> dict:
 def _summary(run: Run, tally: Tally, evals: list[dict], total_seconds: float, cpu_seconds: float) -> dict:
     """summary.json: what ran, how long it took, its best and final scores, what was skipped."""
     cfg, info, va = run.cfg, run.info, run.va
-    seconds, images = _trained(run)
+    seconds, images = _trained(run, tally)
     return {
         "status": "finished", "model": cfg.model, "params": run.n_params, "run_dir": str(run.run_dir),
         "epochs": cfg.epochs, "steps": run.step, "train_images": len(run.tr), "val_images": len(va) if va else 0,
