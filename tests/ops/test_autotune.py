@@ -202,3 +202,44 @@ def test_count_flops_is_the_same_on_the_first_call(tuned):
     m = create_model("tic_conv_nano", num_classes=10)
     first = count_flops(m, (3, 32, 32), batch_size=1)["gmacs"]
     assert count_flops(m, (3, 32, 32), batch_size=1)["gmacs"] == first
+
+
+def test_a_backend_whose_temporaries_pass_the_limit_is_neither_measured_nor_taken(tuned):
+    """dense's logits grow as batch x heads x pixels^2: a depthwise model's 32x32 map of 32 heads at batch 250
+    would want 33.5 GB, and measuring it there ran an evaluation out of memory. Sizes only: nothing allocated."""
+    from dataclasses import replace
+
+    small = _problem()
+    big = replace(small, batch=250, heads=32, height=32, width=32)
+    assert dense.BACKEND.workspace_bytes(big) == 2 * 250 * 32 * 1024 * 1024 * 4
+    assert autotune.workspace_reason(dense.BACKEND, small) is None
+    reason = autotune.workspace_reason(dense.BACKEND, big)
+    assert reason is not None and "62.5 GiB" in reason and "MAX_WORKSPACE_BYTES" in reason
+    assert "dense" in backends.fused_candidates(small)
+    assert "dense" not in backends.fused_candidates(big) and "cpu" in backends.fused_candidates(big)
+    wide = replace(small, batch=4096, heads=256, height=5, width=5)  # inside dense's 9..25 keys, 5 GiB
+    assert backends.auto_reason(dense.BACKEND, wide) == autotune.workspace_reason(dense.BACKEND, wide)
+    assert dense.BACKEND.can_run(big) is None  # named, it still runs (the caller asked for it)
+
+
+class _OutOfMemory(_Fake):
+    def __init__(self, name: str, error: BaseException):
+        super().__init__(name, 0.0)
+        self.error = error
+
+    def forward_with_stats(self, q, k, v, extra_k, extra_v, pb):
+        self.calls += 1
+        raise self.error
+
+
+def test_a_candidate_that_runs_out_of_memory_is_passed_over(tuned):
+    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+    for error in (cpu_oom, torch.OutOfMemoryError("CUDA out of memory")):
+        autotune.clear()
+        big, ok = _OutOfMemory("big", error), _Fake("ok", 0.0)
+        assert autotune.choose(_problem(), {"big": big, "ok": ok}) == "ok"
+    autotune.clear()
+    with pytest.raises(RuntimeError, match="can't allocate"):  # every candidate failed: the call would too
+        autotune.choose(_problem(), {"a": _OutOfMemory("a", cpu_oom), "b": _OutOfMemory("b", cpu_oom)})
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # any other error is a bug: it propagates
+        autotune.choose(_problem(), {"a": _OutOfMemory("a", RuntimeError("shape mismatch")), "ok": _Fake("ok", 0)})

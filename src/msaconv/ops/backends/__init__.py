@@ -19,7 +19,9 @@ Such backends run inside the ``msaconv::msa_conv2d`` custom op (:mod:`msaconv.op
 
 A backend may also have ``declines(problem) -> None | reason``: ``backend=None`` passes over it where
 it gives a reason (it runs there when named, but another backend is faster), as ``dense`` does on
-maps outside 3x3 to 5x5 (9 to 25 pixels).
+maps outside 3x3 to 5x5 (9 to 25 pixels); and ``workspace_bytes(problem) -> int``, the temporaries one call
+allocates: ``backend=None`` neither measures nor takes it where that is more than
+``autotune.MAX_WORKSPACE_BYTES`` (``dense``'s logits grow as batch x heads x pixels squared).
 
 ``backend=None`` measures (:mod:`.autotune`): the first call of each shape times the fused backends that
 can run it (those with an explicit backward, less the ``fallback`` ones) and keeps the fastest. With the
@@ -79,7 +81,7 @@ def backend_reasons(pb: Problem) -> dict[str, str | None]:
 
 def auto_reason(be: Backend, pb: Problem) -> str | None:
     """Why ``backend=None`` passes over ``be`` for this problem (it cannot run it, or declines it), or None."""
-    reason = be.can_run(pb)
+    reason = be.can_run(pb) or autotune.workspace_reason(be, pb)
     declines = getattr(be, "declines", None)
     return declines(pb) if reason is None and declines is not None else reason
 
@@ -91,9 +93,11 @@ def has_explicit_backward(be: object) -> bool:
 
 def fused_candidates(pb: Problem) -> dict[str, Backend]:
     """The backends ``backend=None`` measures for ``pb``: those with an explicit backward that can run it, less
-    the ``fallback`` ones; those that would not decline it (the likely fastest) first."""
+    the ``fallback`` ones and those whose temporaries would pass ``autotune.MAX_WORKSPACE_BYTES``; those that
+    would not decline it (the likely fastest) first."""
     fused = {name: be for name, be in BACKENDS.items()
-             if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None}
+             if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None
+             and autotune.workspace_reason(be, pb) is None}
 
     def declines(be: Backend) -> bool:
         rule = getattr(be, "declines", None)

@@ -41,6 +41,10 @@ from .._checks import Problem
 
 REPEATS = 3
 CUTOFF = 3.0  # a candidate whose first call takes this many times the best so far is not timed further
+#: ``backend=None`` passes over a backend whose call would allocate more temporaries than this (its
+#: ``workspace_bytes``): ``dense`` on a 32x32 map of 32 heads at batch 250 wants 33.5 GB of logits, and
+#: measuring it there ran a depthwise model's evaluation out of memory. A backend named explicitly still runs.
+MAX_WORKSPACE_BYTES = 1 << 30
 _enabled: bool | None = None  # None: from MSACONV_AUTOTUNE (default on)
 _choices: dict[str, str] = {}  # shape key -> backend name, this process
 _loaded = False
@@ -147,6 +151,22 @@ def measure(be, pb: Problem, repeats: int = REPEATS, beat: float = float("inf"))
     return best
 
 
+def workspace_reason(be: Any, pb: Problem) -> str | None:
+    """Why ``backend=None`` passes over ``be`` for its memory: its ``workspace_bytes(pb)`` (where it says) is more
+    than :data:`MAX_WORKSPACE_BYTES`; else None."""
+    size = getattr(be, "workspace_bytes", None)
+    need = size(pb) if size is not None else 0
+    if need <= MAX_WORKSPACE_BYTES:
+        return None
+    return (f"its call would allocate {need / 2**30:.1f} GiB of temporaries, more than backend=None allows "
+            f"({MAX_WORKSPACE_BYTES / 2**30:.1f} GiB, autotune.MAX_WORKSPACE_BYTES); name it to run it anyway")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
+
+
 def may_measure() -> bool:
     """False while a trace records the call (jit trace, torch.compile / export) or a ``TorchDispatchMode`` (e.g.
     ``FlopCounterMode``) sees every op: timing runs there would be recorded, or counted, as the caller's work."""
@@ -174,8 +194,16 @@ def choose(pb: Problem, candidates: Mapping[str, Any]) -> str:
         return made
     names = list(candidates)
     times: dict[str, float] = {}
+    failed: BaseException | None = None
     for n in names:
-        times[n] = measure(candidates[n], pb, beat=min(times.values(), default=float("inf")))
+        try:
+            times[n] = measure(candidates[n], pb, beat=min(times.values(), default=float("inf")))
+        except (RuntimeError, MemoryError) as e:
+            if not _out_of_memory(e):
+                raise
+            times[n], failed = float("inf"), e  # out of memory on this shape: passed over
+    if failed is not None and min(times.values()) == float("inf"):
+        raise failed  # every candidate ran out of memory: the call would too
     key = shape_key(pb, sorted(names))
     _choices[key] = min(names, key=times.__getitem__)
     _store(key, _choices[key])

@@ -165,6 +165,13 @@ class DenseBackend:
                     "is for small maps")
         return None
 
+    def workspace_bytes(self, pb: Problem) -> int:
+        """The temporaries of one call: the ``[B*h, P, N + M]`` logits and their weights (the backward's
+        weights and their gradient are as large), ``2 x B*h*P*(N + M)`` elements of the compute dtype."""
+        Ho, Wo = pb.out_size
+        elements = pb.batch * pb.heads * Ho * Wo * (pb.height * pb.width + pb.extra)
+        return 2 * elements * torch.empty((), dtype=_compute_dtype(pb.dtype)).element_size()
+
     def declines(self, pb: Problem) -> str | None:
         """Why ``backend=None`` should pass it over: a map of fewer than 9 or more than 25 keys."""
         n = pb.height * pb.width
