@@ -79,9 +79,15 @@ def backend_reasons(pb: Problem) -> dict[str, str | None]:
     return {name: be.can_run(pb) for name, be in BACKENDS.items()}
 
 
+def _unfit_reason(be: Backend, pb: Problem) -> str | None:
+    """Why ``backend=None`` may not take ``be`` for this problem, declines aside: it cannot run it, or its
+    temporaries would pass ``autotune.MAX_WORKSPACE_BYTES``; else None."""
+    return be.can_run(pb) or autotune.workspace_reason(be, pb)
+
+
 def auto_reason(be: Backend, pb: Problem) -> str | None:
     """Why ``backend=None`` passes over ``be`` for this problem (it cannot run it, or declines it), or None."""
-    reason = be.can_run(pb) or autotune.workspace_reason(be, pb)
+    reason = _unfit_reason(be, pb)
     declines = getattr(be, "declines", None)
     return declines(pb) if reason is None and declines is not None else reason
 
@@ -96,8 +102,7 @@ def fused_candidates(pb: Problem) -> dict[str, Backend]:
     the ``fallback`` ones and those whose temporaries would pass ``autotune.MAX_WORKSPACE_BYTES``; those that
     would not decline it (the likely fastest) first."""
     fused = {name: be for name, be in BACKENDS.items()
-             if has_explicit_backward(be) and not getattr(be, "fallback", False) and be.can_run(pb) is None
-             and autotune.workspace_reason(be, pb) is None}
+             if has_explicit_backward(be) and not getattr(be, "fallback", False) and _unfit_reason(be, pb) is None}
 
     def declines(be: Backend) -> bool:
         rule = getattr(be, "declines", None)

@@ -170,7 +170,7 @@ class DenseBackend:
         weights and their gradient are as large), ``2 x B*h*P*(N + M)`` elements of the compute dtype."""
         Ho, Wo = pb.out_size
         elements = pb.batch * pb.heads * Ho * Wo * (pb.height * pb.width + pb.extra)
-        return 2 * elements * torch.empty((), dtype=_compute_dtype(pb.dtype)).element_size()
+        return 2 * elements * _compute_dtype(pb.dtype).itemsize
 
     def declines(self, pb: Problem) -> str | None:
         """Why ``backend=None`` should pass it over: a map of fewer than 9 or more than 25 keys."""
